@@ -1,0 +1,207 @@
+//! Control messages: requests, replies, notices and events, encoded as MessagePack maps
+//! with a `"op"` (or `"reply"`, `"event"`) field naming the variant.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChanId, End};
+
+/// The protocol version a process announces in [`Request::Hello`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a process asks the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The first frame on every connection: who is connecting.
+    Hello {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The child name the supervisor gave this process.
+        name: String,
+        /// The secret the supervisor gave this process.
+        token: String,
+    },
+    /// Create a new, unnamed channel; the requester holds its end `A`.
+    Create {
+        /// The Rust type name (or any agreed name) of the values it carries.
+        type_name: String,
+    },
+    /// Give a name to a channel in the registry.
+    Register {
+        /// The name.
+        name: String,
+        /// The channel.
+        chan: ChanId,
+    },
+    /// Find a channel by name.
+    Lookup {
+        /// The name.
+        name: String,
+        /// The type the requester expects; must match the registered type.
+        type_name: String,
+    },
+    /// List the registry.
+    List,
+    /// Restart or stop a child process.
+    Control {
+        /// What to do.
+        action: ControlAction,
+        /// Which child; `None` means the requester itself.
+        target: Option<String>,
+    },
+}
+
+/// What a [`Request::Control`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    /// Stop the child and start it again.
+    Restart,
+    /// Stop the child and do not start it again.
+    Stop,
+}
+
+/// The hub's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// Answer to `Hello`.
+    Welcome {
+        /// The child name the hub knows this process by.
+        name: String,
+        /// Credit window per channel end, for sending and receiving.
+        window: u32,
+        /// Largest frame the hub accepts.
+        max_frame: u32,
+        /// The child's `NAME-active` channel; the child holds end `A`.
+        active: ChanId,
+        /// The child's `NAME-passive` channel; the child holds end `A`.
+        passive: ChanId,
+    },
+    /// Answer to `Create`.
+    Created {
+        /// The new channel.
+        chan: ChanId,
+    },
+    /// Answer to `Lookup`.
+    Found {
+        /// The channel.
+        chan: ChanId,
+        /// The end the requester now holds.
+        end: End,
+        /// True when the other end was held and every holder has gone.
+        peer_gone: bool,
+    },
+    /// Answer to `List`.
+    Channels {
+        /// Every named channel.
+        channels: Vec<ChannelInfo>,
+    },
+    /// The request was carried out.
+    Done,
+    /// The request failed.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason, naming the channel, key or process concerned.
+        message: String,
+    },
+}
+
+/// A registry entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// The registered name.
+    pub name: String,
+    /// The channel.
+    pub chan: ChanId,
+    /// The type name recorded when it was created.
+    pub type_name: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame or request is not valid here.
+    BadRequest,
+    /// `Hello` named an unknown child or the wrong token.
+    Unauthorized,
+    /// The protocol version is not supported.
+    UnsupportedVersion,
+    /// A channel name is not valid.
+    InvalidName,
+    /// The name is already registered.
+    NameTaken,
+    /// No channel has that name.
+    UnknownChannel,
+    /// The channel carries another type.
+    TypeMismatch,
+    /// The channel is closed.
+    Closed,
+    /// No child has that name.
+    UnknownProcess,
+    /// The hub is shutting down.
+    ShuttingDown,
+}
+
+/// A one-way message from a process to the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Notice {
+    /// The process starts receiving at `end` and can take `credit` messages.
+    Attach {
+        /// The channel.
+        chan: ChanId,
+        /// The end it receives at.
+        end: End,
+        /// How many messages it can take now.
+        credit: u32,
+    },
+    /// The process dropped its last handle to `end`.
+    Release {
+        /// The channel.
+        chan: ChanId,
+        /// The end.
+        end: End,
+    },
+    /// Close the channel for everyone.
+    Close {
+        /// The channel.
+        chan: ChanId,
+    },
+}
+
+/// A one-way message from the hub to a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Every holder of `end` has gone: the process holding the opposite end has no peer.
+    PeerGone {
+        /// The channel.
+        chan: ChanId,
+        /// The end that has no holder any more.
+        end: End,
+    },
+    /// `end` has a holder again.
+    PeerBack {
+        /// The channel.
+        chan: ChanId,
+        /// The end that is held again.
+        end: End,
+    },
+    /// The channel was closed.
+    Closed {
+        /// The channel.
+        chan: ChanId,
+    },
+    /// The hub refused a frame from this process; the connection stays open.
+    Refused {
+        /// The channel concerned, if any.
+        chan: Option<ChanId>,
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
+}

@@ -1,0 +1,158 @@
+//! The yukicomm wire format: frames, their codec, control messages and error codes.
+//!
+//! Every process in a yukicomm program talks to the hub over one stream socket, and
+//! everything on that socket is a [`Frame`]. This crate is pure: it turns frames into
+//! bytes and bytes into frames, and knows nothing about sockets, threads or runtimes.
+//! `docs/PROTOCOL.md` in the repository describes the same format for implementers in
+//! other languages.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use yukicomm_wire::{ChanId, Decoder, End, Frame, encode_msg};
+//!
+//! let mut buf = Vec::new();
+//! encode_msg(&mut buf, ChanId(7), End::B, &[], |body| {
+//!     rmp_serde::encode::write(body, "hello").map_err(|e| e.to_string())
+//! })
+//! .unwrap();
+//!
+//! let mut input = BytesMut::from(&buf[..]);
+//! let frame = Decoder::new(1 << 20).decode(&mut input).unwrap().unwrap();
+//! match frame {
+//!     Frame::Msg(m) => {
+//!         assert_eq!(m.chan, ChanId(7));
+//!         assert_eq!(rmp_serde::from_slice::<String>(&m.body).unwrap(), "hello");
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod codec;
+mod control;
+mod outbox;
+
+pub use codec::{
+    encode_control, encode_credit, encode_msg, encode_msg_raw, Decoder, FrameError, Kind, HEADER_LEN,
+};
+pub use control::{
+    ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
+};
+pub use outbox::{Outbox, OutboxSink, Push};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Default largest frame a peer accepts, in bytes (length prefix excluded): 16 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// The MessagePack extension type that carries a channel handle inside a message.
+pub const CHANNEL_EXT_TYPE: i8 = 1;
+
+/// The hub-wide number of a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChanId(pub u32);
+
+impl std::fmt::Display for ChanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// One of the two ends of a channel. What one end sends, the other end receives.
+///
+/// `A` is the creator's end; `B` is the far end, the one other processes get from the
+/// registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum End {
+    /// The end held by the channel's creator.
+    A = 0,
+    /// The far end.
+    B = 1,
+}
+
+impl End {
+    /// The other end.
+    pub fn opposite(self) -> End {
+        match self {
+            End::A => End::B,
+            End::B => End::A,
+        }
+    }
+
+    /// Index usable in a two-element array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Parses the wire byte.
+    pub fn from_u8(b: u8) -> Option<End> {
+        match b {
+            0 => Some(End::A),
+            1 => Some(End::B),
+            _ => None,
+        }
+    }
+}
+
+/// A channel end named on the wire: which channel, which end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EndRef {
+    /// The channel.
+    pub chan: ChanId,
+    /// The end.
+    pub end: End,
+}
+
+/// A channel message: the value, already encoded as MessagePack, addressed to one end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    /// The channel it travels on.
+    pub chan: ChanId,
+    /// The end that receives it.
+    pub to: End,
+    /// Channel ends whose handles are encoded inside `body`.
+    pub carried: Vec<EndRef>,
+    /// The MessagePack-encoded value.
+    pub body: Bytes,
+}
+
+/// One frame on a yukicomm connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// A channel message.
+    Msg(Msg),
+    /// Flow-control credit for one channel end.
+    ///
+    /// From a process to the hub: the process, receiving at `end`, can take `n` more
+    /// messages. From the hub to a process: the process may send `n` more messages from
+    /// `end`.
+    Credit {
+        /// The channel.
+        chan: ChanId,
+        /// The end the credit belongs to.
+        end: End,
+        /// How many messages.
+        n: u32,
+    },
+    /// A request that expects exactly one [`Frame::Reply`] with the same `id`.
+    Request {
+        /// Chosen by the requester, echoed in the reply.
+        id: u32,
+        /// What is asked.
+        body: Request,
+    },
+    /// The answer to a request.
+    Reply {
+        /// The request's id.
+        id: u32,
+        /// The answer.
+        body: Reply,
+    },
+    /// A one-way message from a process to the hub.
+    Notice(Notice),
+    /// A one-way message from the hub to a process.
+    Event(Event),
+}

@@ -1,0 +1,299 @@
+//! The write side of a connection: a buffer that coalesces frames into few writes.
+//!
+//! Sending must not wait for the peer, and must be cheap both for one message at a time
+//! (latency) and for a stream of messages (throughput). The [`Outbox`] does both:
+//!
+//! - when the connection is idle, the sending thread writes its frame to the socket
+//!   itself: no thread hand-off, one system call;
+//! - when another write is in progress, or frames arrive faster than one per
+//!   `burst_window`, the frame is only appended to the buffer and the connection's
+//!   *flusher* (a thread or task owned by the connection) writes everything that has
+//!   accumulated in one system call.
+//!
+//! Exactly one party owns the socket's write side at any time, so frames are never
+//! interleaved. The buffer is bounded by the protocol's credit windows, not here.
+
+use std::io;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What an [`Outbox`] writes to.
+pub trait OutboxSink: Send + Sync {
+    /// Writes a prefix of `buf`, returning how much was written. May block, or may
+    /// return [`io::ErrorKind::WouldBlock`] when the socket is full; the rest is then
+    /// left to the flusher.
+    fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Tells the flusher that it owns the buffer and should call
+    /// [`Outbox::take_for_flush`] until it returns `None`.
+    fn wake_flusher(&self);
+}
+
+/// The result of [`Outbox::push`] when the frame could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum Push<E> {
+    /// The encoder failed; nothing was queued.
+    #[error(transparent)]
+    Encode(E),
+    /// An earlier write failed: the connection is broken.
+    #[error("connection broken: {0}")]
+    Broken(io::ErrorKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Nobody,
+    /// A sending thread is writing directly.
+    Direct,
+    /// The flusher has been woken and owns the buffer until it finds it empty.
+    Flusher,
+}
+
+#[derive(Debug)]
+struct State {
+    buf: Vec<u8>,
+    /// A cleared buffer kept so that its allocation is reused.
+    spare: Vec<u8>,
+    owner: Owner,
+    last_push: Option<Instant>,
+    broken: Option<io::ErrorKind>,
+}
+
+/// A connection's write buffer. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    burst_window: Duration,
+}
+
+impl Outbox {
+    /// An empty outbox. Frames pushed less than `burst_window` apart are coalesced by the
+    /// flusher; others are written by the sender directly.
+    pub fn new(burst_window: Duration) -> Outbox {
+        Outbox {
+            state: Mutex::new(State {
+                buf: Vec::with_capacity(64 * 1024),
+                spare: Vec::with_capacity(64 * 1024),
+                owner: Owner::Nobody,
+                last_push: None,
+                broken: None,
+            }),
+            burst_window,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding this lock except an encoder, and the state stays
+        // consistent if one does (its partial frame is never written: `encode` errors
+        // truncate, and a panic unwinds past `push` before the owner changes).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends one or more frames written by `encode`, then writes or schedules them.
+    ///
+    /// # Errors
+    ///
+    /// [`Push::Encode`] if `encode` fails (it must leave the buffer as it found it), and
+    /// [`Push::Broken`] once any write on this connection has failed.
+    pub fn push<E>(
+        &self,
+        sink: &dyn OutboxSink,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), Push<E>> {
+        let mut st = self.lock();
+        if let Some(kind) = st.broken {
+            return Err(Push::Broken(kind));
+        }
+        encode(&mut st.buf).map_err(Push::Encode)?;
+        if st.owner != Owner::Nobody {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let burst = st
+            .last_push
+            .is_some_and(|last| now.duration_since(last) < self.burst_window);
+        st.last_push = Some(now);
+        if burst {
+            st.owner = Owner::Flusher;
+            drop(st);
+            sink.wake_flusher();
+            return Ok(());
+        }
+        st.owner = Owner::Direct;
+        let fresh = std::mem::take(&mut st.spare);
+        let mut data = std::mem::replace(&mut st.buf, fresh);
+        drop(st);
+
+        let mut written = 0;
+        let result = loop {
+            match sink.write(&data[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    written += n;
+                    if written == data.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) => break Err(e.kind()),
+            }
+        };
+
+        let mut st = self.lock();
+        match result {
+            Err(kind) => {
+                st.broken = Some(kind);
+                st.owner = Owner::Nobody;
+                Err(Push::Broken(kind))
+            }
+            Ok(()) => {
+                if written < data.len() {
+                    // The socket is full: put the unwritten rest in front of what others
+                    // appended meanwhile and let the flusher wait for room.
+                    data.drain(..written);
+                    data.extend_from_slice(&st.buf);
+                    let appended = std::mem::replace(&mut st.buf, data);
+                    st.spare = clear(appended);
+                } else {
+                    st.spare = clear(data);
+                }
+                if st.buf.is_empty() {
+                    st.owner = Owner::Nobody;
+                } else {
+                    st.owner = Owner::Flusher;
+                    drop(st);
+                    sink.wake_flusher();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// For the flusher: takes everything buffered, or returns `None` (and gives up
+    /// ownership) when there is nothing left. Return the buffer with
+    /// [`Outbox::flushed`] after writing it.
+    pub fn take_for_flush(&self) -> Option<Vec<u8>> {
+        let mut st = self.lock();
+        if st.owner != Owner::Flusher {
+            return None;
+        }
+        if st.buf.is_empty() || st.broken.is_some() {
+            st.owner = Owner::Nobody;
+            return None;
+        }
+        let fresh = std::mem::take(&mut st.spare);
+        Some(std::mem::replace(&mut st.buf, fresh))
+    }
+
+    /// For the flusher: the buffer from [`Outbox::take_for_flush`] was written (or the
+    /// write failed with `error`).
+    pub fn flushed(&self, data: Vec<u8>, error: Option<io::ErrorKind>) {
+        let mut st = self.lock();
+        if st.spare.capacity() < data.capacity() {
+            st.spare = clear(data);
+        }
+        if let Some(kind) = error {
+            st.broken = Some(kind);
+            st.owner = Owner::Nobody;
+        }
+    }
+
+    /// Marks the connection broken: later pushes fail with `kind`.
+    pub fn break_with(&self, kind: io::ErrorKind) {
+        let mut st = self.lock();
+        st.broken.get_or_insert(kind);
+    }
+
+    /// Whether a write has failed or [`Outbox::break_with`] was called.
+    pub fn is_broken(&self) -> bool {
+        self.lock().broken.is_some()
+    }
+}
+
+fn clear(mut v: Vec<u8>) -> Vec<u8> {
+    v.clear();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Sink {
+        written: Mutex<Vec<u8>>,
+        limit: AtomicUsize,
+        wakes: AtomicUsize,
+    }
+
+    impl OutboxSink for Sink {
+        fn write(&self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.limit.load(Ordering::SeqCst));
+            self.limit.fetch_sub(n, Ordering::SeqCst);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn wake_flusher(&self) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn push(o: &Outbox, s: &Sink, bytes: &[u8]) {
+        o.push::<()>(s, |b| {
+            b.extend_from_slice(bytes);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn idle_push_writes_directly() {
+        let o = Outbox::new(Duration::ZERO);
+        let s = Sink::default();
+        s.limit.store(1 << 20, Ordering::SeqCst);
+        push(&o, &s, b"abc");
+        push(&o, &s, b"def");
+        assert_eq!(&*s.written.lock().unwrap(), b"abcdef");
+        assert_eq!(s.wakes.load(Ordering::SeqCst), 0);
+        assert!(o.take_for_flush().is_none());
+    }
+
+    #[test]
+    fn full_socket_hands_the_rest_to_the_flusher_in_order() {
+        let o = Outbox::new(Duration::ZERO);
+        let s = Sink::default();
+        s.limit.store(2, Ordering::SeqCst);
+        push(&o, &s, b"abcd");
+        assert_eq!(s.wakes.load(Ordering::SeqCst), 1);
+        push(&o, &s, b"ef"); // flusher owns the buffer: only appended
+        let data = o.take_for_flush().unwrap();
+        assert_eq!(&data, b"cdef");
+        o.flushed(data, None);
+        assert!(o.take_for_flush().is_none());
+        // Ownership returned: the next push writes directly again.
+        s.limit.store(1 << 20, Ordering::SeqCst);
+        push(&o, &s, b"g");
+        assert_eq!(&*s.written.lock().unwrap(), b"abg");
+    }
+
+    #[test]
+    fn bursts_are_coalesced_and_failures_stick() {
+        let o = Outbox::new(Duration::from_secs(60));
+        let s = Sink::default();
+        s.limit.store(1 << 20, Ordering::SeqCst);
+        push(&o, &s, b"1");
+        push(&o, &s, b"2");
+        push(&o, &s, b"3");
+        assert_eq!(&*s.written.lock().unwrap(), b"1");
+        assert_eq!(o.take_for_flush().unwrap(), b"23");
+        o.flushed(Vec::new(), Some(io::ErrorKind::BrokenPipe));
+        assert!(matches!(
+            o.push::<()>(&s, |_| Ok(())),
+            Err(Push::Broken(io::ErrorKind::BrokenPipe))
+        ));
+    }
+}
