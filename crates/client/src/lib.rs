@@ -1,1 +1,41 @@
-pub fn x(){}
+//! yukicomm's client side: what every process of a yukicomm program links.
+//!
+//! - [`Channel<T>`]: one end of a named, typed, duplex channel; blocking, timed,
+//!   non-blocking and async sends and receives, passive handlers, [`Selector`].
+//! - [`Node`]: the process's connection: the channel registry and process control.
+//! - [`Context`] and [`connect`]: what a child process gets.
+//!
+//! A child started by a yukicomm supervisor joins with [`connect`]:
+//!
+//! ```no_run
+//! fn main() -> yukicomm_client::Result<()> {
+//!     let ctx = yukicomm_client::connect()?;
+//!     let active = ctx.active_channel::<String>();
+//!     while let Ok(text) = active.recv() {
+//!         println!("Active receive: {text}");
+//!     }
+//!     Ok(())
+//! }
+//! ```
+#![deny(missing_docs)]
+
+mod channel;
+mod context;
+pub mod error;
+mod node;
+mod passive;
+pub mod registry;
+mod remote;
+mod select;
+mod value;
+
+pub use channel::{Channel, FullPolicy, Iter};
+pub use context::{connect, connect_in, Context};
+pub use error::{
+    ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError, RegistryError,
+    Result, SendError, SendTimeoutError, TryRecvError,
+};
+pub use node::{EncodeFn, Node, Transport, TransportError};
+pub use passive::{accept_all, Async, Filter, Handler, HandlerOutput, Sync};
+pub use select::Selector;
+pub use yukicomm_wire::{ChanId, ChannelInfo, End};

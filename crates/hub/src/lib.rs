@@ -1,1 +1,335 @@
-pub fn x(){}
+//! yukicomm's hub: the router in the main process.
+//!
+//! The hub owns the channel registry and routes every channel message between
+//! processes. Each child has one connection to it, over a Unix domain socket in a private
+//! directory (mode `0700`); the hub checks the peer's user id and the child's token
+//! before anything else. The main process talks to the hub through direct calls, with no
+//! socket in between ([`Hub::local_frames`], [`Hub::local_request`]).
+//!
+//! The state lives in [`router`] behind one mutex, held only for short non-blocking
+//! sections; frames produced while it is held are written after it is released.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use yukicomm_hub::{Hub, HubConfig};
+//! let hub = Hub::bind(HubConfig::default())?;
+//! println!("children connect to {}", hub.socket_path().display());
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod conn;
+pub mod router;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+use tokio::sync::mpsc;
+use yukicomm_wire::{ChanId, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
+
+use conn::Conn;
+pub use router::{ConnId, HubEvent, LOCAL};
+use router::{Out, Router};
+
+/// Settings of a hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Credit window per channel end: the most messages a process may have in flight
+    /// from one end, and the most a receiving process buffers for one end. Default 1024.
+    pub window: u32,
+    /// Largest frame accepted, in bytes. Default 16 MiB. A larger frame closes the
+    /// connection that sent it.
+    pub max_frame: u32,
+    /// Directory in which the private socket directory is made. Default:
+    /// `$XDG_RUNTIME_DIR`, else the system temporary directory.
+    pub socket_parent: Option<PathBuf>,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { window: 1024, max_frame: DEFAULT_MAX_FRAME, socket_parent: None }
+    }
+}
+
+/// Receives the frames the hub sends to the main process.
+pub type LocalSink = Arc<dyn Fn(Frame) + Send + Sync>;
+
+pub(crate) struct Inner {
+    router: Mutex<Router>,
+    conns: RwLock<HashMap<ConnId, Arc<Conn>>>,
+    local: OnceLock<LocalSink>,
+    events: mpsc::UnboundedSender<HubEvent>,
+    next_conn: AtomicU64,
+    pub(crate) max_frame: u32,
+}
+
+impl Inner {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Runs `f` on the router, then sends what it produced.
+    fn with_router<R>(&self, f: impl FnOnce(&mut Router, &mut Vec<Out>) -> R) -> R {
+        let mut out = Vec::new();
+        let (result, events) = {
+            let mut router = self.router.lock();
+            let r = f(&mut router, &mut out);
+            (r, std::mem::take(&mut router.events))
+        };
+        self.deliver(out);
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        result
+    }
+
+    fn deliver(&self, out: Vec<Out>) {
+        if out.is_empty() {
+            return;
+        }
+        let conns = self.conns.read();
+        let mut i = 0;
+        while i < out.len() {
+            let target = out[i].0;
+            let mut j = i + 1;
+            while j < out.len() && out[j].0 == target {
+                j += 1;
+            }
+            if target == LOCAL {
+                if let Some(local) = self.local.get() {
+                    for (_, f) in &out[i..j] {
+                        local(f.clone());
+                    }
+                }
+            } else if let Some(c) = conns.get(&target) {
+                c.send_all(out[i..j].iter().map(|(_, f)| f));
+            }
+            i = j;
+        }
+    }
+
+    /// A child said hello: check it and register its connection.
+    pub(crate) fn accept(&self, conn: Arc<Conn>, req_id: u32, version: u32, name: &str, token: &str) -> bool {
+        let id = conn.id;
+        let mut out = Vec::new();
+        let (result, events) = {
+            let mut router = self.router.lock();
+            let r = router.hello(id, version, name, token, self.max_frame, &mut out);
+            (r, std::mem::take(&mut router.events))
+        };
+        let accepted = match result {
+            Ok((welcome, old)) => {
+                let old = {
+                    let mut conns = self.conns.write();
+                    conns.insert(id, conn.clone());
+                    old.and_then(|o| conns.remove(&o))
+                };
+                conn.send_all(std::iter::once(&Frame::Reply { id: req_id, body: welcome }));
+                if let Some(o) = old {
+                    o.shut();
+                }
+                true
+            }
+            Err(refusal) => {
+                tracing::warn!(child = name, "refused a connection: {refusal:?}");
+                conn.send_all(std::iter::once(&Frame::Reply { id: req_id, body: refusal }));
+                false
+            }
+        };
+        self.deliver(out);
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        accepted
+    }
+
+    /// Frames from a connection, handled under one lock.
+    pub(crate) fn frames(&self, id: ConnId, frames: Vec<Frame>) -> Result<(), String> {
+        self.with_router(|r, out| {
+            for f in frames {
+                r.frame(id, f, out)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn disconnected(&self, id: ConnId) {
+        self.conns.write().remove(&id);
+        self.with_router(|r, out| r.drop_conn(id, out));
+    }
+}
+
+/// The hub. Dropping it stops accepting connections and removes its socket.
+pub struct Hub {
+    inner: Arc<Inner>,
+    dir: PathBuf,
+    socket: PathBuf,
+    accept: tokio::task::JoinHandle<()>,
+    events: Mutex<Option<mpsc::UnboundedReceiver<HubEvent>>>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("socket", &self.socket).finish_non_exhaustive()
+    }
+}
+
+fn private_dir(parent: Option<PathBuf>) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = parent
+        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()))
+        .unwrap_or_else(std::env::temp_dir);
+    let mut rng = rand::thread_rng();
+    for _ in 0..16 {
+        let dir = parent.join(format!("yukicomm-{}-{:08x}", std::process::id(), rng.gen::<u32>()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free socket directory name"))
+}
+
+impl Hub {
+    /// Makes the private socket directory, listens, and starts accepting children.
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If the directory or the socket cannot be created.
+    pub fn bind(config: HubConfig) -> std::io::Result<Hub> {
+        let dir = private_dir(config.socket_parent.clone())?;
+        let socket = dir.join("hub.sock");
+        let listener = tokio::net::UnixListener::bind(&socket)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            router: Mutex::new(Router::new(config.window)),
+            conns: RwLock::new(HashMap::new()),
+            local: OnceLock::new(),
+            events: tx,
+            next_conn: AtomicU64::new(1),
+            max_frame: config.max_frame,
+        });
+        let accept_inner = inner.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(conn::serve(accept_inner.clone(), stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        Ok(Hub { inner, dir, socket, accept, events: Mutex::new(Some(rx)) })
+    }
+
+    /// The socket children connect to.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The credit window.
+    pub fn window(&self) -> u32 {
+        self.inner.router.lock().window()
+    }
+
+    /// Events for the supervisor. Can be taken once.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<HubEvent>> {
+        self.events.lock().take()
+    }
+
+    /// Installs the main process's frame receiver. Only the first call has an effect.
+    pub fn set_local(&self, sink: LocalSink) {
+        let _ = self.inner.local.set(sink);
+    }
+
+    /// Announces a child (creating its `NAME-active` and `NAME-passive` channels) and
+    /// returns a fresh token for its next start. Each token admits one connection.
+    pub fn admit_child(&self, name: &ProcessName) -> String {
+        let token: String = {
+            let mut rng = rand::thread_rng();
+            (0..32).map(|_| format!("{:x}", rng.gen::<u8>() & 0xf)).collect()
+        };
+        let t = token.clone();
+        self.inner.with_router(move |r, _| {
+            if r.children.contains_key(name.as_str()) {
+                r.set_token(name.as_str(), t);
+            } else {
+                r.add_child(name, t);
+            }
+        });
+        token
+    }
+
+    /// The `NAME-active` and `NAME-passive` channels of a child.
+    pub fn child_channels(&self, name: &str) -> Option<(ChanId, ChanId)> {
+        self.inner.router.lock().children.get(name).map(|c| (c.active, c.passive))
+    }
+
+    /// Closes a child's connection, if it has one.
+    pub fn disconnect_child(&self, name: &str) {
+        let conn = self.inner.router.lock().children.get(name).and_then(|c| c.conn);
+        if let Some(id) = conn {
+            if let Some(c) = self.inner.conns.read().get(&id).cloned() {
+                c.shut();
+            }
+        }
+    }
+
+    /// Frames from the main process (messages, credit, notices).
+    pub fn local_frames(&self, frames: impl IntoIterator<Item = Frame>) {
+        self.inner.with_router(|r, out| {
+            for f in frames {
+                if let Err(e) = r.frame(LOCAL, f, out) {
+                    tracing::error!("the main process broke the protocol: {e}");
+                }
+            }
+        });
+    }
+
+    /// A request from the main process, answered at once.
+    pub fn local_request(&self, request: Request) -> Reply {
+        self.inner.with_router(|r, out| {
+            let mut replies = Vec::new();
+            let _ = r.frame(LOCAL, Frame::Request { id: 0, body: request }, &mut replies);
+            let mut reply = None;
+            for (c, f) in replies {
+                match f {
+                    Frame::Reply { body, .. } if c == LOCAL && reply.is_none() => reply = Some(body),
+                    other => out.push((c, other)),
+                }
+            }
+            reply.unwrap_or(Reply::Error {
+                code: yukicomm_wire::ErrorCode::BadRequest,
+                message: "no reply".into(),
+            })
+        })
+    }
+
+    /// Stops accepting connections and closes every child connection.
+    pub fn shutdown(&self) {
+        self.accept.abort();
+        let conns: Vec<_> = self.inner.conns.read().values().cloned().collect();
+        for c in conns {
+            c.shut();
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.shutdown();
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

@@ -129,10 +129,11 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
             if p.len() < n * 5 {
                 return Err(malformed(Kind::Msg, "carried list runs past the frame"));
             }
+            let mut tail = p.split_off(p.len() - n * 5);
             let mut carried = Vec::with_capacity(n);
             for _ in 0..n {
-                let chan = ChanId(p.get_u32_le());
-                let end = End::from_u8(p.get_u8())
+                let chan = ChanId(tail.get_u32_le());
+                let end = End::from_u8(tail.get_u8())
                     .ok_or_else(|| malformed(Kind::Msg, "bad carried end"))?;
                 carried.push(EndRef { chan, end });
             }
@@ -179,7 +180,7 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
 }
 
 /// Appends a `Msg` frame to `out`, letting `body` write the MessagePack value in place
-/// (no intermediate buffer).
+/// (no intermediate buffer) and return the channel ends it encoded inside the value.
 ///
 /// On error `out` is left as it was.
 ///
@@ -190,21 +191,27 @@ pub fn encode_msg<E>(
     out: &mut Vec<u8>,
     chan: ChanId,
     to: End,
-    carried: &[EndRef],
-    body: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<Vec<EndRef>, E>,
 ) -> Result<(), E> {
     let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, Kind::Msg as u8]);
     out.extend_from_slice(&chan.0.to_le_bytes());
     out.push(to as u8);
-    out.extend_from_slice(&(carried.len() as u16).to_le_bytes());
-    for c in carried {
-        out.extend_from_slice(&c.chan.0.to_le_bytes());
-        out.push(c.end as u8);
-    }
-    if let Err(e) = body(out) {
-        out.truncate(start);
-        return Err(e);
+    out.extend_from_slice(&[0, 0]);
+    let carried = match body(out) {
+        Ok(c) => c,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    if !carried.is_empty() {
+        let n = carried.len().min(u16::MAX as usize);
+        out[start + 10..start + 12].copy_from_slice(&(n as u16).to_le_bytes());
+        for c in &carried[..n] {
+            out.extend_from_slice(&c.chan.0.to_le_bytes());
+            out.push(c.end as u8);
+        }
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -212,12 +219,11 @@ pub fn encode_msg<E>(
 }
 
 /// Appends a `Msg` frame whose body is already encoded.
-pub fn encode_msg_raw(out: &mut Vec<u8>, msg: &Msg) {
-    let r: Result<(), std::convert::Infallible> =
-        encode_msg(out, msg.chan, msg.to, &msg.carried, |b| {
-            b.extend_from_slice(&msg.body);
-            Ok(())
-        });
+pub fn encode_msg_raw(out: &mut Vec<u8>, chan: ChanId, to: End, carried: &[EndRef], body: &[u8]) {
+    let r: Result<(), std::convert::Infallible> = encode_msg(out, chan, to, |b| {
+        b.extend_from_slice(body);
+        Ok(carried.to_vec())
+    });
     let _ = r;
 }
 
@@ -280,7 +286,7 @@ mod tests {
     fn roundtrip(frame: Frame) {
         let mut out = Vec::new();
         match &frame {
-            Frame::Msg(m) => encode_msg_raw(&mut out, m),
+            Frame::Msg(m) => encode_msg_raw(&mut out, m.chan, m.to, &m.carried, &m.body),
             Frame::Credit { chan, end, n } => encode_credit(&mut out, *chan, *end, *n),
             other => encode_control(&mut out, other),
         }
@@ -330,6 +336,11 @@ mod tests {
             },
         });
         roundtrip(Frame::Notice(Notice::Close { chan: ChanId(2) }));
+        roundtrip(Frame::Notice(Notice::Release {
+            chan: ChanId(2),
+            end: End::B,
+            count: 3,
+        }));
         roundtrip(Frame::Event(Event::PeerGone {
             chan: ChanId(2),
             end: End::A,

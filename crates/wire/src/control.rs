@@ -91,6 +91,9 @@ pub enum Reply {
         end: End,
         /// True when the other end was held and every holder has gone.
         peer_gone: bool,
+        /// The type the channel carries (recorded at creation, or by the first typed
+        /// lookup of a child's own channel).
+        type_name: String,
     },
     /// Answer to `List`.
     Channels {
@@ -164,6 +167,9 @@ pub enum Notice {
         chan: ChanId,
         /// The end.
         end: End,
+        /// How many grants of this end (replies `Created` and `Found`, and messages
+        /// carrying it) the process received since its previous release of it.
+        count: u32,
     },
     /// Close the channel for everyone.
     Close {

@@ -11,8 +11,9 @@
 //! use yukicomm_wire::{ChanId, Decoder, End, Frame, encode_msg};
 //!
 //! let mut buf = Vec::new();
-//! encode_msg(&mut buf, ChanId(7), End::B, &[], |body| {
-//!     rmp_serde::encode::write(body, "hello").map_err(|e| e.to_string())
+//! encode_msg(&mut buf, ChanId(7), End::B, |body| {
+//!     rmp_serde::encode::write(body, "hello").map_err(|e| e.to_string())?;
+//!     Ok::<_, String>(Vec::new())
 //! })
 //! .unwrap();
 //!
@@ -30,6 +31,7 @@
 
 mod codec;
 mod control;
+mod names;
 mod outbox;
 
 pub use codec::{
@@ -38,6 +40,7 @@ pub use codec::{
 pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
 };
+pub use names::{ChannelName, NameError, ProcessName};
 pub use outbox::{Outbox, OutboxSink, Push};
 
 use bytes::Bytes;
@@ -156,3 +159,12 @@ pub enum Frame {
     /// A one-way message from the hub to a process.
     Event(Event),
 }
+
+/// Environment variable holding the path of the hub's socket, set for every child.
+pub const ENV_HUB: &str = "YUKICOMM_HUB";
+/// Environment variable holding the child's name.
+pub const ENV_NAME: &str = "YUKICOMM_NAME";
+/// Environment variable holding the child's secret for [`Request::Hello`].
+pub const ENV_TOKEN: &str = "YUKICOMM_TOKEN";
+/// Environment variable naming the target a re-executed binary runs.
+pub const ENV_TARGET: &str = "YUKICOMM_TARGET";

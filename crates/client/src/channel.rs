@@ -1,0 +1,489 @@
+//! [`Channel<T>`]: a handle on one end of a named, typed, duplex channel.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use yukicomm_wire::{ChanId, End, Notice};
+
+use crate::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError};
+use crate::node::{EndGuard, EndState, Item, Node, SendBlock, TransportError, MODE_ACTIVE, MODE_PASSIVE, MODE_UNSET};
+use crate::value;
+
+/// What a send does when the channel's window is used up.
+///
+/// Every channel end may have at most `window` messages in flight (sent but not yet
+/// delivered to a receiving process), and every receiving process buffers at most
+/// `window` messages per end; the hub's window is set when the main process starts
+/// (default 1024). Nothing is ever dropped to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// `send` waits for room. It still returns when the channel is closed or the other
+    /// end's holders are all gone. `send_timeout` bounds the wait. The default.
+    #[default]
+    Block,
+    /// `send` returns [`SendError::Full`] at once, like `try_send`.
+    Fail,
+}
+
+/// One end of a channel carrying values of type `T`.
+///
+/// A channel has two ends; what one end sends, the other end receives, and a process
+/// never receives its own message. Each message is delivered exactly once, and the
+/// messages of one sender arrive in the order they were sent. Handles are cheap to
+/// clone, can be shared between threads, and can be sent to other processes inside
+/// messages (so a request can carry its reply channel).
+///
+/// An end receives in one mode per process: actively ([`recv`](Channel::recv) and
+/// friends) or passively ([`on_receive`](Channel::on_receive)); mixing them is an error.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn demo(ctx: &yukicomm_client::Context) -> yukicomm_client::Result<()> {
+/// let active = ctx.active_channel::<String>();
+/// while let Ok(text) = active.recv() {
+///     println!("Active receive: {text}");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct Channel<T> {
+    pub(crate) guard: EndGuard,
+    policy: FullPolicy,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Channel<T> {
+    fn clone(&self) -> Self {
+        Channel {
+            guard: self.guard.clone(),
+            policy: self.policy,
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Channel<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("name", &self.guard.state.label())
+            .field("end", &self.guard.state.key.end)
+            .field("type", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+impl<T> Channel<T> {
+    pub(crate) fn from_guard(guard: EndGuard) -> Channel<T> {
+        Channel {
+            guard,
+            policy: FullPolicy::default(),
+            _type: PhantomData,
+        }
+    }
+
+    pub(crate) fn state(&self) -> &EndState {
+        &self.guard.state
+    }
+
+    pub(crate) fn node(&self) -> Node {
+        Node {
+            inner: self.guard.node.clone(),
+        }
+    }
+
+    /// The channel's registered name, or `#N` for an unnamed channel.
+    pub fn name(&self) -> String {
+        self.state().label()
+    }
+
+    /// The hub-wide number of the channel.
+    pub fn id(&self) -> ChanId {
+        self.state().key.chan
+    }
+
+    /// Which end this handle is.
+    pub fn end(&self) -> End {
+        self.state().key.end
+    }
+
+    /// The policy `send` follows when the window is used up.
+    pub fn full_policy(&self) -> FullPolicy {
+        self.policy
+    }
+
+    /// This handle with another [`FullPolicy`].
+    pub fn with_full_policy(mut self, policy: FullPolicy) -> Channel<T> {
+        self.policy = policy;
+        self
+    }
+
+    /// Whether the channel was closed.
+    pub fn is_closed(&self) -> bool {
+        self.state().closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the channel for every process. Messages already delivered can still be
+    /// received; then receivers get [`RecvError::Closed`], and every send fails with
+    /// [`SendError::Closed`].
+    pub fn close(&self) {
+        let st = self.state();
+        if st.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(t) = self.guard.node.transport() {
+            t.notice(Notice::Close { chan: st.key.chan });
+        }
+        st.wake_receivers();
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Channel<T> {
+    /// Sends `value` to the other end. Returns once the message is queued for the hub;
+    /// it does not wait for a receiver. When the window is used up it follows the
+    /// handle's [`FullPolicy`] (by default it waits for room).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`], [`SendError::Disconnected`] (window used up and the other
+    /// end's holders all gone, or hub lost), [`SendError::Full`] (policy `Fail`), or
+    /// [`SendError::Encode`]. The value is handed back.
+    pub fn send(&self, value: T) -> Result<(), SendError<T>> {
+        match self.policy {
+            FullPolicy::Fail => self.try_send(value),
+            FullPolicy::Block => self.send_deadline(value, None).map_err(|e| match e {
+                SendTimeoutError::Send(e) => e,
+                SendTimeoutError::Timeout { channel, value } => SendError::Full { channel, value },
+            }),
+        }
+    }
+
+    /// Sends `value` if there is room now.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Channel::send), with [`SendError::Full`] when there is no room.
+    pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
+        let st = self.state();
+        if st.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed { channel: self.name(), value });
+        }
+        if st.try_take_credit() {
+            return self.transmit(value);
+        }
+        match st.send_block() {
+            Some(b) => Err(self.blocked(b, value)),
+            None => Err(SendError::Full { channel: self.name(), value }),
+        }
+    }
+
+    /// Sends `value`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    ///
+    /// [`SendTimeoutError::Timeout`] if there was no room in time, or any error of
+    /// [`send`](Channel::send).
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(value, Some(Instant::now() + timeout))
+    }
+
+    fn send_deadline(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
+        let st = self.state();
+        if st.closed.load(Ordering::Acquire) {
+            return Err(SendTimeoutError::Send(SendError::Closed { channel: self.name(), value }));
+        }
+        if !st.try_take_credit() {
+            match st.wait_credit(deadline) {
+                Ok(true) => {}
+                Ok(false) => return Err(SendTimeoutError::Timeout { channel: self.name(), value }),
+                Err(b) => return Err(SendTimeoutError::Send(self.blocked(b, value))),
+            }
+        }
+        self.transmit(value).map_err(SendTimeoutError::Send)
+    }
+
+    /// Sends `value`, awaiting room if the window is used up (whatever the policy).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Channel::send), except [`SendError::Full`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes, the value was not sent.
+    pub async fn send_async(&self, value: T) -> Result<(), SendError<T>> {
+        let st = self.state();
+        loop {
+            if st.closed.load(Ordering::Acquire) {
+                return Err(SendError::Closed { channel: self.name(), value });
+            }
+            let notified = st.credit_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if st.try_take_credit() {
+                return self.transmit(value);
+            }
+            if let Some(b) = st.send_block() {
+                return Err(self.blocked(b, value));
+            }
+            notified.await;
+        }
+    }
+
+    fn blocked(&self, b: SendBlock, value: T) -> SendError<T> {
+        match b {
+            SendBlock::Closed => SendError::Closed { channel: self.name(), value },
+            SendBlock::Disconnected => SendError::Disconnected { channel: self.name(), value },
+        }
+    }
+
+    /// Encodes and hands the message to the transport; a credit is already taken.
+    fn transmit(&self, value: T) -> Result<(), SendError<T>> {
+        let st = self.state();
+        let Some(t) = self.guard.node.transport() else {
+            st.return_credit();
+            return Err(SendError::Disconnected { channel: self.name(), value });
+        };
+        let result = t.send_msg(st.key.chan, st.key.end.opposite(), &mut |buf| value::encode(buf, &value));
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransportError::Encode(reason)) => {
+                st.return_credit();
+                Err(SendError::Encode {
+                    channel: self.name(),
+                    type_name: std::any::type_name::<T>(),
+                    reason,
+                    value,
+                })
+            }
+            Err(TransportError::Broken) => Err(SendError::Disconnected { channel: self.name(), value }),
+        }
+    }
+
+    /// Makes this end receive actively in this process.
+    pub(crate) fn ensure_active(&self) -> Result<(), RecvError> {
+        let st = self.state();
+        match st.mode.compare_exchange(MODE_UNSET, MODE_ACTIVE, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                if let Some(t) = self.guard.node.transport() {
+                    t.notice(Notice::Attach {
+                        chan: st.key.chan,
+                        end: st.key.end,
+                        credit: self.guard.node.window,
+                    });
+                }
+                Ok(())
+            }
+            Err(MODE_PASSIVE) => Err(RecvError::ModeConflict { channel: self.name() }),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Turns a queue item into a result; `None` for a wake marker.
+    pub(crate) fn take(&self, item: Item) -> Option<Result<T, RecvError>> {
+        match item {
+            Item::Wake => None,
+            Item::Msg { body, _carried } => {
+                let result = value::decode::<T>(&self.node(), &body);
+                drop(_carried);
+                self.state().consumed(&self.guard.node);
+                Some(result.map_err(|reason| RecvError::Decode {
+                    channel: self.name(),
+                    type_name: std::any::type_name::<T>(),
+                    reason,
+                }))
+            }
+        }
+    }
+
+    /// The error a receiver gets when its queue is empty, if the end is finished.
+    pub(crate) fn finished(&self) -> Option<RecvError> {
+        let st = self.state();
+        if st.closed.load(Ordering::Acquire) {
+            Some(RecvError::Closed { channel: self.name() })
+        } else if st.peer_gone.load(Ordering::Acquire) {
+            Some(RecvError::Disconnected { channel: self.name() })
+        } else {
+            None
+        }
+    }
+
+    /// Receives without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] when nothing is there, otherwise as [`recv`](Channel::recv).
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        self.ensure_active()?;
+        while let Ok(item) = self.state().rx.try_recv() {
+            if let Some(r) = self.take(item) {
+                return r.map_err(TryRecvError::from);
+            }
+        }
+        match self.finished() {
+            Some(e) => Err(e.into()),
+            None => Err(TryRecvError::Empty { channel: self.name() }),
+        }
+    }
+
+    /// Waits for the next message.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError::Disconnected`] when the other end's holders are all gone (a dead
+    /// child, say) or the hub is lost, [`RecvError::Closed`], [`RecvError::Decode`] for a
+    /// message that is not a `T` (it is consumed), [`RecvError::ModeConflict`] if this end
+    /// receives with `on_receive`.
+    pub fn recv(&self) -> Result<T, RecvError> {
+        self.recv_until(None).map_err(|e| match e {
+            RecvTimeoutError::Recv(e) => e,
+            RecvTimeoutError::Timeout { channel } => RecvError::Disconnected { channel },
+        })
+    }
+
+    /// Waits at most `timeout` for the next message.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`], or any error of [`recv`](Channel::recv).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// Waits until `deadline` at most for the next message.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`], or any error of [`recv`](Channel::recv).
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        self.recv_until(Some(deadline))
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
+        self.ensure_active()?;
+        let st = self.state();
+        loop {
+            while let Ok(item) = st.rx.try_recv() {
+                if let Some(r) = self.take(item) {
+                    return r.map_err(RecvTimeoutError::from);
+                }
+            }
+            if let Some(e) = self.finished() {
+                return Err(e.into());
+            }
+            st.waiters.fetch_add(1, Ordering::AcqRel);
+            let got = match deadline {
+                Some(d) => st.rx.recv_deadline(d).ok(),
+                None => st.rx.recv().ok(),
+            };
+            st.waiters.fetch_sub(1, Ordering::AcqRel);
+            match got {
+                Some(item) => {
+                    if let Some(r) = self.take(item) {
+                        return r.map_err(RecvTimeoutError::from);
+                    }
+                }
+                None => return Err(RecvTimeoutError::Timeout { channel: self.name() }),
+            }
+        }
+    }
+
+    /// Awaits the next message.
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Channel::recv).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message is never lost when the future is dropped before it
+    /// completes, so it can be used in `tokio::select!`.
+    pub async fn recv_async(&self) -> Result<T, RecvError> {
+        self.ensure_active()?;
+        let st = self.state();
+        loop {
+            while let Ok(item) = st.rx.try_recv() {
+                if let Some(r) = self.take(item) {
+                    return r;
+                }
+            }
+            if let Some(e) = self.finished() {
+                return Err(e);
+            }
+            let waiting = WaiterGuard::new(st);
+            let got = st.rx.recv_async().await;
+            drop(waiting);
+            if let Ok(item) = got {
+                if let Some(r) = self.take(item) {
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// Iterates over received messages, waiting for each. The iteration ends when the
+    /// channel is closed or disconnected; a message that does not decode is yielded as
+    /// an error and the iteration goes on.
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { channel: self }
+    }
+}
+
+struct WaiterGuard<'a>(&'a EndState);
+
+impl<'a> WaiterGuard<'a> {
+    fn new(st: &'a EndState) -> WaiterGuard<'a> {
+        st.waiters.fetch_add(1, Ordering::AcqRel);
+        WaiterGuard(st)
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Iterator returned by [`Channel::iter`].
+#[derive(Debug)]
+pub struct Iter<'a, T> {
+    channel: &'a Channel<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for Iter<'_, T> {
+    type Item = Result<T, RecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.channel.recv() {
+            Ok(v) => Some(Ok(v)),
+            Err(RecvError::Closed { .. } | RecvError::Disconnected { .. }) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl<'a, T: Serialize + DeserializeOwned> IntoIterator for &'a Channel<T> {
+    type Item = Result<T, RecvError>;
+    type IntoIter = Iter<'a, T>;
+
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T> Serialize for Channel<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        value::serialize_end(self.state().key, s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Channel<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Channel<T>, D::Error> {
+        let (node, key) = value::deserialize_end(d)?;
+        Ok(Channel::from_guard(node.acquire(key, false, None)))
+    }
+}

@@ -1,0 +1,348 @@
+//! Errors, one enum per operation. Every message names the channel (or process) concerned.
+//! A failed send hands the value back.
+
+use std::fmt;
+
+use yukicomm_wire::ErrorCode;
+
+/// Why a request to the hub got no answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError {
+    /// The connection to the hub is gone.
+    #[error("the hub connection is closed")]
+    Disconnected,
+    /// The hub did not answer before the deadline.
+    #[error("the hub did not answer in time")]
+    Timeout,
+}
+
+/// Failure of a registry operation: `get_channel`, `set_channel`, `get_channels`, or
+/// creating a channel.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    /// The name is not a valid channel name.
+    #[error("invalid channel name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// No channel is registered under this name.
+    #[error("no channel named '{name}'")]
+    Unknown {
+        /// The name looked up.
+        name: String,
+    },
+    /// The name is already registered.
+    #[error("a channel named '{name}' is already registered")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// The channel carries another type.
+    #[error("channel '{name}' carries {found}, not {expected}")]
+    TypeMismatch {
+        /// The channel's name.
+        name: String,
+        /// The type asked for.
+        expected: String,
+        /// The type it was created with.
+        found: String,
+    },
+    /// The hub refused for another reason.
+    #[error("the hub refused: {message}")]
+    Refused {
+        /// The hub's reason code.
+        code: ErrorCode,
+        /// The hub's explanation.
+        message: String,
+    },
+    /// The hub could not be reached.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// Failure of `send`, `try_send` and `send_async`. The value is handed back.
+#[derive(thiserror::Error)]
+pub enum SendError<T> {
+    /// No room: the channel's window is used up. Returned by `try_send`, and by `send`
+    /// when the channel's [`FullPolicy`](crate::FullPolicy) is `Fail`.
+    #[error("channel '{channel}' is full")]
+    Full {
+        /// The channel's name.
+        channel: String,
+        /// The value that was not sent.
+        value: T,
+    },
+    /// The channel was closed.
+    #[error("channel '{channel}' is closed")]
+    Closed {
+        /// The channel's name.
+        channel: String,
+        /// The value that was not sent.
+        value: T,
+    },
+    /// The window is used up and nobody holds the other end any more, or the hub
+    /// connection is gone.
+    #[error("channel '{channel}' is disconnected")]
+    Disconnected {
+        /// The channel's name.
+        channel: String,
+        /// The value that was not sent.
+        value: T,
+    },
+    /// The value could not be encoded as MessagePack.
+    #[error("channel '{channel}': cannot encode {type_name}: {reason}")]
+    Encode {
+        /// The channel's name.
+        channel: String,
+        /// The value's type.
+        type_name: &'static str,
+        /// The encoder's message.
+        reason: String,
+        /// The value that was not sent.
+        value: T,
+    },
+}
+
+impl<T> SendError<T> {
+    /// The value that could not be sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendError::Full { value, .. }
+            | SendError::Closed { value, .. }
+            | SendError::Disconnected { value, .. }
+            | SendError::Encode { value, .. } => value,
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SendError({self})")
+    }
+}
+
+/// Failure of `send_timeout`. The value is handed back.
+#[derive(thiserror::Error)]
+pub enum SendTimeoutError<T> {
+    /// The window stayed full until the deadline.
+    #[error("channel '{channel}' stayed full until the deadline")]
+    Timeout {
+        /// The channel's name.
+        channel: String,
+        /// The value that was not sent.
+        value: T,
+    },
+    /// Any other failure.
+    #[error(transparent)]
+    Send(SendError<T>),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// The value that could not be sent.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout { value, .. } => value,
+            SendTimeoutError::Send(e) => e.into_inner(),
+        }
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SendTimeoutError({self})")
+    }
+}
+
+/// Failure of `recv`, `recv_async` and iteration.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RecvError {
+    /// Nobody holds the other end any more (its process died or dropped it), or the hub
+    /// connection is gone, and nothing is left to receive.
+    #[error("channel '{channel}' is disconnected")]
+    Disconnected {
+        /// The channel's name.
+        channel: String,
+    },
+    /// The channel was closed and nothing is left to receive.
+    #[error("channel '{channel}' is closed")]
+    Closed {
+        /// The channel's name.
+        channel: String,
+    },
+    /// A message arrived that does not decode as the channel's type. It is consumed;
+    /// the next receive gets the next message.
+    #[error("channel '{channel}': message does not decode as {type_name}: {reason}")]
+    Decode {
+        /// The channel's name.
+        channel: String,
+        /// The expected type.
+        type_name: &'static str,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// This end already receives passively (`on_receive`) in this process.
+    #[error("channel '{channel}' already receives with on_receive; it cannot also recv")]
+    ModeConflict {
+        /// The channel's name.
+        channel: String,
+    },
+}
+
+/// Failure of `try_recv`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing to receive right now.
+    #[error("channel '{channel}' is empty")]
+    Empty {
+        /// The channel's name.
+        channel: String,
+    },
+    /// Any other failure.
+    #[error(transparent)]
+    Recv(#[from] RecvError),
+}
+
+/// Failure of `recv_timeout` and `recv_deadline`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RecvTimeoutError {
+    /// Nothing arrived before the deadline.
+    #[error("nothing arrived on channel '{channel}' before the deadline")]
+    Timeout {
+        /// The channel's name.
+        channel: String,
+    },
+    /// Any other failure.
+    #[error(transparent)]
+    Recv(#[from] RecvError),
+}
+
+/// Failure of `on_receive`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum OnReceiveError {
+    /// This end already receives actively (`recv` and friends) in this process.
+    #[error("channel '{channel}' already receives with recv; it cannot also use on_receive")]
+    ModeConflict {
+        /// The channel's name.
+        channel: String,
+    },
+    /// The channel is closed.
+    #[error("channel '{channel}' is closed")]
+    Closed {
+        /// The channel's name.
+        channel: String,
+    },
+}
+
+/// Failure of a request to restart or stop a child process.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    /// No child has this name.
+    #[error("no child process named '{name}'")]
+    UnknownProcess {
+        /// The name given.
+        name: String,
+    },
+    /// The request was refused.
+    #[error("the hub refused: {message}")]
+    Refused {
+        /// The hub's reason code.
+        code: ErrorCode,
+        /// The hub's explanation.
+        message: String,
+    },
+    /// The hub could not be reached.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// Failure to join a yukicomm program as a child.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The environment does not say where the hub is: this process was not started by a
+    /// yukicomm supervisor.
+    #[error("not started by a yukicomm supervisor: {0} is not set")]
+    NotAChild(&'static str),
+    /// The hub's socket could not be reached.
+    #[error("cannot connect to the hub at {path}: {source}")]
+    Io {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The hub refused this process.
+    #[error("the hub refused this process: {message}")]
+    Refused {
+        /// The hub's reason code.
+        code: ErrorCode,
+        /// The hub's explanation.
+        message: String,
+    },
+    /// The hub answered something that is not a welcome.
+    #[error("unexpected answer from the hub: {0}")]
+    Protocol(String),
+    /// A process can join only once.
+    #[error("this process is already connected to a hub")]
+    AlreadyConnected,
+}
+
+/// Any yukicomm error, for applications that propagate with `?`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// See [`RegistryError`].
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A send failed; the value is dropped.
+    #[error("{0}")]
+    Send(String),
+    /// See [`RecvError`].
+    #[error(transparent)]
+    Recv(#[from] RecvError),
+    /// See [`RecvTimeoutError`].
+    #[error(transparent)]
+    RecvTimeout(#[from] RecvTimeoutError),
+    /// See [`TryRecvError`].
+    #[error(transparent)]
+    TryRecv(#[from] TryRecvError),
+    /// See [`OnReceiveError`].
+    #[error(transparent)]
+    OnReceive(#[from] OnReceiveError),
+    /// See [`ControlError`].
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// See [`ConnectError`].
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// See [`LinkError`].
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// An I/O failure, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A failure reported by application code.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl<T> From<SendError<T>> for Error {
+    fn from(e: SendError<T>) -> Error {
+        Error::Send(e.to_string())
+    }
+}
+
+impl<T> From<SendTimeoutError<T>> for Error {
+    fn from(e: SendTimeoutError<T>) -> Error {
+        Error::Send(e.to_string())
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,446 @@
+//! The per-process core: every channel end this process holds, and the dispatch of
+//! frames arriving from the hub.
+//!
+//! A [`Node`] sits on top of a [`Transport`]: in a child, a socket to the hub
+//! ([`crate::remote`]); in the main process, direct calls into the hub. Channel handles,
+//! the registry functions and the child [`Context`](crate::Context) all go through it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use parking_lot::{Condvar, Mutex};
+use yukicomm_wire::{ChanId, End, EndRef, Event, Frame, Notice, Reply, Request};
+
+use crate::error::LinkError;
+use crate::passive::ErasedHandler;
+
+/// Why a transport could not take a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The value did not encode; nothing was sent.
+    Encode(String),
+    /// The connection to the hub is gone.
+    Broken,
+}
+
+/// Writes a message body in place and returns the channel ends it encoded.
+pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<EndRef>, String>;
+
+/// How a process's frames reach the hub.
+///
+/// Implemented by the socket connection of a child and, in the main process, by the
+/// supervisor on top of the hub itself. Incoming frames are handed to
+/// [`Node::dispatch`].
+pub trait Transport: Send + Sync + 'static {
+    /// Sends a message on `chan` to end `to`; `encode` writes the body.
+    fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError>;
+    /// Grants the hub `n` more messages for `end`, where this process receives.
+    fn send_credit(&self, chan: ChanId, end: End, n: u32);
+    /// Sends a one-way notice.
+    fn notice(&self, notice: Notice);
+    /// Sends a request and waits for its reply.
+    fn request(&self, request: Request, timeout: Duration) -> Result<Reply, LinkError>;
+    /// Sends a request; the future resolves with its reply.
+    fn request_async(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Reply, LinkError>>;
+}
+
+pub(crate) const MODE_UNSET: u8 = 0;
+pub(crate) const MODE_ACTIVE: u8 = 1;
+pub(crate) const MODE_PASSIVE: u8 = 2;
+
+/// An item in an end's inbound queue.
+pub(crate) enum Item {
+    /// A message, and guards holding the ends it carries until it is decoded.
+    Msg {
+        body: Bytes,
+        _carried: Vec<EndGuard>,
+    },
+    /// The end's state changed (peer gone, closed, hub lost): waiters re-check it.
+    Wake,
+}
+
+/// This process's state for one channel end.
+pub(crate) struct EndState {
+    pub(crate) key: EndRef,
+    label: Mutex<Arc<str>>,
+    pub(crate) tx: flume::Sender<Item>,
+    pub(crate) rx: flume::Receiver<Item>,
+    pub(crate) mode: AtomicU8,
+    /// Messages this process may still send from this end.
+    credits: AtomicU32,
+    credit_lock: Mutex<()>,
+    credit_cv: Condvar,
+    pub(crate) credit_notify: tokio::sync::Notify,
+    /// Messages consumed since credit was last returned.
+    consumed: AtomicU32,
+    pub(crate) peer_gone: AtomicBool,
+    pub(crate) closed: AtomicBool,
+    pub(crate) waiters: AtomicUsize,
+    /// Live handles (channels, guards) in this process.
+    handles: AtomicUsize,
+    /// Grants received from the hub since the last release.
+    grants: AtomicU32,
+    /// Never released (a child's own `NAME-active` and `NAME-passive` ends).
+    pinned: AtomicBool,
+    pub(crate) handlers: Mutex<Vec<Arc<dyn ErasedHandler>>>,
+}
+
+impl EndState {
+    /// The channel's name for messages: its registered name, or `#id`.
+    pub(crate) fn label(&self) -> String {
+        self.label.lock().to_string()
+    }
+
+    pub(crate) fn set_label(&self, name: &str) {
+        *self.label.lock() = Arc::from(name);
+    }
+
+    /// Takes one send credit without waiting.
+    pub(crate) fn try_take_credit(&self) -> bool {
+        self.credits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Gives back a credit taken for a message that was not sent.
+    pub(crate) fn return_credit(&self) {
+        self.add_credits(1);
+    }
+
+    fn add_credits(&self, n: u32) {
+        self.credits.fetch_add(n, Ordering::AcqRel);
+        self.wake_senders();
+    }
+
+    pub(crate) fn wake_senders(&self) {
+        drop(self.credit_lock.lock());
+        self.credit_cv.notify_all();
+        self.credit_notify.notify_waiters();
+    }
+
+    /// Blocks until a credit can be taken, the deadline passes (`Ok(false)`), or the end
+    /// can no longer send (`Err`).
+    pub(crate) fn wait_credit(
+        &self,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<bool, SendBlock> {
+        let mut guard = self.credit_lock.lock();
+        loop {
+            if self.try_take_credit() {
+                return Ok(true);
+            }
+            if let Some(b) = self.send_block() {
+                return Err(b);
+            }
+            match deadline {
+                Some(d) => {
+                    if self.credit_cv.wait_until(&mut guard, d).timed_out() {
+                        return Ok(self.try_take_credit());
+                    }
+                }
+                None => self.credit_cv.wait(&mut guard),
+            }
+        }
+    }
+
+    /// Why this end cannot send at all, if it cannot.
+    pub(crate) fn send_block(&self) -> Option<SendBlock> {
+        if self.closed.load(Ordering::Acquire) {
+            Some(SendBlock::Closed)
+        } else if self.peer_gone.load(Ordering::Acquire) {
+            Some(SendBlock::Disconnected)
+        } else {
+            None
+        }
+    }
+
+    /// Counts a consumed message and returns credit to the hub in batches.
+    pub(crate) fn consumed(&self, node: &NodeInner) {
+        let half = (node.window / 2).max(1);
+        let c = self.consumed.fetch_add(1, Ordering::AcqRel) + 1;
+        if c >= half {
+            let n = self.consumed.swap(0, Ordering::AcqRel);
+            if n > 0 {
+                if let Some(t) = node.transport.get() {
+                    t.send_credit(self.key.chan, self.key.end, n);
+                }
+            }
+        }
+    }
+
+    /// Pushes wake markers so that every blocked receiver re-checks the state.
+    pub(crate) fn wake_receivers(&self) {
+        let n = self.waiters.load(Ordering::Acquire).max(1);
+        for _ in 0..n {
+            let _ = self.tx.send(Item::Wake);
+        }
+        self.wake_senders();
+    }
+}
+
+/// Why a send cannot proceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SendBlock {
+    Closed,
+    Disconnected,
+}
+
+/// Keeps one channel end held by this process. Dropping the last guard of an end tells
+/// the hub this process no longer holds it.
+pub(crate) struct EndGuard {
+    pub(crate) node: Arc<NodeInner>,
+    pub(crate) state: Arc<EndState>,
+}
+
+impl Clone for EndGuard {
+    fn clone(&self) -> EndGuard {
+        self.state.handles.fetch_add(1, Ordering::AcqRel);
+        EndGuard {
+            node: self.node.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if self.state.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.node.maybe_release(&self.state);
+        }
+    }
+}
+
+/// The per-process state shared by every handle.
+pub struct NodeInner {
+    transport: OnceLock<Arc<dyn Transport>>,
+    ends: Mutex<HashMap<EndRef, Arc<EndState>>>,
+    pub(crate) window: u32,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) request_timeout: Duration,
+    lost: AtomicBool,
+}
+
+/// A process's connection to the yukicomm program: the handle the registry functions,
+/// channels and contexts share.
+///
+/// Cheap to clone. Made by [`crate::connect`] in a child and by the supervisor in the
+/// main process.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("window", &self.inner.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node without a transport yet; see [`Node::set_transport`].
+    ///
+    /// `window` is the hub's credit window, `runtime` runs passive handlers, and
+    /// `request_timeout` bounds every request to the hub.
+    pub fn new(window: u32, runtime: tokio::runtime::Handle, request_timeout: Duration) -> Node {
+        Node {
+            inner: Arc::new(NodeInner {
+                transport: OnceLock::new(),
+                ends: Mutex::new(HashMap::new()),
+                window: window.max(1),
+                runtime,
+                request_timeout,
+                lost: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Installs the transport. Only the first call has an effect.
+    pub fn set_transport(&self, transport: Arc<dyn Transport>) {
+        let _ = self.inner.transport.set(transport);
+    }
+
+    pub(crate) fn transport(&self) -> Result<&Arc<dyn Transport>, LinkError> {
+        self.inner.transport.get().ok_or(LinkError::Disconnected)
+    }
+
+    /// The runtime that runs passive handlers.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.inner.runtime
+    }
+
+    /// Takes a handle on an end; `grant` counts one grant from the hub.
+    pub(crate) fn acquire(&self, key: EndRef, grant: bool, label: Option<&str>) -> EndGuard {
+        let mut ends = self.inner.ends.lock();
+        let state = ends
+            .entry(key)
+            .or_insert_with(|| {
+                let (tx, rx) = flume::unbounded();
+                Arc::new(EndState {
+                    key,
+                    label: Mutex::new(Arc::from(format!("{}", key.chan).as_str())),
+                    tx,
+                    rx,
+                    mode: AtomicU8::new(MODE_UNSET),
+                    credits: AtomicU32::new(self.inner.window),
+                    credit_lock: Mutex::new(()),
+                    credit_cv: Condvar::new(),
+                    credit_notify: tokio::sync::Notify::new(),
+                    consumed: AtomicU32::new(0),
+                    peer_gone: AtomicBool::new(self.inner.lost.load(Ordering::Acquire)),
+                    closed: AtomicBool::new(false),
+                    waiters: AtomicUsize::new(0),
+                    handles: AtomicUsize::new(0),
+                    grants: AtomicU32::new(0),
+                    pinned: AtomicBool::new(false),
+                    handlers: Mutex::new(Vec::new()),
+                })
+            })
+            .clone();
+        drop(ends);
+        state.handles.fetch_add(1, Ordering::AcqRel);
+        if grant {
+            state.grants.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(l) = label {
+            state.set_label(l);
+        }
+        EndGuard {
+            node: self.inner.clone(),
+            state,
+        }
+    }
+
+    /// Keeps an end held for the life of the process.
+    pub(crate) fn pin(&self, guard: &EndGuard) {
+        guard.state.pinned.store(true, Ordering::Release);
+    }
+
+    /// Hands a frame that arrived from the hub to the ends it concerns.
+    ///
+    /// Called by transports; never blocks and never calls back into the transport.
+    pub fn dispatch(&self, frame: Frame) {
+        match frame {
+            Frame::Msg(m) => {
+                let carried = m
+                    .carried
+                    .iter()
+                    .map(|&k| self.acquire(k, true, None))
+                    .collect::<Vec<_>>();
+                let state = self.inner.ends.lock().get(&EndRef { chan: m.chan, end: m.to }).cloned();
+                match state {
+                    Some(s) => {
+                        let _ = s.tx.send(Item::Msg {
+                            body: m.body,
+                            _carried: carried,
+                        });
+                    }
+                    None => tracing::debug!(chan = %m.chan, "message for an end this process released"),
+                }
+            }
+            Frame::Credit { chan, end, n } => {
+                if let Some(s) = self.state(EndRef { chan, end }) {
+                    s.add_credits(n);
+                }
+            }
+            Frame::Event(Event::PeerGone { chan, end }) => {
+                self.set_peer_gone(EndRef { chan, end: end.opposite() }, true)
+            }
+            Frame::Event(Event::PeerBack { chan, end }) => {
+                self.set_peer_gone(EndRef { chan, end: end.opposite() }, false)
+            }
+            Frame::Event(Event::Closed { chan }) => {
+                for end in [End::A, End::B] {
+                    if let Some(s) = self.state(EndRef { chan, end }) {
+                        s.closed.store(true, Ordering::Release);
+                        s.wake_receivers();
+                    }
+                }
+            }
+            Frame::Event(Event::Refused {
+                chan,
+                code,
+                message,
+            }) => {
+                let label = chan
+                    .and_then(|c| {
+                        self.state(EndRef { chan: c, end: End::A })
+                            .or_else(|| self.state(EndRef { chan: c, end: End::B }))
+                    })
+                    .map(|s| s.label());
+                tracing::warn!(channel = ?label, ?code, "the hub refused a frame: {message}");
+            }
+            other => tracing::warn!(?other, "unexpected frame from the hub"),
+        }
+    }
+
+    fn state(&self, key: EndRef) -> Option<Arc<EndState>> {
+        self.inner.ends.lock().get(&key).cloned()
+    }
+
+    fn set_peer_gone(&self, key: EndRef, gone: bool) {
+        if let Some(s) = self.state(key) {
+            s.peer_gone.store(gone, Ordering::Release);
+            if gone {
+                s.wake_receivers();
+            }
+        }
+    }
+
+    /// The hub connection is gone: every end is disconnected and every waiter wakes.
+    pub fn connection_lost(&self) {
+        self.inner.lost.store(true, Ordering::Release);
+        let states: Vec<_> = self.inner.ends.lock().values().cloned().collect();
+        for s in states {
+            s.peer_gone.store(true, Ordering::Release);
+            s.wake_receivers();
+        }
+    }
+
+    /// Whether the hub connection is gone.
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost.load(Ordering::Acquire)
+    }
+}
+
+impl NodeInner {
+    pub(crate) fn transport(&self) -> Option<&Arc<dyn Transport>> {
+        self.transport.get()
+    }
+
+    fn maybe_release(&self, state: &Arc<EndState>) {
+        if state.pinned.load(Ordering::Acquire) {
+            return;
+        }
+        let mut ends = self.ends.lock();
+        if state.handles.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        match ends.get(&state.key) {
+            Some(s) if Arc::ptr_eq(s, state) => {
+                ends.remove(&state.key);
+            }
+            _ => return,
+        }
+        drop(ends);
+        let count = state.grants.swap(0, Ordering::AcqRel);
+        if count > 0 {
+            if let Some(t) = self.transport.get() {
+                t.notice(Notice::Release {
+                    chan: state.key.chan,
+                    end: state.key.end,
+                    count,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Passive receiving: `on_receive(filter, handler)`.
+//!
+//! Each passive end has one dispatcher task on the node's runtime. For every message it
+//! runs, in registration order, every handler whose filter accepts the message. Filters
+//! and handlers may be plain functions or async ones. A handler that returns an error or
+//! panics is logged; the other handlers and later messages are not affected. Messages
+//! are handled one at a time, in order, and credit goes back to the hub only after a
+//! message was handled, so a slow handler slows its senders instead of growing memory.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, FutureExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::channel::Channel;
+use crate::error::{OnReceiveError, RecvError};
+use crate::node::{Item, MODE_ACTIVE, MODE_PASSIVE, MODE_UNSET};
+
+/// Marker for plain-function filters and handlers.
+#[derive(Debug)]
+pub enum Sync {}
+/// Marker for async filters and handlers.
+#[derive(Debug)]
+pub enum Async {}
+
+/// A filter deciding whether a handler sees a message: `Fn(&T) -> bool`, or
+/// `Fn(&T) -> impl Future<Output = bool>` (the future must own what it needs).
+pub trait Filter<T, M>: Send + std::marker::Sync + 'static {
+    /// Decides.
+    fn check(&self, value: &T) -> BoxFuture<'static, bool>;
+}
+
+impl<T, F> Filter<T, Sync> for F
+where
+    F: Fn(&T) -> bool + Send + std::marker::Sync + 'static,
+{
+    fn check(&self, value: &T) -> BoxFuture<'static, bool> {
+        futures::future::ready(self(value)).boxed()
+    }
+}
+
+impl<T, F, Fut> Filter<T, Async> for F
+where
+    F: Fn(&T) -> Fut + Send + std::marker::Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    fn check(&self, value: &T) -> BoxFuture<'static, bool> {
+        self(value).boxed()
+    }
+}
+
+/// A filter that accepts every message.
+pub fn accept_all<T>(_: &T) -> bool {
+    true
+}
+
+/// What a handler returns: nothing, or a `Result` whose error is logged.
+pub trait HandlerOutput: Send + 'static {
+    /// The failure to log, if any.
+    fn failure(self) -> Option<String>;
+}
+
+impl HandlerOutput for () {
+    fn failure(self) -> Option<String> {
+        None
+    }
+}
+
+impl<E: Display + Send + 'static> HandlerOutput for Result<(), E> {
+    fn failure(self) -> Option<String> {
+        self.err().map(|e| e.to_string())
+    }
+}
+
+/// A handler run for each accepted message: `Fn(T) -> R` or `Fn(T) -> impl Future<Output
+/// = R>`, where `R` is `()` or `Result<(), E>`.
+pub trait Handler<T, M>: Send + std::marker::Sync + 'static {
+    /// Handles one message.
+    fn call(&self, value: T) -> BoxFuture<'static, Option<String>>;
+}
+
+impl<T, F, R> Handler<T, Sync> for F
+where
+    F: Fn(T) -> R + Send + std::marker::Sync + 'static,
+    R: HandlerOutput,
+{
+    fn call(&self, value: T) -> BoxFuture<'static, Option<String>> {
+        futures::future::ready(self(value).failure()).boxed()
+    }
+}
+
+impl<T, F, Fut> Handler<T, Async> for F
+where
+    F: Fn(T) -> Fut + Send + std::marker::Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: HandlerOutput,
+{
+    fn call(&self, value: T) -> BoxFuture<'static, Option<String>> {
+        self(value).map(HandlerOutput::failure).boxed()
+    }
+}
+
+/// A registered filter and handler with the message type erased.
+pub(crate) trait ErasedHandler: Send + std::marker::Sync {
+    fn run(&self, node: &crate::Node, body: &[u8], channel: &str) -> BoxFuture<'static, ()>;
+}
+
+struct Registered<T, F, H, MF, MH> {
+    filter: F,
+    handler: Arc<H>,
+    _m: std::marker::PhantomData<fn() -> (T, MF, MH)>,
+}
+
+impl<T, F, H, MF, MH> ErasedHandler for Registered<T, F, H, MF, MH>
+where
+    T: DeserializeOwned + Send + 'static,
+    F: Filter<T, MF>,
+    H: Handler<T, MH>,
+{
+    fn run(&self, node: &crate::Node, body: &[u8], channel: &str) -> BoxFuture<'static, ()> {
+        let value = match crate::value::decode::<T>(node, body) {
+            Ok(v) => v,
+            Err(reason) => {
+                let e = RecvError::Decode {
+                    channel: channel.to_string(),
+                    type_name: std::any::type_name::<T>(),
+                    reason,
+                };
+                tracing::error!("{e}");
+                return futures::future::ready(()).boxed();
+            }
+        };
+        let verdict = self.filter.check(&value);
+        let handler = self.handler.clone();
+        let channel = channel.to_string();
+        async move {
+            let accepted = match AssertUnwindSafe(verdict).catch_unwind().await {
+                Ok(b) => b,
+                Err(_) => {
+                    tracing::error!(channel, "a filter panicked; the message is skipped for its handler");
+                    return;
+                }
+            };
+            if !accepted {
+                return;
+            }
+            let run = AssertUnwindSafe(async move { handler.call(value).await });
+            match run.catch_unwind().await {
+                Ok(None) => {}
+                Ok(Some(failure)) => tracing::error!(channel, "a handler failed: {failure}"),
+                Err(_) => tracing::error!(channel, "a handler panicked"),
+            }
+        }
+        .boxed()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
+    /// Receives passively: for every message, runs `handler` if `filter` accepts it.
+    ///
+    /// Filters and handlers may be plain or async functions; several may be registered,
+    /// and every one whose filter accepts a message runs, in registration order. A
+    /// handler that fails or panics is logged and changes nothing else. Handlers run on
+    /// the process's runtime and keep the end held after every `Channel` handle is
+    /// dropped. Use [`accept_all`] as the filter to see every message.
+    ///
+    /// # Errors
+    ///
+    /// [`OnReceiveError::ModeConflict`] if this end already receives with `recv` in this
+    /// process, [`OnReceiveError::Closed`] if the channel is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ctx: yukicomm_client::Context) -> yukicomm_client::Result<()> {
+    /// ctx.passive_channel::<String>().on_receive(
+    ///     |s: &String| !s.is_empty(),
+    ///     |s: String| async move { println!("Passive receive: {s}") },
+    /// )?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_receive<F, H, MF, MH>(&self, filter: F, handler: H) -> Result<(), OnReceiveError>
+    where
+        F: Filter<T, MF>,
+        H: Handler<T, MH>,
+        MF: 'static,
+        MH: 'static,
+    {
+        let st = self.state();
+        if st.closed.load(Ordering::Acquire) {
+            return Err(OnReceiveError::Closed { channel: self.name() });
+        }
+        let first = match st.mode.compare_exchange(MODE_UNSET, MODE_PASSIVE, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => true,
+            Err(MODE_ACTIVE) => return Err(OnReceiveError::ModeConflict { channel: self.name() }),
+            Err(_) => false,
+        };
+        st.handlers.lock().push(Arc::new(Registered {
+            filter,
+            handler: Arc::new(handler),
+            _m: std::marker::PhantomData,
+        }));
+        if first {
+            let keep = self.clone();
+            let node = self.node();
+            node.runtime().spawn(dispatch(keep));
+            if let Some(t) = node.inner.transport() {
+                t.notice(yukicomm_wire::Notice::Attach {
+                    chan: st.key.chan,
+                    end: st.key.end,
+                    credit: node.inner.window,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The dispatcher task of one passive end. It holds a handle, so the end stays held.
+async fn dispatch<T>(channel: Channel<T>) {
+    let st = channel.state();
+    let node = channel.node();
+    loop {
+        let item = match st.rx.recv_async().await {
+            Ok(item) => item,
+            Err(_) => return,
+        };
+        match item {
+            Item::Wake => {
+                if st.closed.load(Ordering::Acquire) && st.rx.is_empty() {
+                    tracing::debug!(channel = %channel.name(), "passive channel closed");
+                    return;
+                }
+            }
+            Item::Msg { body, _carried } => {
+                let handlers = st.handlers.lock().clone();
+                let label = channel.name();
+                for h in handlers {
+                    h.run(&node, &body, &label).await;
+                }
+                drop(_carried);
+                st.consumed(&node.inner);
+            }
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The hub's state and routing rules: channels, the registry, holders, queues and credit.
+//!
+//! All of it sits behind one mutex in [`Hub`](crate::Hub); every function here runs
+//! with the lock held, never blocks, and returns the frames to send as [`Out`] so that
+//! nothing is written while the lock is held.
+//!
+//! Flow control: a process may have at most `window` messages per channel end that the
+//! hub has not yet delivered (the hub returns credit as it delivers, in batches of half
+//! a window), and a receiving process grants the hub at most `window` messages per end
+//! at a time. So the hub holds at most `window` queued messages per sending process and
+//! channel end, whatever the processes do.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use yukicomm_wire::{
+    ChanId, ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Event, Frame, Msg, Notice, Reply,
+    Request,
+};
+
+/// A connection's number in the hub. [`LOCAL`] is the main process itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// The main process's own connection.
+pub const LOCAL: ConnId = ConnId(0);
+
+/// A frame to send to a connection once the lock is released.
+pub(crate) type Out = (ConnId, Frame);
+
+/// Who created a channel: that party gets end `A` from a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Creator {
+    Conn(ConnId),
+    Child(String),
+}
+
+struct Queued {
+    from: ConnId,
+    from_end: End,
+    body: Bytes,
+    carried: Vec<EndRef>,
+}
+
+#[derive(Default)]
+struct EndRoute {
+    /// Processes holding this end, with how many grants each has not released.
+    holders: HashMap<ConnId, u32>,
+    ever_held: bool,
+    /// Processes receiving at this end, with the credit each has granted.
+    receivers: Vec<(ConnId, u32)>,
+    next: usize,
+    /// Messages to this end waiting for a receiver with credit.
+    queue: VecDeque<Queued>,
+}
+
+struct Chan {
+    type_name: String,
+    name: Option<String>,
+    creator: Creator,
+    closed: bool,
+    /// Routes by the end messages go *to*.
+    ends: [EndRoute; 2],
+}
+
+impl Chan {
+    fn label(&self, id: ChanId) -> String {
+        self.name.clone().unwrap_or_else(|| id.to_string())
+    }
+}
+
+#[derive(Default)]
+struct ConnState {
+    child: Option<String>,
+    holds: HashSet<EndRef>,
+    /// Per end this connection sends from: messages received and not yet credited back.
+    outstanding: HashMap<EndRef, u32>,
+    /// Per end this connection sends from: delivered messages whose credit is not yet
+    /// returned.
+    owed: HashMap<EndRef, u32>,
+}
+
+/// A child the supervisor announced.
+pub(crate) struct ChildEntry {
+    pub(crate) token: String,
+    pub(crate) active: ChanId,
+    pub(crate) passive: ChanId,
+    pub(crate) conn: Option<ConnId>,
+}
+
+/// What the supervisor must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubEvent {
+    /// A child asked, or was asked, to be restarted or stopped.
+    Control {
+        /// What to do.
+        action: ControlAction,
+        /// The child.
+        name: String,
+    },
+    /// A child's connection was accepted.
+    Connected {
+        /// The child.
+        name: String,
+    },
+    /// A child's connection closed.
+    Disconnected {
+        /// The child.
+        name: String,
+    },
+}
+
+pub(crate) struct Router {
+    window: u32,
+    chans: HashMap<ChanId, Chan>,
+    next_chan: u32,
+    names: HashMap<String, ChanId>,
+    conns: HashMap<ConnId, ConnState>,
+    pub(crate) children: HashMap<String, ChildEntry>,
+    pub(crate) events: Vec<HubEvent>,
+}
+
+fn refused(chan: Option<ChanId>, code: ErrorCode, message: String) -> Frame {
+    Frame::Event(Event::Refused { chan, code, message })
+}
+
+fn error(code: ErrorCode, message: String) -> Reply {
+    Reply::Error { code, message }
+}
+
+impl Router {
+    pub(crate) fn new(window: u32) -> Router {
+        let mut r = Router {
+            window: window.max(1),
+            chans: HashMap::new(),
+            next_chan: 1,
+            names: HashMap::new(),
+            conns: HashMap::new(),
+            children: HashMap::new(),
+            events: Vec::new(),
+        };
+        r.conns.insert(LOCAL, ConnState::default());
+        r
+    }
+
+    pub(crate) fn window(&self) -> u32 {
+        self.window
+    }
+
+    fn new_chan(&mut self, type_name: String, creator: Creator) -> ChanId {
+        let id = ChanId(self.next_chan);
+        self.next_chan += 1;
+        self.chans.insert(
+            id,
+            Chan { type_name, name: None, creator, closed: false, ends: Default::default() },
+        );
+        id
+    }
+
+    /// Announces a child: creates its `NAME-active` and `NAME-passive` channels.
+    pub(crate) fn add_child(&mut self, name: &yukicomm_wire::ProcessName, token: String) {
+        if let Some(c) = self.children.get_mut(name.as_str()) {
+            c.token = token;
+            return;
+        }
+        let mut ids = [ChanId(0); 2];
+        for (i, chan_name) in [name.active_channel(), name.passive_channel()].into_iter().enumerate() {
+            let id = self.new_chan(String::new(), Creator::Child(name.to_string()));
+            if let Some(c) = self.chans.get_mut(&id) {
+                c.name = Some(chan_name.to_string());
+            }
+            self.names.insert(chan_name.to_string(), id);
+            ids[i] = id;
+        }
+        self.children.insert(
+            name.to_string(),
+            ChildEntry { token, active: ids[0], passive: ids[1], conn: None },
+        );
+    }
+
+    /// Gives a child a new token (for its next start) and returns it.
+    pub(crate) fn set_token(&mut self, name: &str, token: String) {
+        if let Some(c) = self.children.get_mut(name) {
+            c.token = token;
+        }
+    }
+
+    /// Checks a `Hello` and registers the connection. Returns the welcome, and the
+    /// connection the child had before, if it is still open.
+    pub(crate) fn hello(
+        &mut self,
+        conn: ConnId,
+        version: u32,
+        name: &str,
+        token: &str,
+        max_frame: u32,
+        out: &mut Vec<Out>,
+    ) -> Result<(Reply, Option<ConnId>), Reply> {
+        if version != yukicomm_wire::PROTOCOL_VERSION {
+            return Err(error(
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {version} is not supported (this hub speaks {})", yukicomm_wire::PROTOCOL_VERSION),
+            ));
+        }
+        let Some(child) = self.children.get_mut(name) else {
+            return Err(error(ErrorCode::Unauthorized, format!("no child process named '{name}'")));
+        };
+        if child.token.is_empty() || child.token != token {
+            return Err(error(ErrorCode::Unauthorized, format!("wrong token for child process '{name}'")));
+        }
+        // A token admits one connection.
+        child.token.clear();
+        let old = child.conn.replace(conn);
+        let (active, passive) = (child.active, child.passive);
+        self.conns.insert(conn, ConnState { child: Some(name.to_string()), ..Default::default() });
+        for chan in [active, passive] {
+            self.add_hold(conn, EndRef { chan, end: End::A }, 1, out);
+        }
+        self.events.push(HubEvent::Connected { name: name.to_string() });
+        Ok((
+            Reply::Welcome { name: name.to_string(), window: self.window, max_frame, active, passive },
+            old,
+        ))
+    }
+
+    fn add_hold(&mut self, conn: ConnId, key: EndRef, grants: u32, out: &mut Vec<Out>) {
+        let Some(chan) = self.chans.get_mut(&key.chan) else { return };
+        let route = &mut chan.ends[key.end.index()];
+        let was_empty = route.holders.is_empty();
+        *route.holders.entry(conn).or_insert(0) += grants;
+        let came_back = was_empty && route.ever_held;
+        route.ever_held = true;
+        if came_back {
+            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()].holders.keys().copied().collect();
+            for c in others {
+                out.push((c, Frame::Event(Event::PeerBack { chan: key.chan, end: key.end })));
+            }
+        }
+        if let Some(cs) = self.conns.get_mut(&conn) {
+            cs.holds.insert(key);
+        }
+    }
+
+    /// Removes `grants` of `conn`'s hold on `key` (all of them if `None`).
+    fn drop_hold(&mut self, conn: ConnId, key: EndRef, grants: Option<u32>, out: &mut Vec<Out>) {
+        let Some(chan) = self.chans.get_mut(&key.chan) else { return };
+        let route = &mut chan.ends[key.end.index()];
+        let Some(held) = route.holders.get_mut(&conn) else { return };
+        match grants {
+            Some(n) if n < *held => {
+                *held -= n;
+                return;
+            }
+            _ => {}
+        }
+        route.holders.remove(&conn);
+        route.receivers.retain(|(c, _)| *c != conn);
+        if let Some(cs) = self.conns.get_mut(&conn) {
+            cs.holds.remove(&key);
+        }
+        let route = &chan.ends[key.end.index()];
+        if route.holders.is_empty() {
+            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()].holders.keys().copied().collect();
+            for c in others {
+                out.push((c, Frame::Event(Event::PeerGone { chan: key.chan, end: key.end })));
+            }
+        }
+        self.collect(key.chan);
+    }
+
+    /// Frees an unnamed channel nobody holds and nothing is queued on.
+    fn collect(&mut self, id: ChanId) {
+        let Some(chan) = self.chans.get(&id) else { return };
+        let unused = chan.name.is_none()
+            && chan.ends.iter().all(|r| r.holders.is_empty() && r.queue.is_empty());
+        if unused {
+            self.chans.remove(&id);
+        }
+    }
+
+    /// A connection closed: it holds nothing any more.
+    pub(crate) fn drop_conn(&mut self, conn: ConnId, out: &mut Vec<Out>) {
+        let Some(cs) = self.conns.remove(&conn) else { return };
+        // Re-insert a bare entry so that drop_hold can update it, then remove it.
+        self.conns.insert(conn, ConnState::default());
+        for key in cs.holds {
+            self.drop_hold(conn, key, None, out);
+        }
+        self.conns.remove(&conn);
+        out.retain(|(c, _)| *c != conn);
+        if let Some(name) = cs.child {
+            if let Some(child) = self.children.get_mut(&name) {
+                if child.conn == Some(conn) {
+                    child.conn = None;
+                    self.events.push(HubEvent::Disconnected { name });
+                }
+            }
+        }
+    }
+
+    /// Handles one frame from `conn`. Returns a reason to close the connection when the
+    /// peer broke the protocol.
+    pub(crate) fn frame(&mut self, conn: ConnId, frame: Frame, out: &mut Vec<Out>) -> Result<(), String> {
+        match frame {
+            Frame::Msg(m) => self.msg(conn, m, out),
+            Frame::Credit { chan, end, n } => {
+                if let Some(c) = self.chans.get_mut(&chan) {
+                    let route = &mut c.ends[end.index()];
+                    if let Some(r) = route.receivers.iter_mut().find(|(c, _)| *c == conn) {
+                        r.1 = r.1.saturating_add(n).min(self.window.saturating_mul(2));
+                    }
+                    self.drain(chan, end, out);
+                }
+                Ok(())
+            }
+            Frame::Request { id, body } => {
+                let reply = self.request(conn, body, out);
+                out.push((conn, Frame::Reply { id, body: reply }));
+                Ok(())
+            }
+            Frame::Notice(n) => {
+                self.notice(conn, n, out);
+                Ok(())
+            }
+            Frame::Reply { .. } | Frame::Event(_) => Err("a process sent a frame only the hub sends".into()),
+        }
+    }
+
+    fn msg(&mut self, conn: ConnId, m: Msg, out: &mut Vec<Out>) -> Result<(), String> {
+        let from = EndRef { chan: m.chan, end: m.to.opposite() };
+        let Some(chan) = self.chans.get(&m.chan) else {
+            out.push((conn, refused(Some(m.chan), ErrorCode::UnknownChannel, format!("no channel {}", m.chan))));
+            return Ok(());
+        };
+        if !chan.ends[from.end.index()].holders.contains_key(&conn) {
+            let label = chan.label(m.chan);
+            out.push((
+                conn,
+                refused(Some(m.chan), ErrorCode::BadRequest, format!("channel '{label}': this process does not hold the sending end")),
+            ));
+            return Ok(());
+        }
+        let window = self.window;
+        let cs = self.conns.entry(conn).or_default();
+        let outstanding = cs.outstanding.entry(from).or_insert(0);
+        *outstanding += 1;
+        if *outstanding > window {
+            return Err(format!("channel {}: more than {window} messages in flight", m.chan));
+        }
+        let chan = self.chans.get_mut(&m.chan).expect("checked above");
+        if chan.closed {
+            let label = chan.label(m.chan);
+            out.push((conn, refused(Some(m.chan), ErrorCode::Closed, format!("channel '{label}' is closed"))));
+            self.credit_back(conn, from, out);
+            return Ok(());
+        }
+        chan.ends[m.to.index()].queue.push_back(Queued { from: conn, from_end: from.end, body: m.body, carried: m.carried });
+        self.drain(m.chan, m.to, out);
+        Ok(())
+    }
+
+    /// Delivers queued messages for `end` to receivers with credit, round robin.
+    fn drain(&mut self, id: ChanId, end: End, out: &mut Vec<Out>) {
+        loop {
+            let Some(chan) = self.chans.get_mut(&id) else { return };
+            let closed = chan.closed;
+            let route = &mut chan.ends[end.index()];
+            let Some(front) = route.queue.front() else { return };
+            let n = route.receivers.len();
+            let mut pick = None;
+            for i in 0..n {
+                let idx = (route.next + i) % n;
+                let (c, credit) = route.receivers[idx];
+                // A process never receives its own message.
+                if c != front.from && (credit > 0 || closed) {
+                    pick = Some(idx);
+                    break;
+                }
+            }
+            let Some(idx) = pick else { return };
+            route.next = idx + 1;
+            let receiver = route.receivers[idx].0;
+            route.receivers[idx].1 = route.receivers[idx].1.saturating_sub(1);
+            let q = route.queue.pop_front().expect("front checked above");
+            for &k in &q.carried {
+                self.add_hold(receiver, k, 1, out);
+            }
+            let from = EndRef { chan: id, end: q.from_end };
+            out.push((receiver, Frame::Msg(Msg { chan: id, to: end, carried: q.carried, body: q.body })));
+            self.credit_back(q.from, from, out);
+        }
+    }
+
+    /// Counts one delivered message of `conn` sent from `from`, returning credit in
+    /// batches of half a window.
+    fn credit_back(&mut self, conn: ConnId, from: EndRef, out: &mut Vec<Out>) {
+        let half = (self.window / 2).max(1);
+        let Some(cs) = self.conns.get_mut(&conn) else { return };
+        let owed = cs.owed.entry(from).or_insert(0);
+        *owed += 1;
+        if *owed >= half {
+            let n = std::mem::take(owed);
+            if let Some(o) = cs.outstanding.get_mut(&from) {
+                *o = o.saturating_sub(n);
+            }
+            out.push((conn, Frame::Credit { chan: from.chan, end: from.end, n }));
+        }
+    }
+
+    fn notice(&mut self, conn: ConnId, notice: Notice, out: &mut Vec<Out>) {
+        match notice {
+            Notice::Attach { chan, end, credit } => {
+                let Some(c) = self.chans.get_mut(&chan) else { return };
+                let route = &mut c.ends[end.index()];
+                if !route.holders.contains_key(&conn) {
+                    return;
+                }
+                let credit = credit.min(self.window);
+                match route.receivers.iter_mut().find(|(c, _)| *c == conn) {
+                    Some(r) => r.1 = credit,
+                    None => route.receivers.push((conn, credit)),
+                }
+                self.drain(chan, end, out);
+            }
+            Notice::Release { chan, end, count } => self.drop_hold(conn, EndRef { chan, end }, Some(count), out),
+            Notice::Close { chan } => self.close(conn, chan, out),
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, id: ChanId, out: &mut Vec<Out>) {
+        let Some(chan) = self.chans.get_mut(&id) else { return };
+        let holds = chan.ends.iter().any(|r| r.holders.contains_key(&conn));
+        if !holds || chan.closed {
+            return;
+        }
+        chan.closed = true;
+        if let Some(name) = chan.name.clone() {
+            if matches!(chan.creator, Creator::Conn(_)) {
+                self.names.remove(&name);
+            }
+        }
+        // Deliver what is queued to whoever receives, regardless of credit, so that the
+        // close is seen after every message.
+        self.drain(id, End::A, out);
+        self.drain(id, End::B, out);
+        let Some(chan) = self.chans.get(&id) else { return };
+        let mut all: Vec<ConnId> = chan.ends.iter().flat_map(|r| r.holders.keys().copied()).collect();
+        all.sort();
+        all.dedup();
+        for c in all {
+            out.push((c, Frame::Event(Event::Closed { chan: id })));
+        }
+    }
+
+    fn creator_of(&self, conn: ConnId) -> Creator {
+        match self.conns.get(&conn).and_then(|c| c.child.clone()) {
+            Some(name) => Creator::Child(name),
+            None => Creator::Conn(conn),
+        }
+    }
+
+    fn request(&mut self, conn: ConnId, req: Request, out: &mut Vec<Out>) -> Reply {
+        match req {
+            Request::Hello { .. } => error(ErrorCode::BadRequest, "hello is only valid as the first frame".into()),
+            Request::Create { type_name } => {
+                let creator = self.creator_of(conn);
+                let chan = self.new_chan(type_name, creator);
+                self.add_hold(conn, EndRef { chan, end: End::A }, 1, out);
+                Reply::Created { chan }
+            }
+            Request::Register { name, chan } => {
+                let name = match ChannelName::new(&name) {
+                    Ok(n) => n,
+                    Err(e) => return error(ErrorCode::InvalidName, e.to_string()),
+                };
+                if self.names.contains_key(name.as_str()) {
+                    return error(ErrorCode::NameTaken, format!("a channel named '{name}' is already registered"));
+                }
+                let Some(c) = self.chans.get_mut(&chan) else {
+                    return error(ErrorCode::UnknownChannel, format!("no channel {chan}"));
+                };
+                if c.closed {
+                    return error(ErrorCode::Closed, format!("channel {chan} is closed"));
+                }
+                if let Some(old) = &c.name {
+                    return error(ErrorCode::NameTaken, format!("channel {chan} is already registered as '{old}'"));
+                }
+                c.name = Some(name.to_string());
+                self.names.insert(name.to_string(), chan);
+                Reply::Done
+            }
+            Request::Lookup { name, type_name } => {
+                let Some(&id) = self.names.get(&name) else {
+                    return error(ErrorCode::UnknownChannel, format!("no channel named '{name}'"));
+                };
+                let me = self.creator_of(conn);
+                let Some(chan) = self.chans.get_mut(&id) else {
+                    return error(ErrorCode::UnknownChannel, format!("no channel named '{name}'"));
+                };
+                if chan.closed {
+                    return error(ErrorCode::Closed, format!("channel '{name}' is closed"));
+                }
+                if chan.type_name.is_empty() {
+                    chan.type_name = type_name;
+                }
+                let end = if chan.creator == me { End::A } else { End::B };
+                let other = &chan.ends[end.opposite().index()];
+                let peer_gone = other.ever_held && other.holders.is_empty();
+                let type_name = chan.type_name.clone();
+                self.add_hold(conn, EndRef { chan: id, end }, 1, out);
+                Reply::Found { chan: id, end, peer_gone, type_name }
+            }
+            Request::List => {
+                let mut channels: Vec<ChannelInfo> = self
+                    .names
+                    .iter()
+                    .map(|(name, &chan)| ChannelInfo {
+                        name: name.clone(),
+                        chan,
+                        type_name: self.chans.get(&chan).map(|c| c.type_name.clone()).unwrap_or_default(),
+                    })
+                    .collect();
+                channels.sort_by(|a, b| a.name.cmp(&b.name));
+                Reply::Channels { channels }
+            }
+            Request::Control { action, target } => {
+                let own = self.conns.get(&conn).and_then(|c| c.child.clone());
+                let name = match (target, own) {
+                    (Some(t), _) => t,
+                    (None, Some(own)) => own,
+                    (None, None) => return error(ErrorCode::BadRequest, "the main process must name the child".into()),
+                };
+                if !self.children.contains_key(&name) {
+                    return error(ErrorCode::UnknownProcess, format!("no child process named '{name}'"));
+                }
+                self.events.push(HubEvent::Control { action, name });
+                Reply::Done
+            }
+        }
+    }
+}
