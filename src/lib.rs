@@ -1,1 +1,67 @@
-pub use yukicomm_client;
+//! yukicomm: a main process supervising child processes that talk over typed, named,
+//! duplex channels.
+//!
+//! - [`App`] declares the children (a function of this same binary with
+//!   [`App::add_target`], or any executable with [`App::add_command`]), their restart
+//!   policies and the lifecycle hooks, and runs the program.
+//! - [`Channel<T>`] is one end of a channel: `send` / `recv` (blocking, timed,
+//!   non-blocking, async), passive [`Channel::on_receive`] handlers, [`Selector`].
+//! - The registry ([`Node::get_channel`], [`Node::set_channel`], [`Node::get_channels`])
+//!   is reachable from the main process ([`MainContext`]) and from every child
+//!   ([`Context`]). Every child `NAME` has the channels `NAME-active` and `NAME-passive`.
+//!
+//! The layers are separate crates: `yukicomm-wire` (frames and codec),
+//! `yukicomm-client` (what every process links), `yukicomm-hub` (the router in the main
+//! process) and `yukicomm-supervisor` (children and hooks). This crate re-exports them.
+//!
+//! # Examples
+//!
+//! The documented example: the main process sends to a child's two channels, the child
+//! receives one passively and one actively.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use yukicomm::{App, Context};
+//!
+//! async fn nonebot_main(ctx: Context) -> yukicomm::Result<()> {
+//!     ctx.passive_channel::<String>()
+//!         .on_receive(|s: &String| !s.is_empty(), |s| async move { println!("Passive receive: {s}") })?;
+//!     let active = ctx.active_channel::<String>();
+//!     while let Ok(s) = active.recv_async().await {
+//!         println!("Active receive: {s}");
+//!     }
+//!     Ok(())
+//! }
+//!
+//! fn main() -> yukicomm::Result<()> {
+//!     let mut app = App::new();
+//!     app.add_target("nonebot", nonebot_main);
+//!     app.on_after_start(|ctx| async move {
+//!         let passive = ctx.get_channel::<String>("nonebot-passive")?;
+//!         let active = ctx.get_channel::<String>("nonebot-active")?;
+//!         loop {
+//!             passive.send("I am main process passive".into())?;
+//!             active.send("I am main process active".into())?;
+//!             tokio::time::sleep(Duration::from_secs(3)).await;
+//!         }
+//!     });
+//!     app.run()
+//! }
+//! ```
+#![deny(missing_docs)]
+
+pub use yukicomm_client::{
+    accept_all, connect, error, registry, Channel, ChannelInfo, ConnectError, Context, ControlError, Error, FullPolicy,
+    HandlerOutput, HandlerReturn, Iter, LinkError, Node, OnReceiveError, RecvError, RecvTimeoutError, RegistryError,
+    Result, Selector, SendError, SendTimeoutError, TryRecvError, Verdict,
+};
+pub use yukicomm_hub::HubConfig;
+pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RestartPolicy};
+
+/// The wire format, for tools and other-language clients.
+pub use yukicomm_wire as wire;
+
+/// The names most programs need.
+pub mod prelude {
+    pub use crate::{accept_all, App, Channel, Context, FullPolicy, MainContext, RestartPolicy, Selector};
+}

@@ -36,6 +36,6 @@ pub use error::{
     Result, SendError, SendTimeoutError, TryRecvError,
 };
 pub use node::{EncodeFn, Node, Transport, TransportError};
-pub use passive::{accept_all, Async, Filter, Handler, HandlerOutput, Sync};
+pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};

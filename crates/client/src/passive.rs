@@ -28,29 +28,24 @@ pub enum Sync {}
 #[derive(Debug)]
 pub enum Async {}
 
-/// A filter deciding whether a handler sees a message: `Fn(&T) -> bool`, or
-/// `Fn(&T) -> impl Future<Output = bool>` (the future must own what it needs).
-pub trait Filter<T, M>: Send + std::marker::Sync + 'static {
-    /// Decides.
-    fn check(&self, value: &T) -> BoxFuture<'static, bool>;
+/// What a filter returns: `bool`, or a future of `bool` (which must own what it needs).
+pub trait Verdict<M>: Send + 'static {
+    /// The verdict as a future.
+    fn into_future(self) -> BoxFuture<'static, bool>;
 }
 
-impl<T, F> Filter<T, Sync> for F
-where
-    F: Fn(&T) -> bool + Send + std::marker::Sync + 'static,
-{
-    fn check(&self, value: &T) -> BoxFuture<'static, bool> {
-        futures::future::ready(self(value)).boxed()
+impl Verdict<Sync> for bool {
+    fn into_future(self) -> BoxFuture<'static, bool> {
+        futures::future::ready(self).boxed()
     }
 }
 
-impl<T, F, Fut> Filter<T, Async> for F
+impl<Fut> Verdict<Async> for Fut
 where
-    F: Fn(&T) -> Fut + Send + std::marker::Sync + 'static,
     Fut: Future<Output = bool> + Send + 'static,
 {
-    fn check(&self, value: &T) -> BoxFuture<'static, bool> {
-        self(value).boxed()
+    fn into_future(self) -> BoxFuture<'static, bool> {
+        self.boxed()
     }
 }
 
@@ -59,7 +54,8 @@ pub fn accept_all<T>(_: &T) -> bool {
     true
 }
 
-/// What a handler returns: nothing, or a `Result` whose error is logged.
+/// What a handler or hook returns when it has nothing to report: `()`, or a `Result`
+/// whose error is logged.
 pub trait HandlerOutput: Send + 'static {
     /// The failure to log, if any.
     fn failure(self) -> Option<String>;
@@ -77,31 +73,31 @@ impl<E: Display + Send + 'static> HandlerOutput for Result<(), E> {
     }
 }
 
-/// A handler run for each accepted message: `Fn(T) -> R` or `Fn(T) -> impl Future<Output
-/// = R>`, where `R` is `()` or `Result<(), E>`.
-pub trait Handler<T, M>: Send + std::marker::Sync + 'static {
-    /// Handles one message.
-    fn call(&self, value: T) -> BoxFuture<'static, Option<String>>;
+/// What a handler returns: `()` or `Result<(), E>`, or a future of either.
+pub trait HandlerReturn<M>: Send + 'static {
+    /// The handler's work as a future of its failure, if any.
+    fn into_future(self) -> BoxFuture<'static, Option<String>>;
 }
 
-impl<T, F, R> Handler<T, Sync> for F
-where
-    F: Fn(T) -> R + Send + std::marker::Sync + 'static,
-    R: HandlerOutput,
-{
-    fn call(&self, value: T) -> BoxFuture<'static, Option<String>> {
-        futures::future::ready(self(value).failure()).boxed()
+impl HandlerReturn<Sync> for () {
+    fn into_future(self) -> BoxFuture<'static, Option<String>> {
+        futures::future::ready(None).boxed()
     }
 }
 
-impl<T, F, Fut> Handler<T, Async> for F
+impl<E: Display + Send + 'static> HandlerReturn<Sync> for Result<(), E> {
+    fn into_future(self) -> BoxFuture<'static, Option<String>> {
+        futures::future::ready(self.failure()).boxed()
+    }
+}
+
+impl<Fut> HandlerReturn<Async> for Fut
 where
-    F: Fn(T) -> Fut + Send + std::marker::Sync + 'static,
     Fut: Future + Send + 'static,
     Fut::Output: HandlerOutput,
 {
-    fn call(&self, value: T) -> BoxFuture<'static, Option<String>> {
-        self(value).map(HandlerOutput::failure).boxed()
+    fn into_future(self) -> BoxFuture<'static, Option<String>> {
+        self.map(HandlerOutput::failure).boxed()
     }
 }
 
@@ -110,17 +106,22 @@ pub(crate) trait ErasedHandler: Send + std::marker::Sync {
     fn run(&self, node: &crate::Node, body: &[u8], channel: &str) -> BoxFuture<'static, ()>;
 }
 
-struct Registered<T, F, H, MF, MH> {
+/// Marker types of a registered filter and handler.
+type Markers<T, B, R, MF, MH> = std::marker::PhantomData<fn() -> (T, B, R, MF, MH)>;
+
+struct Registered<T, F, H, B, R, MF, MH> {
     filter: F,
     handler: Arc<H>,
-    _m: std::marker::PhantomData<fn() -> (T, MF, MH)>,
+    _m: Markers<T, B, R, MF, MH>,
 }
 
-impl<T, F, H, MF, MH> ErasedHandler for Registered<T, F, H, MF, MH>
+impl<T, F, H, B, R, MF, MH> ErasedHandler for Registered<T, F, H, B, R, MF, MH>
 where
     T: DeserializeOwned + Send + 'static,
-    F: Filter<T, MF>,
-    H: Handler<T, MH>,
+    F: Fn(&T) -> B + Send + std::marker::Sync + 'static,
+    B: Verdict<MF>,
+    H: Fn(T) -> R + Send + std::marker::Sync + 'static,
+    R: HandlerReturn<MH>,
 {
     fn run(&self, node: &crate::Node, body: &[u8], channel: &str) -> BoxFuture<'static, ()> {
         let value = match crate::value::decode::<T>(node, body) {
@@ -135,7 +136,7 @@ where
                 return futures::future::ready(()).boxed();
             }
         };
-        let verdict = self.filter.check(&value);
+        let verdict = (self.filter)(&value).into_future();
         let handler = self.handler.clone();
         let channel = channel.to_string();
         async move {
@@ -149,7 +150,7 @@ where
             if !accepted {
                 return;
             }
-            let run = AssertUnwindSafe(async move { handler.call(value).await });
+            let run = AssertUnwindSafe(async move { handler(value).into_future().await });
             match run.catch_unwind().await {
                 Ok(None) => {}
                 Ok(Some(failure)) => tracing::error!(channel, "a handler failed: {failure}"),
@@ -180,15 +181,17 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
     /// # async fn demo(ctx: yukicomm_client::Context) -> yukicomm_client::Result<()> {
     /// ctx.passive_channel::<String>().on_receive(
     ///     |s: &String| !s.is_empty(),
-    ///     |s: String| async move { println!("Passive receive: {s}") },
+    ///     |s| async move { println!("Passive receive: {s}") },
     /// )?;
     /// # Ok(())
     /// # }
     /// ```
-    pub fn on_receive<F, H, MF, MH>(&self, filter: F, handler: H) -> Result<(), OnReceiveError>
+    pub fn on_receive<F, B, H, R, MF, MH>(&self, filter: F, handler: H) -> Result<(), OnReceiveError>
     where
-        F: Filter<T, MF>,
-        H: Handler<T, MH>,
+        F: Fn(&T) -> B + Send + std::marker::Sync + 'static,
+        B: Verdict<MF>,
+        H: Fn(T) -> R + Send + std::marker::Sync + 'static,
+        R: HandlerReturn<MH>,
         MF: 'static,
         MH: 'static,
     {

@@ -1,0 +1,75 @@
+//! [`MainContext`]: what the main process's hooks get.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use yukicomm_client::{ControlError, Node};
+
+/// The main process's handle: the registry (through `Deref` to [`Node`]) and control of
+/// the children.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(ctx: yukicomm_supervisor::MainContext) -> yukicomm_client::Result<()> {
+/// let active = ctx.get_channel::<String>("nonebot-active")?;
+/// active.send("hello".to_string())?;
+/// ctx.restart_process("nonebot")?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MainContext {
+    pub(crate) node: Node,
+    pub(crate) children: Arc<Vec<String>>,
+    pub(crate) shutdown: mpsc::UnboundedSender<()>,
+}
+
+impl std::fmt::Debug for MainContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MainContext").field("children", &self.children).finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for MainContext {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl MainContext {
+    /// The registry and channel functions (also reachable through `Deref`).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The names of every child, in the order they were added.
+    pub fn children(&self) -> &[String] {
+        &self.children
+    }
+
+    /// Restarts every child.
+    ///
+    /// # Errors
+    ///
+    /// The first [`ControlError`] met; the other children are still restarted.
+    pub fn restart_all(&self) -> Result<(), ControlError> {
+        let mut first = Ok(());
+        for name in self.children.iter() {
+            if let Err(e) = self.node.restart_process(name) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Asks the whole program to shut down in order: every child is stopped (with its
+    /// hooks), then the `on_after_shutdown` hooks run and `App::run` returns.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(());
+    }
+}

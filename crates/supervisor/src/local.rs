@@ -1,0 +1,57 @@
+//! The main process's transport: direct calls into the hub, no socket.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use yukicomm_client::{EncodeFn, LinkError, Node, Transport, TransportError};
+use yukicomm_hub::Hub;
+use yukicomm_wire::{ChanId, End, Frame, Msg, Notice, Reply, Request};
+
+thread_local! {
+    /// The size of the last body encoded on this thread, to allocate the next one once.
+    static LAST_LEN: Cell<usize> = const { Cell::new(64) };
+}
+
+pub(crate) struct Local {
+    pub(crate) hub: Arc<Hub>,
+}
+
+impl Transport for Local {
+    fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError> {
+        let mut body = Vec::with_capacity(LAST_LEN.with(Cell::get));
+        let carried = encode(&mut body).map_err(TransportError::Encode)?;
+        LAST_LEN.with(|l| l.set(body.len().max(16)));
+        // The buffer moves into `Bytes` without a copy.
+        let body = Bytes::from(body);
+        self.hub.local_frames([Frame::Msg(Msg { chan, to, carried, body })]);
+        Ok(())
+    }
+
+    fn send_credit(&self, chan: ChanId, end: End, n: u32) {
+        self.hub.local_frames([Frame::Credit { chan, end, n }]);
+    }
+
+    fn notice(&self, notice: Notice) {
+        self.hub.local_frames([Frame::Notice(notice)]);
+    }
+
+    fn request(&self, request: Request, _timeout: Duration) -> Result<Reply, LinkError> {
+        Ok(self.hub.local_request(request))
+    }
+
+    fn request_async(&self, request: Request, _timeout: Duration) -> BoxFuture<'static, Result<Reply, LinkError>> {
+        futures::future::ready(Ok(self.hub.local_request(request))).boxed()
+    }
+}
+
+/// Makes the main process's node and wires it to the hub in both directions.
+pub(crate) fn local_node(hub: Arc<Hub>, runtime: tokio::runtime::Handle) -> Node {
+    let node = Node::new(hub.window(), runtime, Duration::from_secs(30));
+    node.set_transport(Arc::new(Local { hub: hub.clone() }));
+    let dispatch = node.clone();
+    hub.set_local(Arc::new(move |frame| dispatch.dispatch(frame)));
+    node
+}
