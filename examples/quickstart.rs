@@ -28,8 +28,10 @@ struct Args {
 }
 
 async fn nonebot_main(ctx: Context) -> yukicomm::Result<()> {
-    ctx.passive_channel::<String>()
-        .on_receive(|s: &String| !s.is_empty(), |s| async move { info!("Passive receive: {s}") })?;
+    ctx.passive_channel::<String>().on_receive(
+        |s: &String| !s.is_empty(),
+        |s| async move { info!("Passive receive: {s}") },
+    )?;
     let active = ctx.active_channel::<String>();
     while let Ok(s) = active.recv_async().await {
         info!("Active receive: {s}");

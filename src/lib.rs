@@ -51,9 +51,10 @@
 #![deny(missing_docs)]
 
 pub use yukicomm_client::{
-    accept_all, connect, error, registry, Channel, ChannelInfo, ConnectError, Context, ControlError, Error, FullPolicy,
-    HandlerOutput, HandlerReturn, Iter, LinkError, Node, OnReceiveError, RecvError, RecvTimeoutError, RegistryError,
-    Result, Selector, SendError, SendTimeoutError, TryRecvError, Verdict,
+    accept_all, connect, error, registry, Channel, ChannelInfo, ConnectError, Context,
+    ControlError, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
+    OnReceiveError, RecvError, RecvTimeoutError, RegistryError, Result, Selector, SendError,
+    SendTimeoutError, TryRecvError, Verdict,
 };
 pub use yukicomm_hub::HubConfig;
 pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RestartPolicy};
@@ -63,5 +64,7 @@ pub use yukicomm_wire as wire;
 
 /// The names most programs need.
 pub mod prelude {
-    pub use crate::{accept_all, App, Channel, Context, FullPolicy, MainContext, RestartPolicy, Selector};
+    pub use crate::{
+        accept_all, App, Channel, Context, FullPolicy, MainContext, RestartPolicy, Selector,
+    };
 }

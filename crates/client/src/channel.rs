@@ -10,7 +10,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use yukicomm_wire::{ChanId, End, Notice};
 
 use crate::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError};
-use crate::node::{EndGuard, EndState, Item, Node, SendBlock, TransportError, MODE_ACTIVE, MODE_PASSIVE, MODE_UNSET};
+use crate::node::{
+    EndGuard, EndState, Item, Node, SendBlock, TransportError, MODE_ACTIVE, MODE_PASSIVE,
+    MODE_UNSET,
+};
 use crate::value;
 
 /// What a send does when the channel's window is used up.
@@ -150,8 +153,8 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// # Errors
     ///
     /// [`SendError::Closed`], [`SendError::Disconnected`] (window used up and the other
-    /// end's holders all gone, or hub lost), [`SendError::Full`] (policy `Fail`), or
-    /// [`SendError::Encode`]. The value is handed back.
+    /// end's holders all gone, or hub lost), [`SendError::Full`] (policy `Fail`),
+    /// [`SendError::TooLarge`] or [`SendError::Encode`]. The value is handed back.
     pub fn send(&self, value: T) -> Result<(), SendError<T>> {
         match self.policy {
             FullPolicy::Fail => self.try_send(value),
@@ -170,14 +173,20 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
-            return Err(SendError::Closed { channel: self.name(), value });
+            return Err(SendError::Closed {
+                channel: self.name(),
+                value,
+            });
         }
         if st.try_take_credit() {
             return self.transmit(value);
         }
         match st.send_block() {
             Some(b) => Err(self.blocked(b, value)),
-            None => Err(SendError::Full { channel: self.name(), value }),
+            None => Err(SendError::Full {
+                channel: self.name(),
+                value,
+            }),
         }
     }
 
@@ -191,15 +200,27 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         self.send_deadline(value, Some(Instant::now() + timeout))
     }
 
-    fn send_deadline(&self, value: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
+    fn send_deadline(
+        &self,
+        value: T,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<T>> {
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
-            return Err(SendTimeoutError::Send(SendError::Closed { channel: self.name(), value }));
+            return Err(SendTimeoutError::Send(SendError::Closed {
+                channel: self.name(),
+                value,
+            }));
         }
         if !st.try_take_credit() {
             match st.wait_credit(deadline) {
                 Ok(true) => {}
-                Ok(false) => return Err(SendTimeoutError::Timeout { channel: self.name(), value }),
+                Ok(false) => {
+                    return Err(SendTimeoutError::Timeout {
+                        channel: self.name(),
+                        value,
+                    })
+                }
                 Err(b) => return Err(SendTimeoutError::Send(self.blocked(b, value))),
             }
         }
@@ -219,7 +240,10 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         let st = self.state();
         loop {
             if st.closed.load(Ordering::Acquire) {
-                return Err(SendError::Closed { channel: self.name(), value });
+                return Err(SendError::Closed {
+                    channel: self.name(),
+                    value,
+                });
             }
             let notified = st.credit_notify.notified();
             tokio::pin!(notified);
@@ -236,8 +260,14 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
 
     fn blocked(&self, b: SendBlock, value: T) -> SendError<T> {
         match b {
-            SendBlock::Closed => SendError::Closed { channel: self.name(), value },
-            SendBlock::Disconnected => SendError::Disconnected { channel: self.name(), value },
+            SendBlock::Closed => SendError::Closed {
+                channel: self.name(),
+                value,
+            },
+            SendBlock::Disconnected => SendError::Disconnected {
+                channel: self.name(),
+                value,
+            },
         }
     }
 
@@ -246,9 +276,14 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         let st = self.state();
         let Some(t) = self.guard.node.transport() else {
             st.return_credit();
-            return Err(SendError::Disconnected { channel: self.name(), value });
+            return Err(SendError::Disconnected {
+                channel: self.name(),
+                value,
+            });
         };
-        let result = t.send_msg(st.key.chan, st.key.end.opposite(), &mut |buf| value::encode(buf, &value));
+        let result = t.send_msg(st.key.chan, st.key.end.opposite(), &mut |buf| {
+            value::encode(buf, &value)
+        });
         match result {
             Ok(()) => Ok(()),
             Err(TransportError::Encode(reason)) => {
@@ -260,14 +295,29 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                     value,
                 })
             }
-            Err(TransportError::Broken) => Err(SendError::Disconnected { channel: self.name(), value }),
+            Err(TransportError::TooLarge { size, max }) => {
+                st.return_credit();
+                Err(SendError::TooLarge {
+                    channel: self.name(),
+                    size,
+                    max,
+                    value,
+                })
+            }
+            Err(TransportError::Broken) => Err(SendError::Disconnected {
+                channel: self.name(),
+                value,
+            }),
         }
     }
 
     /// Makes this end receive actively in this process.
     pub(crate) fn ensure_active(&self) -> Result<(), RecvError> {
         let st = self.state();
-        match st.mode.compare_exchange(MODE_UNSET, MODE_ACTIVE, Ordering::AcqRel, Ordering::Acquire) {
+        match st
+            .mode
+            .compare_exchange(MODE_UNSET, MODE_ACTIVE, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => {
                 if let Some(t) = self.guard.node.transport() {
                     t.notice(Notice::Attach {
@@ -278,7 +328,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 }
                 Ok(())
             }
-            Err(MODE_PASSIVE) => Err(RecvError::ModeConflict { channel: self.name() }),
+            Err(MODE_PASSIVE) => Err(RecvError::ModeConflict {
+                channel: self.name(),
+            }),
             Err(_) => Ok(()),
         }
     }
@@ -304,9 +356,13 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     pub(crate) fn finished(&self) -> Option<RecvError> {
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
-            Some(RecvError::Closed { channel: self.name() })
+            Some(RecvError::Closed {
+                channel: self.name(),
+            })
         } else if st.peer_gone.load(Ordering::Acquire) {
-            Some(RecvError::Disconnected { channel: self.name() })
+            Some(RecvError::Disconnected {
+                channel: self.name(),
+            })
         } else {
             None
         }
@@ -326,7 +382,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         }
         match self.finished() {
             Some(e) => Err(e.into()),
-            None => Err(TryRecvError::Empty { channel: self.name() }),
+            None => Err(TryRecvError::Empty {
+                channel: self.name(),
+            }),
         }
     }
 
@@ -387,7 +445,11 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                         return r.map_err(RecvTimeoutError::from);
                     }
                 }
-                None => return Err(RecvTimeoutError::Timeout { channel: self.name() }),
+                None => {
+                    return Err(RecvTimeoutError::Timeout {
+                        channel: self.name(),
+                    })
+                }
             }
         }
     }

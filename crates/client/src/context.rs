@@ -37,7 +37,9 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,7 +77,10 @@ pub fn connect() -> Result<Context, ConnectError> {
                 .thread_name("yukicomm-handlers")
                 .enable_all()
                 .build()
-                .map_err(|source| ConnectError::Io { path: "tokio runtime".into(), source })?;
+                .map_err(|source| ConnectError::Io {
+                    path: "tokio runtime".into(),
+                    source,
+                })?;
             (rt.handle().clone(), Some(Arc::new(rt)))
         }
     };
@@ -90,7 +95,10 @@ fn var(name: &'static str) -> Result<String, ConnectError> {
     std::env::var(name).map_err(|_| ConnectError::NotAChild(name))
 }
 
-fn connect_with(handle: tokio::runtime::Handle, runtime: Option<Arc<tokio::runtime::Runtime>>) -> Result<Context, ConnectError> {
+fn connect_with(
+    handle: tokio::runtime::Handle,
+    runtime: Option<Arc<tokio::runtime::Runtime>>,
+) -> Result<Context, ConnectError> {
     let path = var(ENV_HUB)?;
     let name = var(ENV_NAME)?;
     let token = var(ENV_TOKEN)?;
@@ -117,7 +125,9 @@ impl Context {
 
     fn own<T>(&self, chan: ChanId, suffix: &str) -> Channel<T> {
         let label = format!("{}-{suffix}", self.name);
-        let guard = self.node.acquire(EndRef { chan, end: End::A }, false, Some(&label));
+        let guard = self
+            .node
+            .acquire(EndRef { chan, end: End::A }, false, Some(&label));
         self.node.pin(&guard);
         Channel::from_guard(guard)
     }

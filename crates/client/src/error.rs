@@ -92,6 +92,18 @@ pub enum SendError<T> {
         /// The value that was not sent.
         value: T,
     },
+    /// The encoded message is larger than the hub accepts. Nothing was sent.
+    #[error("channel '{channel}': a message of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The channel's name.
+        channel: String,
+        /// The encoded size.
+        size: usize,
+        /// The limit.
+        max: usize,
+        /// The value that was not sent.
+        value: T,
+    },
     /// The value could not be encoded as MessagePack.
     #[error("channel '{channel}': cannot encode {type_name}: {reason}")]
     Encode {
@@ -113,6 +125,7 @@ impl<T> SendError<T> {
             SendError::Full { value, .. }
             | SendError::Closed { value, .. }
             | SendError::Disconnected { value, .. }
+            | SendError::TooLarge { value, .. }
             | SendError::Encode { value, .. } => value,
         }
     }

@@ -32,8 +32,8 @@ mod value;
 pub use channel::{Channel, FullPolicy, Iter};
 pub use context::{connect, connect_in, Context};
 pub use error::{
-    ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError, RegistryError,
-    Result, SendError, SendTimeoutError, TryRecvError,
+    ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError,
+    RegistryError, Result, SendError, SendTimeoutError, TryRecvError,
 };
 pub use node::{EncodeFn, Node, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};

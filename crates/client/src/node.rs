@@ -25,6 +25,13 @@ pub enum TransportError {
     Encode(String),
     /// The connection to the hub is gone.
     Broken,
+    /// The encoded message is larger than the hub accepts; nothing was sent.
+    TooLarge {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The largest frame the hub accepts.
+        max: usize,
+    },
 }
 
 /// Writes a message body in place and returns the channel ends it encoded.
@@ -336,7 +343,15 @@ impl Node {
                     .iter()
                     .map(|&k| self.acquire(k, true, None))
                     .collect::<Vec<_>>();
-                let state = self.inner.ends.lock().get(&EndRef { chan: m.chan, end: m.to }).cloned();
+                let state = self
+                    .inner
+                    .ends
+                    .lock()
+                    .get(&EndRef {
+                        chan: m.chan,
+                        end: m.to,
+                    })
+                    .cloned();
                 match state {
                     Some(s) => {
                         let _ = s.tx.send(Item::Msg {
@@ -344,7 +359,9 @@ impl Node {
                             _carried: carried,
                         });
                     }
-                    None => tracing::debug!(chan = %m.chan, "message for an end this process released"),
+                    None => {
+                        tracing::debug!(chan = %m.chan, "message for an end this process released")
+                    }
                 }
             }
             Frame::Credit { chan, end, n } => {
@@ -352,12 +369,20 @@ impl Node {
                     s.add_credits(n);
                 }
             }
-            Frame::Event(Event::PeerGone { chan, end }) => {
-                self.set_peer_gone(EndRef { chan, end: end.opposite() }, true)
-            }
-            Frame::Event(Event::PeerBack { chan, end }) => {
-                self.set_peer_gone(EndRef { chan, end: end.opposite() }, false)
-            }
+            Frame::Event(Event::PeerGone { chan, end }) => self.set_peer_gone(
+                EndRef {
+                    chan,
+                    end: end.opposite(),
+                },
+                true,
+            ),
+            Frame::Event(Event::PeerBack { chan, end }) => self.set_peer_gone(
+                EndRef {
+                    chan,
+                    end: end.opposite(),
+                },
+                false,
+            ),
             Frame::Event(Event::Closed { chan }) => {
                 for end in [End::A, End::B] {
                     if let Some(s) = self.state(EndRef { chan, end }) {
@@ -373,8 +398,16 @@ impl Node {
             }) => {
                 let label = chan
                     .and_then(|c| {
-                        self.state(EndRef { chan: c, end: End::A })
-                            .or_else(|| self.state(EndRef { chan: c, end: End::B }))
+                        self.state(EndRef {
+                            chan: c,
+                            end: End::A,
+                        })
+                        .or_else(|| {
+                            self.state(EndRef {
+                                chan: c,
+                                end: End::B,
+                            })
+                        })
                     })
                     .map(|s| s.label());
                 tracing::warn!(channel = ?label, ?code, "the hub refused a frame: {message}");

@@ -143,7 +143,10 @@ where
             let accepted = match AssertUnwindSafe(verdict).catch_unwind().await {
                 Ok(b) => b,
                 Err(_) => {
-                    tracing::error!(channel, "a filter panicked; the message is skipped for its handler");
+                    tracing::error!(
+                        channel,
+                        "a filter panicked; the message is skipped for its handler"
+                    );
                     return;
                 }
             };
@@ -186,7 +189,11 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn on_receive<F, B, H, R, MF, MH>(&self, filter: F, handler: H) -> Result<(), OnReceiveError>
+    pub fn on_receive<F, B, H, R, MF, MH>(
+        &self,
+        filter: F,
+        handler: H,
+    ) -> Result<(), OnReceiveError>
     where
         F: Fn(&T) -> B + Send + std::marker::Sync + 'static,
         B: Verdict<MF>,
@@ -197,11 +204,22 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
     {
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
-            return Err(OnReceiveError::Closed { channel: self.name() });
+            return Err(OnReceiveError::Closed {
+                channel: self.name(),
+            });
         }
-        let first = match st.mode.compare_exchange(MODE_UNSET, MODE_PASSIVE, Ordering::AcqRel, Ordering::Acquire) {
+        let first = match st.mode.compare_exchange(
+            MODE_UNSET,
+            MODE_PASSIVE,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
             Ok(_) => true,
-            Err(MODE_ACTIVE) => return Err(OnReceiveError::ModeConflict { channel: self.name() }),
+            Err(MODE_ACTIVE) => {
+                return Err(OnReceiveError::ModeConflict {
+                    channel: self.name(),
+                })
+            }
             Err(_) => false,
         };
         st.handlers.lock().push(Arc::new(Registered {

@@ -14,7 +14,9 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use yukicomm_wire::{ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Reply, Request};
+use yukicomm_wire::{
+    ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Reply, Request,
+};
 
 use crate::channel::Channel;
 use crate::error::{ControlError, RegistryError};
@@ -46,7 +48,10 @@ impl Node {
     /// [`RegistryError::Link`] if the hub cannot be reached.
     pub fn channel<T: Serialize + DeserializeOwned>(&self) -> Result<Channel<T>, RegistryError> {
         let reply = self.transport()?.request(
-            Request::Create { type_name: std::any::type_name::<T>().to_string() },
+            Request::Create {
+                type_name: std::any::type_name::<T>().to_string(),
+                pair: false,
+            },
             self.inner.request_timeout,
         )?;
         self.created(reply)
@@ -62,11 +67,16 @@ impl Node {
     ///
     /// If cancelled, the hub may still create the channel; it is freed when the reply
     /// is discarded.
-    pub async fn channel_async<T: Serialize + DeserializeOwned>(&self) -> Result<Channel<T>, RegistryError> {
+    pub async fn channel_async<T: Serialize + DeserializeOwned>(
+        &self,
+    ) -> Result<Channel<T>, RegistryError> {
         let reply = self
             .transport()?
             .request_async(
-                Request::Create { type_name: std::any::type_name::<T>().to_string() },
+                Request::Create {
+                    type_name: std::any::type_name::<T>().to_string(),
+                    pair: false,
+                },
                 self.inner.request_timeout,
             )
             .await?;
@@ -75,7 +85,48 @@ impl Node {
 
     fn created<T>(&self, reply: Reply) -> Result<Channel<T>, RegistryError> {
         match reply {
-            Reply::Created { chan } => Ok(Channel::from_guard(self.acquire(EndRef { chan, end: End::A }, true, None))),
+            Reply::Created { chan } => Ok(Channel::from_guard(self.acquire(
+                EndRef { chan, end: End::A },
+                true,
+                None,
+            ))),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// Creates a new unnamed channel and returns handles on both its ends: `(A, B)`.
+    /// Keep one and send the other inside a message, so that the receiving process can
+    /// answer on it (a reply channel).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::Link`] if the hub cannot be reached.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: &yukicomm_client::Context, requests: &yukicomm_client::Channel<(u32, yukicomm_client::Channel<u32>)>) -> yukicomm_client::Result<()> {
+    /// let (mine, theirs) = ctx.channel_pair::<u32>()?;
+    /// requests.send((21, theirs))?;
+    /// let answer = mine.recv_timeout(std::time::Duration::from_secs(5))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn channel_pair<T: Serialize + DeserializeOwned>(
+        &self,
+    ) -> Result<(Channel<T>, Channel<T>), RegistryError> {
+        let reply = self.transport()?.request(
+            Request::Create {
+                type_name: std::any::type_name::<T>().to_string(),
+                pair: true,
+            },
+            self.inner.request_timeout,
+        )?;
+        match reply {
+            Reply::Created { chan } => Ok((
+                Channel::from_guard(self.acquire(EndRef { chan, end: End::A }, true, None)),
+                Channel::from_guard(self.acquire(EndRef { chan, end: End::B }, true, None)),
+            )),
             other => Err(refused(other)),
         }
     }
@@ -90,7 +141,10 @@ impl Node {
     pub fn set_channel<T>(&self, name: &str, channel: &Channel<T>) -> Result<(), RegistryError> {
         let name = valid(name)?;
         let reply = self.transport()?.request(
-            Request::Register { name: name.to_string(), chan: channel.id() },
+            Request::Register {
+                name: name.to_string(),
+                chan: channel.id(),
+            },
             self.inner.request_timeout,
         )?;
         match reply {
@@ -98,7 +152,12 @@ impl Node {
                 channel.guard.state.set_label(name.as_str());
                 Ok(())
             }
-            Reply::Error { code: ErrorCode::NameTaken, .. } => Err(RegistryError::NameTaken { name: name.to_string() }),
+            Reply::Error {
+                code: ErrorCode::NameTaken,
+                ..
+            } => Err(RegistryError::NameTaken {
+                name: name.to_string(),
+            }),
             other => Err(refused(other)),
         }
     }
@@ -111,7 +170,10 @@ impl Node {
     /// [`RegistryError::InvalidName`], [`RegistryError::Unknown`],
     /// [`RegistryError::TypeMismatch`] when the channel carries another type than `T`,
     /// or [`RegistryError::Link`].
-    pub fn get_channel<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Channel<T>, RegistryError> {
+    pub fn get_channel<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Channel<T>, RegistryError> {
         let name = valid(name)?;
         let reply = self
             .transport()?
@@ -142,7 +204,12 @@ impl Node {
 
     fn found<T>(&self, name: &ChannelName, reply: Reply) -> Result<Channel<T>, RegistryError> {
         match reply {
-            Reply::Found { chan, end, peer_gone, type_name } => {
+            Reply::Found {
+                chan,
+                end,
+                peer_gone,
+                type_name,
+            } => {
                 let guard = self.acquire(EndRef { chan, end }, true, Some(name.as_str()));
                 let expected = std::any::type_name::<T>();
                 if type_name != expected {
@@ -153,11 +220,19 @@ impl Node {
                     });
                 }
                 if peer_gone {
-                    guard.state.peer_gone.store(true, std::sync::atomic::Ordering::Release);
+                    guard
+                        .state
+                        .peer_gone
+                        .store(true, std::sync::atomic::Ordering::Release);
                 }
                 Ok(Channel::from_guard(guard))
             }
-            Reply::Error { code: ErrorCode::UnknownChannel, .. } => Err(RegistryError::Unknown { name: name.to_string() }),
+            Reply::Error {
+                code: ErrorCode::UnknownChannel,
+                ..
+            } => Err(RegistryError::Unknown {
+                name: name.to_string(),
+            }),
             other => Err(refused(other)),
         }
     }
@@ -168,7 +243,10 @@ impl Node {
     ///
     /// [`RegistryError::Link`] if the hub cannot be reached.
     pub fn get_channels(&self) -> Result<Vec<ChannelInfo>, RegistryError> {
-        match self.transport()?.request(Request::List, self.inner.request_timeout)? {
+        match self
+            .transport()?
+            .request(Request::List, self.inner.request_timeout)?
+        {
             Reply::Channels { channels } => Ok(channels),
             other => Err(refused(other)),
         }
@@ -193,14 +271,24 @@ impl Node {
         self.control(ControlAction::Stop, Some(name))
     }
 
-    pub(crate) fn control(&self, action: ControlAction, target: Option<&str>) -> Result<(), ControlError> {
+    pub(crate) fn control(
+        &self,
+        action: ControlAction,
+        target: Option<&str>,
+    ) -> Result<(), ControlError> {
         let reply = self.transport()?.request(
-            Request::Control { action, target: target.map(str::to_string) },
+            Request::Control {
+                action,
+                target: target.map(str::to_string),
+            },
             self.inner.request_timeout,
         )?;
         match reply {
             Reply::Done => Ok(()),
-            Reply::Error { code: ErrorCode::UnknownProcess, .. } => Err(ControlError::UnknownProcess {
+            Reply::Error {
+                code: ErrorCode::UnknownProcess,
+                ..
+            } => Err(ControlError::UnknownProcess {
                 name: target.unwrap_or_default().to_string(),
             }),
             Reply::Error { code, message } => Err(ControlError::Refused { code, message }),
@@ -218,4 +306,3 @@ fn lookup<T>(name: &ChannelName) -> Request {
         type_name: std::any::type_name::<T>().to_string(),
     }
 }
-

@@ -21,8 +21,8 @@ use bytes::BytesMut;
 use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
 use yukicomm_wire::{
-    encode_control, encode_credit, encode_msg, ChanId, Decoder, End, Frame, Notice, Outbox, OutboxSink, Push,
-    Reply, Request, PROTOCOL_VERSION,
+    encode_control, encode_credit, encode_msg, ChanId, Decoder, End, Frame, Notice, Outbox,
+    OutboxSink, Push, Reply, Request, PROTOCOL_VERSION,
 };
 
 use crate::error::{ConnectError, LinkError};
@@ -46,6 +46,7 @@ pub(crate) struct Remote {
     pending: Mutex<HashMap<u32, flume::Sender<Reply>>>,
     next_id: AtomicU32,
     lost: std::sync::atomic::AtomicBool,
+    max_frame: usize,
 }
 
 impl OutboxSink for Remote {
@@ -96,10 +97,20 @@ impl Remote {
 
 impl Transport for Remote {
     fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError> {
+        let max = self.max_frame;
         self.outbox
-            .push(self, |buf| encode_msg(buf, chan, to, encode))
+            .push(self, |buf| {
+                let start = buf.len();
+                encode_msg(buf, chan, to, encode).map_err(TransportError::Encode)?;
+                let size = buf.len() - start - 4;
+                if size > max {
+                    buf.truncate(start);
+                    return Err(TransportError::TooLarge { size, max });
+                }
+                Ok(())
+            })
             .map_err(|e| match e {
-                Push::Encode(reason) => TransportError::Encode(reason),
+                Push::Encode(e) => e,
                 Push::Broken(_) => TransportError::Broken,
             })
     }
@@ -127,7 +138,11 @@ impl Transport for Remote {
         }
     }
 
-    fn request_async(&self, request: Request, timeout: Duration) -> BoxFuture<'static, Result<Reply, LinkError>> {
+    fn request_async(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Reply, LinkError>> {
         let started = self.start_request(request);
         async move {
             let (_, rx) = started?;
@@ -149,7 +164,10 @@ pub(crate) fn connect(
     runtime: tokio::runtime::Handle,
     exit_on_disconnect: bool,
 ) -> Result<(Node, Welcome), ConnectError> {
-    let io = |source| ConnectError::Io { path: path.to_string(), source };
+    let io = |source| ConnectError::Io {
+        path: path.to_string(),
+        source,
+    };
     let mut stream = UnixStream::connect(path).map_err(io)?;
 
     let mut hello = Vec::new();
@@ -157,32 +175,62 @@ pub(crate) fn connect(
         &mut hello,
         &Frame::Request {
             id: 0,
-            body: Request::Hello { version: PROTOCOL_VERSION, name: name.to_string(), token: token.to_string() },
+            body: Request::Hello {
+                version: PROTOCOL_VERSION,
+                name: name.to_string(),
+                token: token.to_string(),
+            },
         },
     );
     stream.write_all(&hello).map_err(io)?;
 
     // The welcome, with a deadline: a hub that does not answer is an error, not a hang.
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
     let decoder = Decoder::new(yukicomm_wire::DEFAULT_MAX_FRAME);
     let mut buf = BytesMut::with_capacity(4096);
     let reply = loop {
-        if let Some(frame) = decoder.decode(&mut buf).map_err(|e| ConnectError::Protocol(e.to_string()))? {
+        if let Some(frame) = decoder
+            .decode(&mut buf)
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?
+        {
             break frame;
         }
         let mut chunk = [0u8; 4096];
         let n = stream.read(&mut chunk).map_err(io)?;
         if n == 0 {
-            return Err(ConnectError::Protocol("the hub closed the connection".into()));
+            return Err(ConnectError::Protocol(
+                "the hub closed the connection".into(),
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
     stream.set_read_timeout(None).map_err(io)?;
     let (window, max_frame, welcome) = match reply {
-        Frame::Reply { body: Reply::Welcome { name, window, max_frame, active, passive }, .. } => {
-            (window, max_frame, Welcome { name, active, passive })
-        }
-        Frame::Reply { body: Reply::Error { code, message }, .. } => return Err(ConnectError::Refused { code, message }),
+        Frame::Reply {
+            body:
+                Reply::Welcome {
+                    name,
+                    window,
+                    max_frame,
+                    active,
+                    passive,
+                },
+            ..
+        } => (
+            window,
+            max_frame,
+            Welcome {
+                name,
+                active,
+                passive,
+            },
+        ),
+        Frame::Reply {
+            body: Reply::Error { code, message },
+            ..
+        } => return Err(ConnectError::Refused { code, message }),
         other => return Err(ConnectError::Protocol(format!("{other:?}"))),
     };
 
@@ -194,6 +242,7 @@ pub(crate) fn connect(
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU32::new(1),
         lost: std::sync::atomic::AtomicBool::new(false),
+        max_frame: max_frame as usize,
     });
     node.set_transport(remote.clone());
 
@@ -208,7 +257,13 @@ pub(crate) fn connect(
     std::thread::Builder::new()
         .name("yukicomm-reader".into())
         .spawn(move || {
-            let reason = reader_loop(stream, buf, Decoder::new(max_frame.max(1024)), &remote, &reader_node);
+            let reason = reader_loop(
+                stream,
+                buf,
+                Decoder::new(max_frame.max(1024)),
+                &remote,
+                &reader_node,
+            );
             remote.fail_all();
             remote.outbox.break_with(std::io::ErrorKind::BrokenPipe);
             remote.wake_flusher();
@@ -236,7 +291,13 @@ fn flusher_loop(remote: &Remote) {
     }
 }
 
-fn reader_loop(mut stream: UnixStream, mut buf: BytesMut, decoder: Decoder, remote: &Remote, node: &Node) -> String {
+fn reader_loop(
+    mut stream: UnixStream,
+    mut buf: BytesMut,
+    decoder: Decoder,
+    remote: &Remote,
+    node: &Node,
+) -> String {
     const READ_SIZE: usize = 64 * 1024;
     loop {
         loop {
@@ -265,7 +326,11 @@ fn reader_loop(mut stream: UnixStream, mut buf: BytesMut, decoder: Decoder, remo
         }
         if n == 0 {
             let _ = stream.flush();
-            return if buf.is_empty() { "the hub closed the connection".into() } else { "the hub closed the connection mid-frame".into() };
+            return if buf.is_empty() {
+                "the hub closed the connection".into()
+            } else {
+                "the hub closed the connection mid-frame".into()
+            };
         }
         // SAFETY: the kernel initialised `n` bytes of the spare capacity.
         unsafe { buf.set_len(buf.len() + n as usize) };

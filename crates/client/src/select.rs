@@ -17,8 +17,11 @@ trait Arm<'a, R> {
     fn poll_now(&mut self) -> Option<R>;
     /// Handles an item taken while waiting; `None` for a wake marker.
     fn handle(&mut self, item: Item) -> Option<R>;
-    fn register<'s>(&'s self, sel: flume::Selector<'s, (usize, Option<Item>)>, index: usize)
-        -> flume::Selector<'s, (usize, Option<Item>)>;
+    fn register<'s>(
+        &'s self,
+        sel: flume::Selector<'s, (usize, Option<Item>)>,
+        index: usize,
+    ) -> flume::Selector<'s, (usize, Option<Item>)>;
     fn wait_item(&self) -> Pin<Box<dyn Future<Output = Option<Item>> + Send + '_>>;
 }
 
@@ -87,7 +90,9 @@ pub struct Selector<'a, R> {
 
 impl<R> std::fmt::Debug for Selector<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Selector").field("arms", &self.arms.len()).finish()
+        f.debug_struct("Selector")
+            .field("arms", &self.arms.len())
+            .finish()
     }
 }
 
@@ -109,7 +114,10 @@ impl<'a, R: 'a> Selector<'a, R> {
         T: Serialize + DeserializeOwned + 'a,
         F: FnOnce(Result<T, RecvError>) -> R + 'a,
     {
-        self.arms.push(Box::new(ChanArm { channel, map: Some(map) }));
+        self.arms.push(Box::new(ChanArm {
+            channel,
+            map: Some(map),
+        }));
         self
     }
 
@@ -140,7 +148,10 @@ impl<'a, R: 'a> Selector<'a, R> {
     }
 
     fn wait_until(mut self, deadline: Option<Instant>) -> Option<R> {
-        assert!(!self.arms.is_empty(), "a Selector needs at least one channel");
+        assert!(
+            !self.arms.is_empty(),
+            "a Selector needs at least one channel"
+        );
         loop {
             if let Some(r) = self.poll_all() {
                 return Some(r);
@@ -175,7 +186,10 @@ impl<'a, R: 'a> Selector<'a, R> {
     ///
     /// Cancel safe: no message is lost if the future is dropped.
     pub async fn wait_async(mut self) -> R {
-        assert!(!self.arms.is_empty(), "a Selector needs at least one channel");
+        assert!(
+            !self.arms.is_empty(),
+            "a Selector needs at least one channel"
+        );
         loop {
             if let Some(r) = self.poll_all() {
                 return r;

@@ -21,7 +21,10 @@ thread_local! {
 }
 
 /// Encodes `value` at the end of `buf`; returns the channel ends it contains.
-pub(crate) fn encode<T: Serialize + ?Sized>(buf: &mut Vec<u8>, value: &T) -> Result<Vec<EndRef>, String> {
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<Vec<EndRef>, String> {
     let outer = ENCODING.with(|e| e.borrow_mut().replace(Vec::new()));
     let result = rmp_serde::encode::write_named(buf, value);
     let carried = ENCODING.with(|e| std::mem::replace(&mut *e.borrow_mut(), outer));
@@ -62,7 +65,8 @@ pub(crate) fn serialize_end<S: Serializer>(key: EndRef, s: S) -> Result<S::Ok, S
 
 /// Deserializes a channel end; returns the node decoding it as well.
 pub(crate) fn deserialize_end<'de, D: Deserializer<'de>>(d: D) -> Result<(Node, EndRef), D::Error> {
-    let (tag, raw) = d.deserialize_newtype_struct(rmp_serde::MSGPACK_EXT_STRUCT_NAME, ExtVisitor)?;
+    let (tag, raw) =
+        d.deserialize_newtype_struct(rmp_serde::MSGPACK_EXT_STRUCT_NAME, ExtVisitor)?;
     if tag != CHANNEL_EXT_TYPE || raw.len() != 5 {
         return Err(de::Error::custom(format!(
             "expected a channel (extension type {CHANNEL_EXT_TYPE}, 5 bytes), found extension type {tag} with {} bytes",

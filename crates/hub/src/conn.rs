@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
-use yukicomm_wire::{encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Outbox, OutboxSink, Request};
+use yukicomm_wire::{
+    encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Outbox, OutboxSink, Request,
+};
 
 use crate::router::ConnId;
 use crate::Inner;
@@ -60,7 +62,8 @@ impl Conn {
     /// Closes the connection: the reader stops and the hub forgets it.
     pub(crate) fn shut(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            self.outbox.break_with(std::io::ErrorKind::ConnectionAborted);
+            self.outbox
+                .break_with(std::io::ErrorKind::ConnectionAborted);
             self.close.notify_one();
             self.flush.notify_one();
         }
@@ -103,7 +106,11 @@ async fn flusher(conn: Arc<Conn>) {
 }
 
 /// Reads one frame, reading more from the socket as needed; `Ok(None)` on a clean close.
-async fn read_frame(stream: &UnixStream, buf: &mut BytesMut, decoder: &Decoder) -> Result<Option<Frame>, String> {
+async fn read_frame(
+    stream: &UnixStream,
+    buf: &mut BytesMut,
+    decoder: &Decoder,
+) -> Result<Option<Frame>, String> {
     loop {
         if let Some(f) = decoder.decode(buf).map_err(|e| e.to_string())? {
             return Ok(Some(f));
@@ -121,7 +128,11 @@ async fn fill(stream: &UnixStream, buf: &mut BytesMut) -> Result<bool, String> {
         stream.readable().await.map_err(|e| e.to_string())?;
         match stream.try_read_buf(buf) {
             Ok(0) => {
-                return if buf.is_empty() { Ok(false) } else { Err("connection closed mid-frame".into()) };
+                return if buf.is_empty() {
+                    Ok(false)
+                } else {
+                    Err("connection closed mid-frame".into())
+                };
             }
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -160,9 +171,20 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
 
     let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&stream, &mut buf, &decoder)).await;
     let (req_id, version, name, token) = match first {
-        Ok(Ok(Some(Frame::Request { id, body: Request::Hello { version, name, token } }))) => (id, version, name, token),
+        Ok(Ok(Some(Frame::Request {
+            id,
+            body:
+                Request::Hello {
+                    version,
+                    name,
+                    token,
+                },
+        }))) => (id, version, name, token),
         Ok(Ok(Some(_))) => {
-            tracing::warn!(conn = id.0, "closed a connection whose first frame is not a hello");
+            tracing::warn!(
+                conn = id.0,
+                "closed a connection whose first frame is not a hello"
+            );
             conn.shut();
             return;
         }
@@ -173,7 +195,10 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
             return;
         }
         Err(_) => {
-            tracing::warn!(conn = id.0, "closed a connection that did not say hello in time");
+            tracing::warn!(
+                conn = id.0,
+                "closed a connection that did not say hello in time"
+            );
             conn.shut();
             return;
         }

@@ -52,7 +52,11 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { window: 1024, max_frame: DEFAULT_MAX_FRAME, socket_parent: None }
+        HubConfig {
+            window: 1024,
+            max_frame: DEFAULT_MAX_FRAME,
+            socket_parent: None,
+        }
     }
 }
 
@@ -114,7 +118,14 @@ impl Inner {
     }
 
     /// A child said hello: check it and register its connection.
-    pub(crate) fn accept(&self, conn: Arc<Conn>, req_id: u32, version: u32, name: &str, token: &str) -> bool {
+    pub(crate) fn accept(
+        &self,
+        conn: Arc<Conn>,
+        req_id: u32,
+        version: u32,
+        name: &str,
+        token: &str,
+    ) -> bool {
         let id = conn.id;
         let mut out = Vec::new();
         let (result, events) = {
@@ -129,7 +140,10 @@ impl Inner {
                     conns.insert(id, conn.clone());
                     old.and_then(|o| conns.remove(&o))
                 };
-                conn.send_all(std::iter::once(&Frame::Reply { id: req_id, body: welcome }));
+                conn.send_all(std::iter::once(&Frame::Reply {
+                    id: req_id,
+                    body: welcome,
+                }));
                 if let Some(o) = old {
                     o.shut();
                 }
@@ -137,7 +151,10 @@ impl Inner {
             }
             Err(refusal) => {
                 tracing::warn!(child = name, "refused a connection: {refusal:?}");
-                conn.send_all(std::iter::once(&Frame::Reply { id: req_id, body: refusal }));
+                conn.send_all(std::iter::once(&Frame::Reply {
+                    id: req_id,
+                    body: refusal,
+                }));
                 false
             }
         };
@@ -175,25 +192,38 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("socket", &self.socket).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
     }
 }
 
 fn private_dir(parent: Option<PathBuf>) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let parent = parent
-        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()))
+        .or_else(|| {
+            std::env::var_os("XDG_RUNTIME_DIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_dir())
+        })
         .unwrap_or_else(std::env::temp_dir);
     let mut rng = rand::thread_rng();
     for _ in 0..16 {
-        let dir = parent.join(format!("yukicomm-{}-{:08x}", std::process::id(), rng.gen::<u32>()));
+        let dir = parent.join(format!(
+            "yukicomm-{}-{:08x}",
+            std::process::id(),
+            rng.gen::<u32>()
+        ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free socket directory name"))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free socket directory name",
+    ))
 }
 
 impl Hub {
@@ -230,12 +260,23 @@ impl Hub {
                 }
             }
         });
-        Ok(Hub { inner, dir, socket, accept, events: Mutex::new(Some(rx)) })
+        Ok(Hub {
+            inner,
+            dir,
+            socket,
+            accept,
+            events: Mutex::new(Some(rx)),
+        })
     }
 
     /// The socket children connect to.
     pub fn socket_path(&self) -> &Path {
         &self.socket
+    }
+
+    /// The largest frame the hub accepts.
+    pub fn max_frame(&self) -> u32 {
+        self.inner.max_frame
     }
 
     /// The credit window.
@@ -258,7 +299,9 @@ impl Hub {
     pub fn admit_child(&self, name: &ProcessName) -> String {
         let token: String = {
             let mut rng = rand::thread_rng();
-            (0..32).map(|_| format!("{:x}", rng.gen::<u8>() & 0xf)).collect()
+            (0..32)
+                .map(|_| format!("{:x}", rng.gen::<u8>() & 0xf))
+                .collect()
         };
         let t = token.clone();
         self.inner.with_router(move |r, _| {
@@ -273,12 +316,23 @@ impl Hub {
 
     /// The `NAME-active` and `NAME-passive` channels of a child.
     pub fn child_channels(&self, name: &str) -> Option<(ChanId, ChanId)> {
-        self.inner.router.lock().children.get(name).map(|c| (c.active, c.passive))
+        self.inner
+            .router
+            .lock()
+            .children
+            .get(name)
+            .map(|c| (c.active, c.passive))
     }
 
     /// Closes a child's connection, if it has one.
     pub fn disconnect_child(&self, name: &str) {
-        let conn = self.inner.router.lock().children.get(name).and_then(|c| c.conn);
+        let conn = self
+            .inner
+            .router
+            .lock()
+            .children
+            .get(name)
+            .and_then(|c| c.conn);
         if let Some(id) = conn {
             if let Some(c) = self.inner.conns.read().get(&id).cloned() {
                 c.shut();
@@ -301,11 +355,20 @@ impl Hub {
     pub fn local_request(&self, request: Request) -> Reply {
         self.inner.with_router(|r, out| {
             let mut replies = Vec::new();
-            let _ = r.frame(LOCAL, Frame::Request { id: 0, body: request }, &mut replies);
+            let _ = r.frame(
+                LOCAL,
+                Frame::Request {
+                    id: 0,
+                    body: request,
+                },
+                &mut replies,
+            );
             let mut reply = None;
             for (c, f) in replies {
                 match f {
-                    Frame::Reply { body, .. } if c == LOCAL && reply.is_none() => reply = Some(body),
+                    Frame::Reply { body, .. } if c == LOCAL && reply.is_none() => {
+                        reply = Some(body)
+                    }
                     other => out.push((c, other)),
                 }
             }

@@ -14,8 +14,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use yukicomm_wire::{
-    ChanId, ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Event, Frame, Msg, Notice, Reply,
-    Request,
+    ChanId, ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Event, Frame, Msg,
+    Notice, Reply, Request,
 };
 
 /// A connection's number in the hub. [`LOCAL`] is the main process itself.
@@ -24,6 +24,10 @@ pub struct ConnId(pub u64);
 
 /// The main process's own connection.
 pub const LOCAL: ConnId = ConnId(0);
+
+/// Holds the ends carried by queued messages, so that an end in transit between two
+/// processes is never seen as abandoned.
+const TRANSIT: ConnId = ConnId(u64::MAX);
 
 /// A frame to send to a connection once the lock is released.
 pub(crate) type Out = (ConnId, Frame);
@@ -121,7 +125,11 @@ pub(crate) struct Router {
 }
 
 fn refused(chan: Option<ChanId>, code: ErrorCode, message: String) -> Frame {
-    Frame::Event(Event::Refused { chan, code, message })
+    Frame::Event(Event::Refused {
+        chan,
+        code,
+        message,
+    })
 }
 
 fn error(code: ErrorCode, message: String) -> Reply {
@@ -152,7 +160,13 @@ impl Router {
         self.next_chan += 1;
         self.chans.insert(
             id,
-            Chan { type_name, name: None, creator, closed: false, ends: Default::default() },
+            Chan {
+                type_name,
+                name: None,
+                creator,
+                closed: false,
+                ends: Default::default(),
+            },
         );
         id
     }
@@ -164,7 +178,10 @@ impl Router {
             return;
         }
         let mut ids = [ChanId(0); 2];
-        for (i, chan_name) in [name.active_channel(), name.passive_channel()].into_iter().enumerate() {
+        for (i, chan_name) in [name.active_channel(), name.passive_channel()]
+            .into_iter()
+            .enumerate()
+        {
             let id = self.new_chan(String::new(), Creator::Child(name.to_string()));
             if let Some(c) = self.chans.get_mut(&id) {
                 c.name = Some(chan_name.to_string());
@@ -174,7 +191,12 @@ impl Router {
         }
         self.children.insert(
             name.to_string(),
-            ChildEntry { token, active: ids[0], passive: ids[1], conn: None },
+            ChildEntry {
+                token,
+                active: ids[0],
+                passive: ids[1],
+                conn: None,
+            },
         );
     }
 
@@ -199,41 +221,76 @@ impl Router {
         if version != yukicomm_wire::PROTOCOL_VERSION {
             return Err(error(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {version} is not supported (this hub speaks {})", yukicomm_wire::PROTOCOL_VERSION),
+                format!(
+                    "protocol version {version} is not supported (this hub speaks {})",
+                    yukicomm_wire::PROTOCOL_VERSION
+                ),
             ));
         }
         let Some(child) = self.children.get_mut(name) else {
-            return Err(error(ErrorCode::Unauthorized, format!("no child process named '{name}'")));
+            return Err(error(
+                ErrorCode::Unauthorized,
+                format!("no child process named '{name}'"),
+            ));
         };
         if child.token.is_empty() || child.token != token {
-            return Err(error(ErrorCode::Unauthorized, format!("wrong token for child process '{name}'")));
+            return Err(error(
+                ErrorCode::Unauthorized,
+                format!("wrong token for child process '{name}'"),
+            ));
         }
         // A token admits one connection.
         child.token.clear();
         let old = child.conn.replace(conn);
         let (active, passive) = (child.active, child.passive);
-        self.conns.insert(conn, ConnState { child: Some(name.to_string()), ..Default::default() });
+        self.conns.insert(
+            conn,
+            ConnState {
+                child: Some(name.to_string()),
+                ..Default::default()
+            },
+        );
         for chan in [active, passive] {
             self.add_hold(conn, EndRef { chan, end: End::A }, 1, out);
         }
-        self.events.push(HubEvent::Connected { name: name.to_string() });
+        self.events.push(HubEvent::Connected {
+            name: name.to_string(),
+        });
         Ok((
-            Reply::Welcome { name: name.to_string(), window: self.window, max_frame, active, passive },
+            Reply::Welcome {
+                name: name.to_string(),
+                window: self.window,
+                max_frame,
+                active,
+                passive,
+            },
             old,
         ))
     }
 
     fn add_hold(&mut self, conn: ConnId, key: EndRef, grants: u32, out: &mut Vec<Out>) {
-        let Some(chan) = self.chans.get_mut(&key.chan) else { return };
+        let Some(chan) = self.chans.get_mut(&key.chan) else {
+            return;
+        };
         let route = &mut chan.ends[key.end.index()];
         let was_empty = route.holders.is_empty();
         *route.holders.entry(conn).or_insert(0) += grants;
         let came_back = was_empty && route.ever_held;
         route.ever_held = true;
         if came_back {
-            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()].holders.keys().copied().collect();
+            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()]
+                .holders
+                .keys()
+                .copied()
+                .collect();
             for c in others {
-                out.push((c, Frame::Event(Event::PeerBack { chan: key.chan, end: key.end })));
+                out.push((
+                    c,
+                    Frame::Event(Event::PeerBack {
+                        chan: key.chan,
+                        end: key.end,
+                    }),
+                ));
             }
         }
         if let Some(cs) = self.conns.get_mut(&conn) {
@@ -243,9 +300,13 @@ impl Router {
 
     /// Removes `grants` of `conn`'s hold on `key` (all of them if `None`).
     fn drop_hold(&mut self, conn: ConnId, key: EndRef, grants: Option<u32>, out: &mut Vec<Out>) {
-        let Some(chan) = self.chans.get_mut(&key.chan) else { return };
+        let Some(chan) = self.chans.get_mut(&key.chan) else {
+            return;
+        };
         let route = &mut chan.ends[key.end.index()];
-        let Some(held) = route.holders.get_mut(&conn) else { return };
+        let Some(held) = route.holders.get_mut(&conn) else {
+            return;
+        };
         match grants {
             Some(n) if n < *held => {
                 *held -= n;
@@ -260,9 +321,19 @@ impl Router {
         }
         let route = &chan.ends[key.end.index()];
         if route.holders.is_empty() {
-            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()].holders.keys().copied().collect();
+            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()]
+                .holders
+                .keys()
+                .copied()
+                .collect();
             for c in others {
-                out.push((c, Frame::Event(Event::PeerGone { chan: key.chan, end: key.end })));
+                out.push((
+                    c,
+                    Frame::Event(Event::PeerGone {
+                        chan: key.chan,
+                        end: key.end,
+                    }),
+                ));
             }
         }
         self.collect(key.chan);
@@ -270,9 +341,14 @@ impl Router {
 
     /// Frees an unnamed channel nobody holds and nothing is queued on.
     fn collect(&mut self, id: ChanId) {
-        let Some(chan) = self.chans.get(&id) else { return };
+        let Some(chan) = self.chans.get(&id) else {
+            return;
+        };
         let unused = chan.name.is_none()
-            && chan.ends.iter().all(|r| r.holders.is_empty() && r.queue.is_empty());
+            && chan
+                .ends
+                .iter()
+                .all(|r| r.holders.is_empty() && r.queue.is_empty());
         if unused {
             self.chans.remove(&id);
         }
@@ -280,7 +356,9 @@ impl Router {
 
     /// A connection closed: it holds nothing any more.
     pub(crate) fn drop_conn(&mut self, conn: ConnId, out: &mut Vec<Out>) {
-        let Some(cs) = self.conns.remove(&conn) else { return };
+        let Some(cs) = self.conns.remove(&conn) else {
+            return;
+        };
         // Re-insert a bare entry so that drop_hold can update it, then remove it.
         self.conns.insert(conn, ConnState::default());
         for key in cs.holds {
@@ -300,7 +378,12 @@ impl Router {
 
     /// Handles one frame from `conn`. Returns a reason to close the connection when the
     /// peer broke the protocol.
-    pub(crate) fn frame(&mut self, conn: ConnId, frame: Frame, out: &mut Vec<Out>) -> Result<(), String> {
+    pub(crate) fn frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        out: &mut Vec<Out>,
+    ) -> Result<(), String> {
         match frame {
             Frame::Msg(m) => self.msg(conn, m, out),
             Frame::Credit { chan, end, n } => {
@@ -322,21 +405,37 @@ impl Router {
                 self.notice(conn, n, out);
                 Ok(())
             }
-            Frame::Reply { .. } | Frame::Event(_) => Err("a process sent a frame only the hub sends".into()),
+            Frame::Reply { .. } | Frame::Event(_) => {
+                Err("a process sent a frame only the hub sends".into())
+            }
         }
     }
 
     fn msg(&mut self, conn: ConnId, m: Msg, out: &mut Vec<Out>) -> Result<(), String> {
-        let from = EndRef { chan: m.chan, end: m.to.opposite() };
+        let from = EndRef {
+            chan: m.chan,
+            end: m.to.opposite(),
+        };
         let Some(chan) = self.chans.get(&m.chan) else {
-            out.push((conn, refused(Some(m.chan), ErrorCode::UnknownChannel, format!("no channel {}", m.chan))));
+            out.push((
+                conn,
+                refused(
+                    Some(m.chan),
+                    ErrorCode::UnknownChannel,
+                    format!("no channel {}", m.chan),
+                ),
+            ));
             return Ok(());
         };
         if !chan.ends[from.end.index()].holders.contains_key(&conn) {
             let label = chan.label(m.chan);
             out.push((
                 conn,
-                refused(Some(m.chan), ErrorCode::BadRequest, format!("channel '{label}': this process does not hold the sending end")),
+                refused(
+                    Some(m.chan),
+                    ErrorCode::BadRequest,
+                    format!("channel '{label}': this process does not hold the sending end"),
+                ),
             ));
             return Ok(());
         }
@@ -345,16 +444,49 @@ impl Router {
         let outstanding = cs.outstanding.entry(from).or_insert(0);
         *outstanding += 1;
         if *outstanding > window {
-            return Err(format!("channel {}: more than {window} messages in flight", m.chan));
+            return Err(format!(
+                "channel {}: more than {window} messages in flight",
+                m.chan
+            ));
+        }
+        if let Some(k) = m.carried.iter().find(|k| !self.holds(conn, **k)) {
+            out.push((
+                conn,
+                refused(
+                    Some(m.chan),
+                    ErrorCode::BadRequest,
+                    format!(
+                        "the message carries channel {} which this process does not hold",
+                        k.chan
+                    ),
+                ),
+            ));
+            self.credit_back(conn, from, out);
+            return Ok(());
         }
         let chan = self.chans.get_mut(&m.chan).expect("checked above");
         if chan.closed {
             let label = chan.label(m.chan);
-            out.push((conn, refused(Some(m.chan), ErrorCode::Closed, format!("channel '{label}' is closed"))));
+            out.push((
+                conn,
+                refused(
+                    Some(m.chan),
+                    ErrorCode::Closed,
+                    format!("channel '{label}' is closed"),
+                ),
+            ));
             self.credit_back(conn, from, out);
             return Ok(());
         }
-        chan.ends[m.to.index()].queue.push_back(Queued { from: conn, from_end: from.end, body: m.body, carried: m.carried });
+        chan.ends[m.to.index()].queue.push_back(Queued {
+            from: conn,
+            from_end: from.end,
+            body: m.body,
+            carried: m.carried.clone(),
+        });
+        for k in m.carried {
+            self.add_hold(TRANSIT, k, 1, out);
+        }
         self.drain(m.chan, m.to, out);
         Ok(())
     }
@@ -362,10 +494,14 @@ impl Router {
     /// Delivers queued messages for `end` to receivers with credit, round robin.
     fn drain(&mut self, id: ChanId, end: End, out: &mut Vec<Out>) {
         loop {
-            let Some(chan) = self.chans.get_mut(&id) else { return };
+            let Some(chan) = self.chans.get_mut(&id) else {
+                return;
+            };
             let closed = chan.closed;
             let route = &mut chan.ends[end.index()];
-            let Some(front) = route.queue.front() else { return };
+            let Some(front) = route.queue.front() else {
+                return;
+            };
             let n = route.receivers.len();
             let mut pick = None;
             for i in 0..n {
@@ -384,9 +520,21 @@ impl Router {
             let q = route.queue.pop_front().expect("front checked above");
             for &k in &q.carried {
                 self.add_hold(receiver, k, 1, out);
+                self.drop_hold(TRANSIT, k, Some(1), out);
             }
-            let from = EndRef { chan: id, end: q.from_end };
-            out.push((receiver, Frame::Msg(Msg { chan: id, to: end, carried: q.carried, body: q.body })));
+            let from = EndRef {
+                chan: id,
+                end: q.from_end,
+            };
+            out.push((
+                receiver,
+                Frame::Msg(Msg {
+                    chan: id,
+                    to: end,
+                    carried: q.carried,
+                    body: q.body,
+                }),
+            ));
             self.credit_back(q.from, from, out);
         }
     }
@@ -395,7 +543,9 @@ impl Router {
     /// batches of half a window.
     fn credit_back(&mut self, conn: ConnId, from: EndRef, out: &mut Vec<Out>) {
         let half = (self.window / 2).max(1);
-        let Some(cs) = self.conns.get_mut(&conn) else { return };
+        let Some(cs) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let owed = cs.owed.entry(from).or_insert(0);
         *owed += 1;
         if *owed >= half {
@@ -403,14 +553,23 @@ impl Router {
             if let Some(o) = cs.outstanding.get_mut(&from) {
                 *o = o.saturating_sub(n);
             }
-            out.push((conn, Frame::Credit { chan: from.chan, end: from.end, n }));
+            out.push((
+                conn,
+                Frame::Credit {
+                    chan: from.chan,
+                    end: from.end,
+                    n,
+                },
+            ));
         }
     }
 
     fn notice(&mut self, conn: ConnId, notice: Notice, out: &mut Vec<Out>) {
         match notice {
             Notice::Attach { chan, end, credit } => {
-                let Some(c) = self.chans.get_mut(&chan) else { return };
+                let Some(c) = self.chans.get_mut(&chan) else {
+                    return;
+                };
                 let route = &mut c.ends[end.index()];
                 if !route.holders.contains_key(&conn) {
                     return;
@@ -422,13 +581,17 @@ impl Router {
                 }
                 self.drain(chan, end, out);
             }
-            Notice::Release { chan, end, count } => self.drop_hold(conn, EndRef { chan, end }, Some(count), out),
+            Notice::Release { chan, end, count } => {
+                self.drop_hold(conn, EndRef { chan, end }, Some(count), out)
+            }
             Notice::Close { chan } => self.close(conn, chan, out),
         }
     }
 
     fn close(&mut self, conn: ConnId, id: ChanId, out: &mut Vec<Out>) {
-        let Some(chan) = self.chans.get_mut(&id) else { return };
+        let Some(chan) = self.chans.get_mut(&id) else {
+            return;
+        };
         let holds = chan.ends.iter().any(|r| r.holders.contains_key(&conn));
         if !holds || chan.closed {
             return;
@@ -443,13 +606,25 @@ impl Router {
         // close is seen after every message.
         self.drain(id, End::A, out);
         self.drain(id, End::B, out);
-        let Some(chan) = self.chans.get(&id) else { return };
-        let mut all: Vec<ConnId> = chan.ends.iter().flat_map(|r| r.holders.keys().copied()).collect();
+        let Some(chan) = self.chans.get(&id) else {
+            return;
+        };
+        let mut all: Vec<ConnId> = chan
+            .ends
+            .iter()
+            .flat_map(|r| r.holders.keys().copied())
+            .collect();
         all.sort();
         all.dedup();
         for c in all {
             out.push((c, Frame::Event(Event::Closed { chan: id })));
         }
+    }
+
+    fn holds(&self, conn: ConnId, key: EndRef) -> bool {
+        self.chans
+            .get(&key.chan)
+            .is_some_and(|c| c.ends[key.end.index()].holders.contains_key(&conn))
     }
 
     fn creator_of(&self, conn: ConnId) -> Creator {
@@ -461,11 +636,17 @@ impl Router {
 
     fn request(&mut self, conn: ConnId, req: Request, out: &mut Vec<Out>) -> Reply {
         match req {
-            Request::Hello { .. } => error(ErrorCode::BadRequest, "hello is only valid as the first frame".into()),
-            Request::Create { type_name } => {
+            Request::Hello { .. } => error(
+                ErrorCode::BadRequest,
+                "hello is only valid as the first frame".into(),
+            ),
+            Request::Create { type_name, pair } => {
                 let creator = self.creator_of(conn);
                 let chan = self.new_chan(type_name, creator);
                 self.add_hold(conn, EndRef { chan, end: End::A }, 1, out);
+                if pair {
+                    self.add_hold(conn, EndRef { chan, end: End::B }, 1, out);
+                }
                 Reply::Created { chan }
             }
             Request::Register { name, chan } => {
@@ -474,7 +655,10 @@ impl Router {
                     Err(e) => return error(ErrorCode::InvalidName, e.to_string()),
                 };
                 if self.names.contains_key(name.as_str()) {
-                    return error(ErrorCode::NameTaken, format!("a channel named '{name}' is already registered"));
+                    return error(
+                        ErrorCode::NameTaken,
+                        format!("a channel named '{name}' is already registered"),
+                    );
                 }
                 let Some(c) = self.chans.get_mut(&chan) else {
                     return error(ErrorCode::UnknownChannel, format!("no channel {chan}"));
@@ -483,7 +667,10 @@ impl Router {
                     return error(ErrorCode::Closed, format!("channel {chan} is closed"));
                 }
                 if let Some(old) = &c.name {
-                    return error(ErrorCode::NameTaken, format!("channel {chan} is already registered as '{old}'"));
+                    return error(
+                        ErrorCode::NameTaken,
+                        format!("channel {chan} is already registered as '{old}'"),
+                    );
                 }
                 c.name = Some(name.to_string());
                 self.names.insert(name.to_string(), chan);
@@ -491,11 +678,17 @@ impl Router {
             }
             Request::Lookup { name, type_name } => {
                 let Some(&id) = self.names.get(&name) else {
-                    return error(ErrorCode::UnknownChannel, format!("no channel named '{name}'"));
+                    return error(
+                        ErrorCode::UnknownChannel,
+                        format!("no channel named '{name}'"),
+                    );
                 };
                 let me = self.creator_of(conn);
                 let Some(chan) = self.chans.get_mut(&id) else {
-                    return error(ErrorCode::UnknownChannel, format!("no channel named '{name}'"));
+                    return error(
+                        ErrorCode::UnknownChannel,
+                        format!("no channel named '{name}'"),
+                    );
                 };
                 if chan.closed {
                     return error(ErrorCode::Closed, format!("channel '{name}' is closed"));
@@ -508,7 +701,12 @@ impl Router {
                 let peer_gone = other.ever_held && other.holders.is_empty();
                 let type_name = chan.type_name.clone();
                 self.add_hold(conn, EndRef { chan: id, end }, 1, out);
-                Reply::Found { chan: id, end, peer_gone, type_name }
+                Reply::Found {
+                    chan: id,
+                    end,
+                    peer_gone,
+                    type_name,
+                }
             }
             Request::List => {
                 let mut channels: Vec<ChannelInfo> = self
@@ -517,7 +715,11 @@ impl Router {
                     .map(|(name, &chan)| ChannelInfo {
                         name: name.clone(),
                         chan,
-                        type_name: self.chans.get(&chan).map(|c| c.type_name.clone()).unwrap_or_default(),
+                        type_name: self
+                            .chans
+                            .get(&chan)
+                            .map(|c| c.type_name.clone())
+                            .unwrap_or_default(),
                     })
                     .collect();
                 channels.sort_by(|a, b| a.name.cmp(&b.name));
@@ -528,10 +730,18 @@ impl Router {
                 let name = match (target, own) {
                     (Some(t), _) => t,
                     (None, Some(own)) => own,
-                    (None, None) => return error(ErrorCode::BadRequest, "the main process must name the child".into()),
+                    (None, None) => {
+                        return error(
+                            ErrorCode::BadRequest,
+                            "the main process must name the child".into(),
+                        )
+                    }
                 };
                 if !self.children.contains_key(&name) {
-                    return error(ErrorCode::UnknownProcess, format!("no child process named '{name}'"));
+                    return error(
+                        ErrorCode::UnknownProcess,
+                        format!("no child process named '{name}'"),
+                    );
                 }
                 self.events.push(HubEvent::Control { action, name });
                 Reply::Done

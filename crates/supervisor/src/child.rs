@@ -68,7 +68,12 @@ impl Supervised {
                 c.args(&self.exec_args).env(ENV_TARGET, self.name());
                 c
             }
-            Launch::Command { program, args, envs, dir } => {
+            Launch::Command {
+                program,
+                args,
+                envs,
+                dir,
+            } => {
                 let mut c = Command::new(program);
                 c.args(args);
                 for (k, v) in envs {
@@ -101,7 +106,11 @@ impl Supervised {
                 if let Some(err) = child.stderr.take() {
                     forwarders.push(forward(err, self.name().to_string(), true));
                 }
-                Some(Running { child, started: Instant::now(), forwarders })
+                Some(Running {
+                    child,
+                    started: Instant::now(),
+                    forwarders,
+                })
             }
             Err(e) => {
                 tracing::error!(child = self.name(), "cannot start: {e}");
@@ -173,7 +182,11 @@ fn die_with_parent(cmd: &mut Command) {
 }
 
 /// Copies a child's output to ours, line by line, prefixed with its name.
-fn forward(stream: impl AsyncRead + Unpin + Send + 'static, name: String, stderr: bool) -> tokio::task::JoinHandle<()> {
+fn forward(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    name: String,
+    stderr: bool,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         use std::io::Write;
         let mut reader = BufReader::new(stream);
@@ -300,4 +313,3 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
         }
     }
 }
-

@@ -23,11 +23,14 @@ pub struct MainContext {
     pub(crate) node: Node,
     pub(crate) children: Arc<Vec<String>>,
     pub(crate) shutdown: mpsc::UnboundedSender<()>,
+    pub(crate) socket: Arc<std::path::Path>,
 }
 
 impl std::fmt::Debug for MainContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MainContext").field("children", &self.children).finish_non_exhaustive()
+        f.debug_struct("MainContext")
+            .field("children", &self.children)
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,6 +46,11 @@ impl MainContext {
     /// The registry and channel functions (also reachable through `Deref`).
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The hub's socket, for processes that join on their own (see `docs/PROTOCOL.md`).
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.socket
     }
 
     /// The names of every child, in the order they were added.

@@ -9,7 +9,8 @@ use yukicomm_client::HandlerOutput;
 use crate::MainContext;
 
 pub(crate) type Hook = Arc<dyn Fn(MainContext) -> BoxFuture<'static, Option<String>> + Send + Sync>;
-pub(crate) type NamedHook = Arc<dyn Fn(MainContext, String) -> BoxFuture<'static, Option<String>> + Send + Sync>;
+pub(crate) type NamedHook =
+    Arc<dyn Fn(MainContext, String) -> BoxFuture<'static, Option<String>> + Send + Sync>;
 
 /// Every registered hook. A hook that fails or panics is logged; the others still run.
 #[derive(Default, Clone)]
@@ -62,11 +63,23 @@ impl Hooks {
     }
 
     pub(crate) async fn before_process_shutdown(&self, ctx: &MainContext, name: &str) {
-        Self::run_named(&self.before_process_shutdown, "on_before_process_shutdown", ctx, name).await;
+        Self::run_named(
+            &self.before_process_shutdown,
+            "on_before_process_shutdown",
+            ctx,
+            name,
+        )
+        .await;
     }
 
     pub(crate) async fn before_process_restart(&self, ctx: &MainContext, name: &str) {
-        Self::run_named(&self.before_process_restart, "on_before_process_restart", ctx, name).await;
+        Self::run_named(
+            &self.before_process_restart,
+            "on_before_process_restart",
+            ctx,
+            name,
+        )
+        .await;
     }
 
     pub(crate) async fn after_restart(&self, ctx: &MainContext, name: &str) {

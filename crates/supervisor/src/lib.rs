@@ -67,7 +67,10 @@ pub struct App {
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App").field("children", &self.children).field("hub", &self.hub).finish_non_exhaustive()
+        f.debug_struct("App")
+            .field("children", &self.children)
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
     }
 }
 
@@ -80,7 +83,12 @@ impl Default for App {
 impl App {
     /// An app with no children.
     pub fn new() -> App {
-        App { children: Vec::new(), hooks: Hooks::default(), hub: HubConfig::default(), exec_args: None }
+        App {
+            children: Vec::new(),
+            hooks: Hooks::default(),
+            hub: HubConfig::default(),
+            exec_args: None,
+        }
     }
 
     /// Adds a child that runs `target` in this same executable, re-executed (the
@@ -103,7 +111,10 @@ impl App {
         let launch = Launch::Command {
             program: command.get_program().to_os_string(),
             args: command.get_args().map(|a| a.to_os_string()).collect(),
-            envs: command.get_envs().map(|(k, v)| (k.to_os_string(), v.map(|v| v.to_os_string()))).collect(),
+            envs: command
+                .get_envs()
+                .map(|(k, v)| (k.to_os_string(), v.map(|v| v.to_os_string())))
+                .collect(),
             dir: command.get_current_dir().map(|d| d.to_path_buf()),
         };
         self.children.push(ChildSpec::new(name, launch));
@@ -156,7 +167,9 @@ impl App {
         Fut: Future + Send + 'static,
         Fut::Output: HandlerOutput,
     {
-        self.hooks.before_process_shutdown.push(hooks::named_hook(f));
+        self.hooks
+            .before_process_shutdown
+            .push(hooks::named_hook(f));
         self
     }
 
@@ -210,7 +223,10 @@ impl App {
             .enable_all()
             .thread_name("yukicomm-main")
             .build()
-            .map_err(|source| Error::Io { context: "cannot start the tokio runtime".into(), source })?;
+            .map_err(|source| Error::Io {
+                context: "cannot start the tokio runtime".into(),
+                source,
+            })?;
         rt.block_on(self.run_until(std::future::pending::<()>()))
     }
 
@@ -222,7 +238,10 @@ impl App {
             eprintln!("yukicomm: this executable has no target named '{target}'");
             std::process::exit(2);
         };
-        let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("yukicomm: cannot start the tokio runtime: {e}");
@@ -259,10 +278,10 @@ impl App {
             }
             names.push(name);
         }
-        let hub = Arc::new(
-            Hub::bind(self.hub.clone())
-                .map_err(|source| Error::Io { context: "cannot start the hub".into(), source })?,
-        );
+        let hub = Arc::new(Hub::bind(self.hub.clone()).map_err(|source| Error::Io {
+            context: "cannot start the hub".into(),
+            source,
+        })?);
         let mut hub_events = hub.take_events().expect("a new hub has its events");
         for n in &names {
             hub.admit_child(n);
@@ -273,12 +292,18 @@ impl App {
             node,
             children: Arc::new(self.children.iter().map(|c| c.name.clone()).collect()),
             shutdown: shutdown_tx,
+            socket: Arc::from(hub.socket_path()),
         };
         let hooks = Arc::new(self.hooks);
         Hooks::run(&hooks.before_start, "on_before_start", &ctx).await;
 
-        let exe = std::env::current_exe().map_err(|source| Error::Io { context: "cannot find this executable".into(), source })?;
-        let exec_args = self.exec_args.unwrap_or_else(|| std::env::args_os().skip(1).collect());
+        let exe = std::env::current_exe().map_err(|source| Error::Io {
+            context: "cannot find this executable".into(),
+            source,
+        })?;
+        let exec_args = self
+            .exec_args
+            .unwrap_or_else(|| std::env::args_os().skip(1).collect());
         let mut commands: HashMap<String, mpsc::UnboundedSender<Cmd>> = HashMap::new();
         let mut tasks = Vec::new();
         for (spec, process_name) in self.children.into_iter().zip(names) {
@@ -349,8 +374,13 @@ impl App {
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        tracing::warn!("cannot install signal handlers; SIGINT and SIGTERM will not shut down in order");
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!(
+            "cannot install signal handlers; SIGINT and SIGTERM will not shut down in order"
+        );
         return std::future::pending().await;
     };
     tokio::select! {

@@ -17,16 +17,30 @@ thread_local! {
 
 pub(crate) struct Local {
     pub(crate) hub: Arc<Hub>,
+    pub(crate) max_frame: usize,
 }
 
 impl Transport for Local {
     fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError> {
         let mut body = Vec::with_capacity(LAST_LEN.with(Cell::get));
         let carried = encode(&mut body).map_err(TransportError::Encode)?;
+        // Header (7 bytes after the kind byte) and the carried list count too.
+        let size = body.len() + 8 + carried.len() * 5;
+        if size > self.max_frame {
+            return Err(TransportError::TooLarge {
+                size,
+                max: self.max_frame,
+            });
+        }
         LAST_LEN.with(|l| l.set(body.len().max(16)));
         // The buffer moves into `Bytes` without a copy.
         let body = Bytes::from(body);
-        self.hub.local_frames([Frame::Msg(Msg { chan, to, carried, body })]);
+        self.hub.local_frames([Frame::Msg(Msg {
+            chan,
+            to,
+            carried,
+            body,
+        })]);
         Ok(())
     }
 
@@ -42,7 +56,11 @@ impl Transport for Local {
         Ok(self.hub.local_request(request))
     }
 
-    fn request_async(&self, request: Request, _timeout: Duration) -> BoxFuture<'static, Result<Reply, LinkError>> {
+    fn request_async(
+        &self,
+        request: Request,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<Reply, LinkError>> {
         futures::future::ready(Ok(self.hub.local_request(request))).boxed()
     }
 }
@@ -50,7 +68,10 @@ impl Transport for Local {
 /// Makes the main process's node and wires it to the hub in both directions.
 pub(crate) fn local_node(hub: Arc<Hub>, runtime: tokio::runtime::Handle) -> Node {
     let node = Node::new(hub.window(), runtime, Duration::from_secs(30));
-    node.set_transport(Arc::new(Local { hub: hub.clone() }));
+    node.set_transport(Arc::new(Local {
+        hub: hub.clone(),
+        max_frame: hub.max_frame() as usize,
+    }));
     let dispatch = node.clone();
     hub.set_local(Arc::new(move |frame| dispatch.dispatch(frame)));
     node

@@ -154,7 +154,11 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
             Ok(Frame::Credit { chan, end, n })
         }
         3 | 4 => {
-            let k = if kind == 3 { Kind::Request } else { Kind::Reply };
+            let k = if kind == 3 {
+                Kind::Request
+            } else {
+                Kind::Reply
+            };
             if p.len() < 4 {
                 return Err(malformed(k, "missing request id"));
             }

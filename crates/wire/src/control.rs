@@ -21,10 +21,14 @@ pub enum Request {
         /// The secret the supervisor gave this process.
         token: String,
     },
-    /// Create a new, unnamed channel; the requester holds its end `A`.
+    /// Create a new, unnamed channel; the requester holds its end `A`, and its end `B`
+    /// too when `pair` is true.
     Create {
         /// The Rust type name (or any agreed name) of the values it carries.
         type_name: String,
+        /// Whether the requester also gets end `B` (to hand it to another process).
+        #[serde(default)]
+        pair: bool,
     },
     /// Give a name to a channel in the registry.
     Register {

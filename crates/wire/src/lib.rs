@@ -35,7 +35,8 @@ mod names;
 mod outbox;
 
 pub use codec::{
-    encode_control, encode_credit, encode_msg, encode_msg_raw, Decoder, FrameError, Kind, HEADER_LEN,
+    encode_control, encode_credit, encode_msg, encode_msg_raw, Decoder, FrameError, Kind,
+    HEADER_LEN,
 };
 pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,

@@ -1,0 +1,344 @@
+//! Channels between real processes: duplex, ordering, exactly-once delivery, errors,
+//! modes, channels inside messages, select, close, peer death.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use support::{app, child, run_main, watchdog};
+use yukicomm::{
+    accept_all, Channel, Context, RecvError, RecvTimeoutError, RegistryError, RestartPolicy,
+    Selector, SendError,
+};
+
+const T: Duration = Duration::from_secs(20);
+
+async fn echo(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        ctx.passive_channel::<String>()
+            .send("hello from the child".into())?;
+        let active = ctx.active_channel::<String>();
+        while let Ok(s) = active.recv_async().await {
+            active.send_async(s.to_uppercase()).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn duplex_both_ways() {
+    let _w = watchdog("duplex_both_ways", Duration::from_secs(60));
+    let mut app = app("duplex_both_ways");
+    app.add_target("echo", echo);
+    run_main(app, |ctx| {
+        let passive = ctx.get_channel::<String>("echo-passive").unwrap();
+        assert_eq!(passive.recv_timeout(T).unwrap(), "hello from the child");
+        let active = ctx.get_channel::<String>("echo-active").unwrap();
+        for word in ["ping", "pong", "done"] {
+            active.send(word.into()).unwrap();
+            assert_eq!(active.recv_timeout(T).unwrap(), word.to_uppercase());
+        }
+        // Nothing else arrives: each message was delivered once, and a process never
+        // receives its own message.
+        assert!(matches!(
+            active.recv_timeout(Duration::from_millis(200)),
+            Err(RecvTimeoutError::Timeout { .. })
+        ));
+    });
+}
+
+const PER_SENDER: u32 = 2000;
+
+async fn sender(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let id: u32 = ctx.name().trim_start_matches('s').parse().expect("sN");
+        let sink = ctx.get_channel_async::<(u32, u32)>("sink").await?;
+        for seq in 0..PER_SENDER {
+            sink.send_async((id, seq)).await?;
+        }
+        // Stay until told to go, so that nothing is cut short.
+        let _ = ctx.active_channel::<()>().recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn order_is_kept_per_sender_with_four_concurrent_senders() {
+    let _w = watchdog(
+        "order_is_kept_per_sender_with_four_concurrent_senders",
+        Duration::from_secs(90),
+    );
+    let mut app = app("order_is_kept_per_sender_with_four_concurrent_senders");
+    for i in 0..4 {
+        app.add_target(&format!("s{i}"), sender);
+    }
+    app.on_before_start(|ctx| async move {
+        let sink = ctx.channel::<(u32, u32)>().expect("create");
+        ctx.set_channel("sink", &sink).expect("register");
+        // Keep the end alive past this hook: receive on it from the test body.
+        std::mem::forget(sink);
+    });
+    run_main(app, |ctx| {
+        let sink = ctx.get_channel::<(u32, u32)>("sink").unwrap();
+        let mut next: HashMap<u32, u32> = HashMap::new();
+        for _ in 0..4 * PER_SENDER {
+            let (id, seq) = sink.recv_timeout(T).unwrap();
+            let expected = next.entry(id).or_insert(0);
+            assert_eq!(seq, *expected, "sender {id} out of order");
+            *expected += 1;
+        }
+        assert_eq!(next.len(), 4);
+        assert!(next.values().all(|&n| n == PER_SENDER));
+        assert!(
+            sink.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a message arrived twice"
+        );
+    });
+}
+
+async fn mistyped(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let report = ctx.active_channel::<String>();
+        let err = ctx
+            .get_channel_async::<String>("numbers")
+            .await
+            .expect_err("wrong type must fail");
+        report.send_async(err.to_string()).await?;
+        let err = ctx
+            .get_channel_async::<u32>("no-such-channel")
+            .await
+            .expect_err("unknown must fail");
+        report.send_async(err.to_string()).await?;
+        // A value that is not what the main process expects, then one that is.
+        ctx.passive_channel::<u64>().send_async(42).await?;
+        ctx.passive_channel::<String>()
+            .send_async("fine".into())
+            .await?;
+        let _ = report.recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn type_mismatch_and_unknown_names_are_clear_errors() {
+    let _w = watchdog(
+        "type_mismatch_and_unknown_names_are_clear_errors",
+        Duration::from_secs(60),
+    );
+    let mut app = app("type_mismatch_and_unknown_names_are_clear_errors");
+    app.add_target("typed", mistyped);
+    app.on_before_start(|ctx| async move {
+        let numbers = ctx.channel::<u32>().expect("create");
+        ctx.set_channel("numbers", &numbers).expect("register");
+        std::mem::forget(numbers);
+    });
+    run_main(app, |ctx| {
+        // In the main process.
+        match ctx.get_channel::<String>("numbers") {
+            Err(RegistryError::TypeMismatch {
+                name,
+                expected,
+                found,
+            }) => {
+                assert_eq!(name, "numbers");
+                assert!(expected.contains("String"));
+                assert_eq!(found, "u32");
+            }
+            other => panic!("expected a type mismatch, got {other:?}"),
+        }
+        let err = ctx.get_channel::<u32>("nope").unwrap_err();
+        assert_eq!(
+            err,
+            RegistryError::Unknown {
+                name: "nope".into()
+            }
+        );
+        assert!(err.to_string().contains("'nope'"));
+        assert!(matches!(
+            ctx.get_channel::<u32>("bad name"),
+            Err(RegistryError::InvalidName { .. })
+        ));
+        let other = ctx.channel::<u32>().unwrap();
+        assert_eq!(
+            ctx.set_channel("numbers", &other),
+            Err(RegistryError::NameTaken {
+                name: "numbers".into()
+            })
+        );
+
+        // In a child, over its connection.
+        let report = ctx.get_channel::<String>("typed-active").unwrap();
+        let mismatch = report.recv_timeout(T).unwrap();
+        assert!(
+            mismatch.contains("numbers") && mismatch.contains("u32"),
+            "{mismatch}"
+        );
+        let unknown = report.recv_timeout(T).unwrap();
+        assert!(unknown.contains("no-such-channel"), "{unknown}");
+
+        // A message that does not decode is an error naming the channel and the type,
+        // and the next message is received normally.
+        let passive = ctx.get_channel::<String>("typed-passive").unwrap();
+        match passive.recv_timeout(T) {
+            Err(RecvTimeoutError::Recv(RecvError::Decode {
+                channel, type_name, ..
+            })) => {
+                assert_eq!(channel, "typed-passive");
+                assert!(type_name.contains("String"));
+            }
+            other => panic!("expected a decode error, got {other:?}"),
+        }
+        assert_eq!(passive.recv_timeout(T).unwrap(), "fine");
+        report.send("bye".into()).unwrap();
+    });
+}
+
+#[test]
+fn one_end_receives_in_one_mode() {
+    let _w = watchdog("one_end_receives_in_one_mode", Duration::from_secs(60));
+    let mut app = app("one_end_receives_in_one_mode");
+    app.add_target("idle", |ctx: Context| async move {
+        let _ = ctx.active_channel::<u8>().recv_async().await;
+        Ok(())
+    });
+    run_main(app, |ctx| {
+        let a = ctx.get_channel::<u8>("idle-active").unwrap();
+        a.on_receive(accept_all, |_| ()).unwrap();
+        let err = a.try_recv().unwrap_err();
+        assert!(err.to_string().contains("idle-active"), "{err}");
+        assert!(matches!(
+            a.recv_timeout(Duration::from_millis(10)),
+            Err(RecvTimeoutError::Recv(RecvError::ModeConflict { .. }))
+        ));
+
+        let b = ctx.get_channel::<u8>("idle-passive").unwrap();
+        assert!(b.try_recv().is_err());
+        let err = b.on_receive(accept_all, |_| ()).unwrap_err();
+        assert!(err.to_string().contains("idle-passive"), "{err}");
+        a.send(0).unwrap();
+    });
+}
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    n: u32,
+    reply: Channel<u32>,
+}
+
+async fn server(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let requests = ctx.active_channel::<Request>();
+        while let Ok(req) = requests.recv_async().await {
+            req.reply.send_async(req.n * 2).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn a_request_carries_its_reply_channel() {
+    let _w = watchdog(
+        "a_request_carries_its_reply_channel",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_request_carries_its_reply_channel");
+    app.add_target("server", server);
+    run_main(app, |ctx| {
+        let requests = ctx.get_channel::<Request>("server-active").unwrap();
+        for n in [1, 21, 1000] {
+            let (mine, theirs) = ctx.channel_pair::<u32>().unwrap();
+            requests.send(Request { n, reply: theirs }).unwrap();
+            assert_eq!(mine.recv_timeout(T).unwrap(), n * 2);
+            // The server dropped its end after answering: the reply channel reports it.
+            match mine.recv_timeout(T) {
+                Err(RecvTimeoutError::Recv(RecvError::Disconnected { .. })) => {}
+                other => panic!("expected disconnected, got {other:?}"),
+            }
+        }
+    });
+}
+
+#[test]
+fn select_and_close() {
+    let _w = watchdog("select_and_close", Duration::from_secs(60));
+    let mut app = app("select_and_close");
+    app.add_target("talker", |ctx: Context| async move {
+        child(async move {
+            let passive = ctx.passive_channel::<String>();
+            passive.send_async("via passive".into()).await?;
+            // Wait for the main process to close the channel.
+            let active = ctx.active_channel::<u32>();
+            let closed = matches!(active.recv_async().await, Err(RecvError::Closed { .. }));
+            passive.send_async(format!("closed seen: {closed}")).await?;
+            let _ = passive.recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("talker-active").unwrap();
+        let passive = ctx.get_channel::<String>("talker-passive").unwrap();
+        let got = Selector::new()
+            .recv(&active, |r| format!("active {r:?}"))
+            .recv(&passive, |r| format!("passive {}", r.unwrap()))
+            .wait_timeout(T)
+            .expect("something arrives");
+        assert_eq!(got, "passive via passive");
+        assert!(Selector::new()
+            .recv(&active, |_| ())
+            .wait_timeout(Duration::from_millis(100))
+            .is_none());
+
+        active.close();
+        assert!(active.is_closed());
+        assert!(matches!(active.send(1), Err(SendError::Closed { .. })));
+        assert_eq!(passive.recv_timeout(T).unwrap(), "closed seen: true");
+    });
+}
+
+#[test]
+fn a_blocked_recv_wakes_when_the_peer_dies() {
+    let _w = watchdog(
+        "a_blocked_recv_wakes_when_the_peer_dies",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_blocked_recv_wakes_when_the_peer_dies");
+    app.add_target("victim", |ctx: Context| async move {
+        ctx.active_channel::<u32>()
+            .send_async(std::process::id())
+            .await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+    .restart(RestartPolicy::Never);
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("victim-active").unwrap();
+        let pid = active.recv_timeout(T).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: plain syscall on our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let start = Instant::now();
+        match active.recv_timeout(T) {
+            Err(RecvTimeoutError::Recv(RecvError::Disconnected { channel })) => {
+                assert_eq!(channel, "victim-active")
+            }
+            other => panic!(
+                "expected disconnected, got {other:?} after {:?}",
+                start.elapsed()
+            ),
+        }
+        // Sends still queue for a restarted child; receiving reports the absence at once.
+        assert!(matches!(
+            active.try_recv(),
+            Err(yukicomm::TryRecvError::Recv(RecvError::Disconnected { .. }))
+        ));
+    });
+}
