@@ -324,6 +324,13 @@ impl Hub {
             .map(|c| (c.active, c.passive))
     }
 
+    /// Tells the hub a child will not be started again (stopped, failed, or not to be
+    /// restarted). Until then, the child's own channels stay connected across the death
+    /// of its process, and their receivers wait for the next one.
+    pub fn child_gone(&self, name: &str) {
+        self.inner.with_router(|r, out| r.child_gone(name, out));
+    }
+
     /// Closes a child's connection, if it has one.
     pub fn disconnect_child(&self, name: &str) {
         let conn = self

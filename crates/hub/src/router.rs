@@ -29,6 +29,11 @@ pub const LOCAL: ConnId = ConnId(0);
 /// processes is never seen as abandoned.
 const TRANSIT: ConnId = ConnId(u64::MAX);
 
+/// Holds a child's own ends (`NAME-active`, `NAME-passive`, end `A`) between the death
+/// of one of its processes and the start of the next, so that a restart is not seen as a
+/// disconnection. Released by [`Router::child_gone`] when the child stops for good.
+const SUPERVISED: ConnId = ConnId(u64::MAX - 1);
+
 /// A frame to send to a connection once the lock is released.
 pub(crate) type Out = (ConnId, Frame);
 
@@ -251,7 +256,9 @@ impl Router {
             },
         );
         for chan in [active, passive] {
-            self.add_hold(conn, EndRef { chan, end: End::A }, 1, out);
+            let key = EndRef { chan, end: End::A };
+            self.add_hold(conn, key, 1, out);
+            self.drop_hold(SUPERVISED, key, None, out);
         }
         self.events.push(HubEvent::Connected {
             name: name.to_string(),
@@ -354,8 +361,32 @@ impl Router {
         }
     }
 
+    /// The child will not be started again (stopped, failed, or not to be restarted):
+    /// its own ends are no longer held, and whoever waits on them is told.
+    pub(crate) fn child_gone(&mut self, name: &str, out: &mut Vec<Out>) {
+        let Some(child) = self.children.get(name) else {
+            return;
+        };
+        if child.conn.is_some() {
+            return;
+        }
+        for chan in [child.active, child.passive] {
+            self.drop_hold(SUPERVISED, EndRef { chan, end: End::A }, None, out);
+        }
+    }
+
     /// A connection closed: it holds nothing any more.
     pub(crate) fn drop_conn(&mut self, conn: ConnId, out: &mut Vec<Out>) {
+        let Some(cs) = self.conns.get(&conn) else {
+            return;
+        };
+        if let Some(child) = cs.child.as_ref().and_then(|n| self.children.get(n)) {
+            if child.conn == Some(conn) {
+                for chan in [child.active, child.passive] {
+                    self.add_hold(SUPERVISED, EndRef { chan, end: End::A }, 1, out);
+                }
+            }
+        }
         let Some(cs) = self.conns.remove(&conn) else {
             return;
         };
@@ -742,6 +773,20 @@ impl Router {
                         ErrorCode::UnknownProcess,
                         format!("no child process named '{name}'"),
                     );
+                }
+                if action == ControlAction::Restart {
+                    // Restarting a child that is not running: its channels count as
+                    // connected again from now on, waiting for the new process.
+                    if let Some(child) = self.children.get(&name) {
+                        if child.conn.is_none() {
+                            for chan in [child.active, child.passive] {
+                                let key = EndRef { chan, end: End::A };
+                                if !self.holds(SUPERVISED, key) {
+                                    self.add_hold(SUPERVISED, key, 1, out);
+                                }
+                            }
+                        }
+                    }
                 }
                 self.events.push(HubEvent::Control { action, name });
                 Reply::Done

@@ -114,6 +114,7 @@ impl Supervised {
             }
             Err(e) => {
                 tracing::error!(child = self.name(), "cannot start: {e}");
+                self.hub.child_gone(self.name());
                 None
             }
         }
@@ -251,6 +252,7 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
                             RestartPolicy::Always => true,
                         };
                         if !again {
+                            s.hub.child_gone(&name);
                             continue;
                         }
                         if uptime >= s.spec.restart_period {
@@ -267,6 +269,7 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
                                 period = ?s.spec.restart_period,
                                 "restarted too often; marked failed and not restarted again"
                             );
+                            s.hub.child_gone(&name);
                             continue;
                         }
                         recent.push_back(now);
@@ -295,12 +298,14 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
                     s.hooks.before_process_shutdown(&s.ctx, &name).await;
                     s.stop(r).await;
                 }
+                s.hub.child_gone(&name);
             }
             Some(Cmd::Shutdown(done)) => {
                 if let Some(r) = running.take() {
                     s.hooks.before_process_shutdown(&s.ctx, &name).await;
                     s.stop(r).await;
                 }
+                s.hub.child_gone(&name);
                 let _ = done.send(());
                 return;
             }

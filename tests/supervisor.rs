@@ -1,0 +1,304 @@
+//! Supervision with real processes: restarts on request from either side, restart
+//! policies and intensity, hooks, stop, and children never outliving the main process.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use support::{app, child, eventually, process_gone, run_main, watchdog};
+use yukicomm::{Context, RecvTimeoutError, RestartPolicy};
+
+const T: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+enum Up {
+    Started(u32),
+    Pong(u32),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Down {
+    Ping,
+    RestartYourself,
+}
+
+/// Announces its pid, answers pings, restarts itself on request.
+async fn worker(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let pid = std::process::id();
+        let up = ctx.passive_channel::<Up>();
+        up.send_async(Up::Started(pid)).await?;
+        let down = ctx.active_channel::<Down>();
+        while let Ok(cmd) = down.recv_async().await {
+            match cmd {
+                Down::Ping => up.send_async(Up::Pong(pid)).await?,
+                Down::RestartYourself => ctx.request_restart()?,
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+fn started(up: &yukicomm::Channel<Up>) -> u32 {
+    match up.recv_timeout(T).unwrap() {
+        Up::Started(pid) => pid,
+        other => panic!("expected a start, got {other:?}"),
+    }
+}
+
+#[test]
+fn restart_on_request_from_main_keeps_channels_working() {
+    let _w = watchdog(
+        "restart_on_request_from_main_keeps_channels_working",
+        Duration::from_secs(60),
+    );
+    let mut app = app("restart_on_request_from_main_keeps_channels_working");
+    app.add_target("w", worker);
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l1 = log.clone();
+    app.on_before_process_restart(move |_, name| {
+        l1.lock().push(format!("before restart {name}"));
+        async {}
+    });
+    let l2 = log.clone();
+    app.on_after_restart(move |_, name| {
+        l2.lock().push(format!("after restart {name}"));
+        async {}
+    });
+    run_main(app, move |ctx| {
+        let up = ctx.get_channel::<Up>("w-passive").unwrap();
+        let down = ctx.get_channel::<Down>("w-active").unwrap();
+        let first = started(&up);
+        ctx.restart_process("w").unwrap();
+        let second = started(&up);
+        assert_ne!(first, second, "a restart makes a new process");
+        assert!(process_gone(first as i32), "the old process was reaped");
+        down.send(Down::Ping).unwrap();
+        assert_eq!(up.recv_timeout(T).unwrap(), Up::Pong(second));
+        assert_eq!(*log.lock(), vec!["before restart w", "after restart w"]);
+        assert!(ctx
+            .restart_process("nobody")
+            .unwrap_err()
+            .to_string()
+            .contains("nobody"));
+    });
+}
+
+#[test]
+fn restart_on_request_from_the_child() {
+    let _w = watchdog("restart_on_request_from_the_child", Duration::from_secs(60));
+    let mut app = app("restart_on_request_from_the_child");
+    app.add_target("w", worker);
+    run_main(app, |ctx| {
+        let up = ctx.get_channel::<Up>("w-passive").unwrap();
+        let down = ctx.get_channel::<Down>("w-active").unwrap();
+        let mut pids = vec![started(&up)];
+        for _ in 0..2 {
+            down.send(Down::RestartYourself).unwrap();
+            pids.push(started(&up));
+        }
+        pids.dedup();
+        assert_eq!(pids.len(), 3, "each request gives a new process: {pids:?}");
+        down.send(Down::Ping).unwrap();
+        assert_eq!(up.recv_timeout(T).unwrap(), Up::Pong(pids[2]));
+    });
+}
+
+#[test]
+fn a_killed_child_is_restarted_by_policy() {
+    let _w = watchdog(
+        "a_killed_child_is_restarted_by_policy",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_killed_child_is_restarted_by_policy");
+    app.add_target("w", worker)
+        .restart(RestartPolicy::OnFailure)
+        .backoff(Duration::from_millis(10), Duration::from_millis(50));
+    run_main(app, |ctx| {
+        let up = ctx.get_channel::<Up>("w-passive").unwrap();
+        let down = ctx.get_channel::<Down>("w-active").unwrap();
+        let first = started(&up);
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(first as i32, libc::SIGKILL) };
+        let second = started(&up);
+        assert_ne!(first, second);
+        down.send(Down::Ping).unwrap();
+        assert_eq!(up.recv_timeout(T).unwrap(), Up::Pong(second));
+    });
+}
+
+#[test]
+fn the_intensity_limit_stops_a_crash_loop() {
+    let _w = watchdog(
+        "the_intensity_limit_stops_a_crash_loop",
+        Duration::from_secs(60),
+    );
+    let mut app = app("the_intensity_limit_stops_a_crash_loop");
+    app.add_target("crasher", |ctx: Context| async move {
+        ctx.passive_channel::<Up>()
+            .send_async(Up::Started(std::process::id()))
+            .await?;
+        // Give the message time to leave, then die as a crash would.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::process::exit(3);
+    })
+    .restart(RestartPolicy::Always)
+    .backoff(Duration::from_millis(5), Duration::from_millis(20))
+    .intensity(3, Duration::from_secs(60));
+    run_main(app, |ctx| {
+        let up = ctx.get_channel::<Up>("crasher-passive").unwrap();
+        let mut pids = Vec::new();
+        for _ in 0..4 {
+            pids.push(started(&up));
+        }
+        pids.dedup();
+        assert_eq!(pids.len(), 4, "the first run and three restarts");
+        // No fifth start: the child is marked failed.
+        match up.recv_timeout(Duration::from_secs(2)) {
+            Err(RecvTimeoutError::Recv(yukicomm::RecvError::Disconnected { .. }))
+            | Err(RecvTimeoutError::Timeout { .. }) => {}
+            other => panic!("the crash loop went on: {other:?}"),
+        }
+        // A request still restarts a failed child.
+        ctx.restart_process("crasher").unwrap();
+        started(&up);
+    });
+}
+
+#[test]
+fn hooks_run_in_order_with_names_and_stop_stops() {
+    let _w = watchdog(
+        "hooks_run_in_order_with_names_and_stop_stops",
+        Duration::from_secs(60),
+    );
+    let mut app = app("hooks_run_in_order_with_names_and_stop_stops");
+    app.add_target("a", worker);
+    app.add_target("b", worker).restart(RestartPolicy::Always);
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l = log.clone();
+    app.on_before_start(move |_| {
+        l.lock().push("before start".into());
+        async {}
+    });
+    let l = log.clone();
+    app.on_before_process_shutdown(move |_, name| {
+        l.lock().push(format!("before shutdown {name}"));
+        async {}
+    });
+    let l = log.clone();
+    app.on_after_shutdown(move |_| {
+        l.lock().push("after shutdown".into());
+        async {}
+    });
+    let l = log.clone();
+    run_main(app, move |ctx| {
+        let up_b = ctx.get_channel::<Up>("b-passive").unwrap();
+        let pid_b = started(&up_b);
+        ctx.stop_process("b").unwrap();
+        assert!(eventually(T, || process_gone(pid_b as i32)), "b stopped");
+        // Even with policy Always, a stopped child stays stopped.
+        assert!(up_b.recv_timeout(Duration::from_millis(500)).is_err());
+        l.lock().push("body done".into());
+    });
+    assert_eq!(
+        *log.lock(),
+        vec![
+            "before start",
+            "before shutdown b",
+            "body done",
+            "before shutdown a",
+            "after shutdown"
+        ]
+    );
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Starts the quickstart example without a round limit and returns it with its child's
+/// pid, read from its log.
+fn start_quickstart() -> (
+    std::process::Child,
+    i32,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut main = Command::new(example("quickstart"))
+        .args(["--interval-ms", "100"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(main.stdout.take().unwrap());
+    let mut line = String::new();
+    let pid = loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "quickstart ended early"
+        );
+        if let Some(rest) = line.split("pid=").nth(1) {
+            break rest.trim().parse::<i32>().unwrap();
+        }
+    };
+    // Wait until the child is talking, so that it is fully up.
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "quickstart ended early"
+        );
+        if line.contains("Active receive") {
+            break;
+        }
+    }
+    (main, pid, out)
+}
+
+#[test]
+fn killing_the_main_process_with_sigkill_leaves_no_child() {
+    let _w = watchdog(
+        "killing_the_main_process_with_sigkill_leaves_no_child",
+        Duration::from_secs(60),
+    );
+    let (mut main, child_pid, _out) = start_quickstart();
+    assert!(!process_gone(child_pid));
+    main.kill().unwrap();
+    main.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || process_gone(child_pid)),
+        "child {child_pid} outlived its main process"
+    );
+}
+
+#[test]
+fn sigterm_shuts_down_in_order() {
+    let _w = watchdog("sigterm_shuts_down_in_order", Duration::from_secs(60));
+    let (mut main, child_pid, mut out) = start_quickstart();
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(main.id() as i32, libc::SIGTERM) };
+    let status = main.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(
+        rest.contains("stopped"),
+        "the child is stopped in order: {rest}"
+    );
+    assert!(process_gone(child_pid));
+}
