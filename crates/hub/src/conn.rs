@@ -136,6 +136,10 @@ async fn fill(stream: &UnixStream, buf: &mut BytesMut) -> Result<bool, String> {
             }
             Ok(_) => return Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // A peer that dies with unread data resets the connection: a close.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && buf.is_empty() => {
+                return Ok(false)
+            }
             Err(e) => return Err(e.to_string()),
         }
     }
