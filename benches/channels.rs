@@ -1,1 +1,863 @@
-fn main(){}
+//! Channel benchmark: the main process and one child process, measured against the
+//! floor of a raw Unix stream socket between the same two processes.
+//!
+//! Measures:
+//!
+//! - round trip of a 64-byte message: the main process sends on `bench-active` and
+//!   waits with a blocking `recv`; the child echoes from a blocking `recv` loop (p50,
+//!   p99);
+//! - the same round trip on `bench-passive`, where the child echoes from an
+//!   `on_receive` handler;
+//! - one-way throughput of 64-byte messages (msg/s), main to child (timed from the first
+//!   send to the child's acknowledgement of the last) and child to main;
+//! - one-way throughput of 64 KiB messages (MB/s, payload bytes), both directions;
+//! - the floor: a raw `UnixStream` between the same two processes: 64-byte ping-pong,
+//!   64-byte length-prefixed frames with one write per frame and with 64 frames per
+//!   write, and 64 KiB frames.
+//!
+//! Run it:
+//!
+//! ```text
+//! cargo bench --bench channels                 # full run (well under a minute)
+//! cargo bench --bench channels -- --quick      # small counts, a few seconds (CI)
+//! cargo bench --bench channels -- --markdown   # the results as a markdown table
+//! ```
+//!
+//! `YUKICOMM_BENCH_QUICK=1` and `YUKICOMM_BENCH_MARKDOWN=1` do the same as the flags.
+//! Unknown arguments (such as the `--bench` that `cargo bench` passes) are ignored.
+//! Every wait has a deadline: if the child dies or stops answering, the benchmark
+//! fails with an error and a non-zero exit status instead of hanging.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use yukicomm::{
+    accept_all, App, Channel, Context, Error, MainContext, RestartPolicy, SendError, TryRecvError,
+};
+
+/// The child's name; its channels are `bench-active` and `bench-passive`.
+const CHILD: &str = "bench";
+/// The longest wait for any one message, acknowledgement or connection.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the child waits for the next command.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Small message payload.
+const SMALL: usize = 64;
+/// Large message payload.
+const BIG: usize = 64 * 1024;
+/// Frames per write in the batched raw stream.
+const BATCH: usize = 64;
+/// Bytes of the raw frames' length prefix.
+const PREFIX: usize = 4;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that travels on the child's two channels.
+#[derive(Serialize, Deserialize)]
+enum Msg {
+    /// A payload: echoed, streamed or counted depending on the phase.
+    #[serde(rename = "d")]
+    Data(Bytes),
+    /// Child to main: the child's loop is running.
+    Ready,
+    /// Main to child: `count` messages of `size` bytes follow; acknowledge with `Count`.
+    Sink { count: u64, size: u32 },
+    /// Main to child: send `count` messages of `size` bytes, then `Count`.
+    Source { count: u64, size: u32 },
+    /// The number of messages received or sent.
+    Count(u64),
+    /// Main to child: connect to the raw socket and run the floor measurements.
+    Raw(RawPlan),
+    /// Main to child: stop.
+    Quit,
+}
+
+/// What the child does on the raw socket, in order.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct RawPlan {
+    path: String,
+    /// Ping-pong exchanges (warm-up included).
+    pings: u64,
+    /// 64-byte frames, one write per frame.
+    single: u64,
+    /// 64-byte frames, `BATCH` per write.
+    batched: u64,
+    /// 64 KiB frames, one write per frame.
+    big: u64,
+}
+
+fn describe(m: &Msg) -> String {
+    match m {
+        Msg::Data(b) => format!("a data message of {} bytes", b.len()),
+        Msg::Ready => "Ready".into(),
+        Msg::Sink { count, size } => format!("Sink {{ count: {count}, size: {size} }}"),
+        Msg::Source { count, size } => format!("Source {{ count: {count}, size: {size} }}"),
+        Msg::Count(n) => format!("Count({n})"),
+        Msg::Raw(p) => format!("Raw({p:?})"),
+        Msg::Quit => "Quit".into(),
+    }
+}
+
+fn unexpected(expected: &str, got: &Msg) -> Error {
+    Error::Other(format!("expected {expected}, received {}", describe(got)))
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Sends without waiting when there is room, else waits for room at most
+/// `STEP_TIMEOUT`.
+fn send(ch: &Channel<Msg>, m: Msg) -> Result<()> {
+    match ch.try_send(m) {
+        Ok(()) => Ok(()),
+        Err(SendError::Full { value, .. }) => Ok(ch.send_timeout(value, STEP_TIMEOUT)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn recv(ch: &Channel<Msg>) -> Result<Msg> {
+    Ok(ch.recv_timeout(STEP_TIMEOUT)?)
+}
+
+// ---------------------------------------------------------------------------------
+// Options and counts
+
+#[derive(Clone, Copy, Debug)]
+struct Options {
+    quick: bool,
+    markdown: bool,
+}
+
+impl Options {
+    fn from_env() -> Options {
+        let env_on = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
+        let mut o = Options {
+            quick: env_on("YUKICOMM_BENCH_QUICK"),
+            markdown: env_on("YUKICOMM_BENCH_MARKDOWN"),
+        };
+        for a in std::env::args().skip(1) {
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--markdown" => o.markdown = true,
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    warmup: u64,
+    round_trips: u64,
+    small: u64,
+    big: u64,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                warmup: 200,
+                round_trips: 2_000,
+                small: 20_000,
+                big: 200,
+            }
+        } else {
+            Plan {
+                warmup: 2_000,
+                round_trips: 20_000,
+                small: 2_000_000,
+                big: 20_000,
+            }
+        }
+    }
+
+    fn batched(&self) -> u64 {
+        self.small / BATCH as u64 * BATCH as u64
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Results
+
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Latency {
+    fn from_samples(mut samples: Vec<Duration>) -> Latency {
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((samples.len() - 1) as f64 * q).round() as usize;
+            samples[i]
+        };
+        Latency {
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+}
+
+struct Rate {
+    count: u64,
+    size: usize,
+    elapsed: Duration,
+}
+
+impl Rate {
+    fn msgs_per_s(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn mb_per_s(&self) -> f64 {
+        (self.count as f64 * self.size as f64) / 1e6 / self.elapsed.as_secs_f64()
+    }
+}
+
+struct Report {
+    plan: Plan,
+    quick: bool,
+    body_small: usize,
+    body_big: usize,
+    rt_active: Latency,
+    rt_passive: Latency,
+    small_to_child: Rate,
+    small_to_main: Rate,
+    big_to_child: Rate,
+    big_to_main: Rate,
+    raw_ping: Latency,
+    raw_single: Rate,
+    raw_batched: Rate,
+    raw_big: Rate,
+}
+
+// ---------------------------------------------------------------------------------
+// Main process
+
+fn run_main(ctx: &MainContext, plan: Plan, quick: bool) -> Result<Report> {
+    let body_small = encoded_len(SMALL)?;
+    let body_big = encoded_len(BIG)?;
+
+    let active = ctx.get_channel::<Msg>(&format!("{CHILD}-active"))?;
+    let passive = ctx.get_channel::<Msg>(&format!("{CHILD}-passive"))?;
+    match recv(&active)? {
+        Msg::Ready => {}
+        other => return Err(unexpected("Ready", &other)),
+    }
+
+    let rt_active = round_trips(&active, plan)?;
+    let rt_passive = round_trips(&passive, plan)?;
+    let small_to_child = to_child(&active, SMALL, plan.small)?;
+    let small_to_main = to_main(&active, SMALL, plan.small)?;
+    let big_to_child = to_child(&active, BIG, plan.big)?;
+    let big_to_main = to_main(&active, BIG, plan.big)?;
+    let (raw_ping, raw_single, raw_batched, raw_big) = raw_floor(&active, plan)?;
+    send(&active, Msg::Quit)?;
+
+    Ok(Report {
+        plan,
+        quick,
+        body_small,
+        body_big,
+        rt_active,
+        rt_passive,
+        small_to_child,
+        small_to_main,
+        big_to_child,
+        big_to_main,
+        raw_ping,
+        raw_single,
+        raw_batched,
+        raw_big,
+    })
+}
+
+/// The MessagePack body of a data message with `size` payload bytes; checks that the
+/// payload is encoded as `bin`, not as an array of integers.
+fn encoded_len(size: usize) -> Result<usize> {
+    let body = rmp_serde::to_vec_named(&Msg::Data(Bytes::from(vec![0xA5; size])))
+        .map_err(|e| Error::Other(format!("cannot encode a data message: {e}")))?;
+    if body.len() > size + 16 {
+        return Err(Error::Other(format!(
+            "a {size}-byte payload encodes as {} bytes: not MessagePack bin",
+            body.len()
+        )));
+    }
+    Ok(body.len())
+}
+
+/// Ping-pong of 64-byte messages; each payload carries its sequence number and the echo
+/// must match it.
+fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Latency> {
+    let mut samples = Vec::with_capacity(plan.round_trips as usize);
+    let mut payload = [0x5Au8; SMALL];
+    for i in 0..plan.warmup + plan.round_trips {
+        payload[..8].copy_from_slice(&i.to_le_bytes());
+        let sent = Bytes::copy_from_slice(&payload);
+        let start = Instant::now();
+        send(ch, Msg::Data(sent.clone()))?;
+        let back = recv(ch)?;
+        let elapsed = start.elapsed();
+        match back {
+            Msg::Data(b) if b == sent => {}
+            Msg::Data(_) => {
+                return Err(Error::Other(format!(
+                    "round trip {i} on '{}': the echo differs from what was sent",
+                    ch.name()
+                )))
+            }
+            other => return Err(unexpected("the echo", &other)),
+        }
+        if i >= plan.warmup {
+            samples.push(elapsed);
+        }
+    }
+    Ok(Latency::from_samples(samples))
+}
+
+/// Main sends `count` messages as fast as it can; timed until the child acknowledges
+/// the last one.
+fn to_child(ch: &Channel<Msg>, size: usize, count: u64) -> Result<Rate> {
+    let data = Bytes::from(vec![0x5A; size]);
+    send(
+        ch,
+        Msg::Sink {
+            count,
+            size: size as u32,
+        },
+    )?;
+    let start = Instant::now();
+    for _ in 0..count {
+        send(ch, Msg::Data(data.clone()))?;
+    }
+    match recv(ch)? {
+        Msg::Count(n) if n == count => {}
+        other => return Err(unexpected(&format!("Count({count})"), &other)),
+    }
+    Ok(Rate {
+        count,
+        size,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The child sends `count` messages as fast as it can; timed from the request until
+/// the last one is received.
+fn to_main(ch: &Channel<Msg>, size: usize, count: u64) -> Result<Rate> {
+    let start = Instant::now();
+    send(
+        ch,
+        Msg::Source {
+            count,
+            size: size as u32,
+        },
+    )?;
+    for i in 0..count {
+        match recv(ch)? {
+            Msg::Data(b) if b.len() == size => {}
+            other => {
+                return Err(unexpected(
+                    &format!("data message {i} of {count} ({size} bytes)"),
+                    &other,
+                ))
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    match recv(ch)? {
+        Msg::Count(n) if n == count => {}
+        other => return Err(unexpected(&format!("Count({count})"), &other)),
+    }
+    Ok(Rate {
+        count,
+        size,
+        elapsed,
+    })
+}
+
+/// Removes the raw socket's file when the measurement ends, whatever happens.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Accepts the child's raw connection, failing if the child's channel reports it gone
+/// or `STEP_TIMEOUT` passes.
+fn accept_child(listener: &UnixListener, active: &Channel<Msg>) -> Result<UnixStream> {
+    listener
+        .set_nonblocking(true)
+        .map_err(io("raw socket: set_nonblocking"))?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)
+                    .map_err(io("raw socket: set_nonblocking"))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(io("raw socket: accept")(e)),
+        }
+        match active.try_recv() {
+            Ok(m) => return Err(unexpected("a raw connection", &m)),
+            Err(TryRecvError::Empty { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Other(format!(
+                "the child did not connect to the raw socket within {STEP_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn set_timeouts(s: &UnixStream, limit: Duration) -> Result<()> {
+    s.set_read_timeout(Some(limit))
+        .map_err(io("raw socket: set_read_timeout"))?;
+    s.set_write_timeout(Some(limit))
+        .map_err(io("raw socket: set_write_timeout"))
+}
+
+/// A length-prefixed frame with `size` payload bytes.
+fn frame(size: usize) -> Vec<u8> {
+    let mut f = Vec::with_capacity(PREFIX + size);
+    f.extend_from_slice(&(size as u32).to_le_bytes());
+    f.resize(PREFIX + size, 0x5A);
+    f
+}
+
+/// Writes `writes` times `buf`, then waits for the child's count of `frames`.
+fn raw_stream(s: &mut UnixStream, buf: &[u8], writes: u64, frames: u64) -> Result<Duration> {
+    let start = Instant::now();
+    for _ in 0..writes {
+        s.write_all(buf).map_err(io("raw socket: write"))?;
+    }
+    let mut ack = [0u8; 8];
+    s.read_exact(&mut ack)
+        .map_err(io("raw socket: waiting for the child's count"))?;
+    let elapsed = start.elapsed();
+    let n = u64::from_le_bytes(ack);
+    if n != frames {
+        return Err(Error::Other(format!(
+            "raw stream: the child counted {n} frames, {frames} were sent"
+        )));
+    }
+    Ok(elapsed)
+}
+
+fn raw_floor(active: &Channel<Msg>, plan: Plan) -> Result<(Latency, Rate, Rate, Rate)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let path = std::env::temp_dir().join(format!(
+        "yukicomm-bench-{}-{nanos}.sock",
+        std::process::id()
+    ));
+    let listener = UnixListener::bind(&path).map_err(io(format!("bind {}", path.display())))?;
+    let _cleanup = RemoveOnDrop(path.clone());
+    let raw = RawPlan {
+        path: path.to_string_lossy().into_owned(),
+        pings: plan.warmup + plan.round_trips,
+        single: plan.small,
+        batched: plan.batched(),
+        big: plan.big,
+    };
+    send(active, Msg::Raw(raw.clone()))?;
+    let mut s = accept_child(&listener, active)?;
+    drop(listener);
+    set_timeouts(&s, STEP_TIMEOUT)?;
+
+    // Ping-pong.
+    let mut samples = Vec::with_capacity(plan.round_trips as usize);
+    let mut ping = [0x5Au8; SMALL];
+    let mut pong = [0u8; SMALL];
+    for i in 0..raw.pings {
+        ping[..8].copy_from_slice(&i.to_le_bytes());
+        let start = Instant::now();
+        s.write_all(&ping).map_err(io("raw ping: write"))?;
+        s.read_exact(&mut pong).map_err(io("raw ping: read"))?;
+        let elapsed = start.elapsed();
+        if ping != pong {
+            return Err(Error::Other(format!(
+                "raw ping {i}: the echo differs from what was sent"
+            )));
+        }
+        if i >= plan.warmup {
+            samples.push(elapsed);
+        }
+    }
+    let ping = Latency::from_samples(samples);
+
+    // 64-byte frames, one write each.
+    let one = frame(SMALL);
+    let single = Rate {
+        count: raw.single,
+        size: SMALL,
+        elapsed: raw_stream(&mut s, &one, raw.single, raw.single)?,
+    };
+
+    // 64-byte frames, BATCH per write.
+    let batch = one.repeat(BATCH);
+    let batched = Rate {
+        count: raw.batched,
+        size: SMALL,
+        elapsed: raw_stream(&mut s, &batch, raw.batched / BATCH as u64, raw.batched)?,
+    };
+
+    // 64 KiB frames, one write each.
+    let big = Rate {
+        count: raw.big,
+        size: BIG,
+        elapsed: raw_stream(&mut s, &frame(BIG), raw.big, raw.big)?,
+    };
+    Ok((ping, single, batched, big))
+}
+
+// ---------------------------------------------------------------------------------
+// Child process
+
+async fn child_main(ctx: Context) -> yukicomm::Result<()> {
+    let active = ctx.active_channel::<Msg>();
+    let passive = ctx.passive_channel::<Msg>();
+    let echo = passive.clone();
+    passive.on_receive(accept_all, move |m: Msg| match m {
+        Msg::Data(b) => echo.send(Msg::Data(b)).map_err(|e| e.to_string()),
+        other => Err(format!(
+            "unexpected message on the passive channel: {}",
+            describe(&other)
+        )),
+    })?;
+    tokio::task::spawn_blocking(move || serve(&active))
+        .await
+        .map_err(|e| Error::Other(format!("the child's bench thread failed: {e}")))?
+}
+
+/// The child's command loop, on a plain blocking thread.
+fn serve(active: &Channel<Msg>) -> Result<()> {
+    send(active, Msg::Ready)?;
+    loop {
+        match active.recv_timeout(IDLE_TIMEOUT)? {
+            Msg::Data(b) => send(active, Msg::Data(b))?,
+            Msg::Sink { count, size } => {
+                for i in 0..count {
+                    match recv(active)? {
+                        Msg::Data(b) if b.len() == size as usize => {}
+                        other => {
+                            return Err(unexpected(
+                                &format!("data message {i} of {count} ({size} bytes)"),
+                                &other,
+                            ))
+                        }
+                    }
+                }
+                send(active, Msg::Count(count))?;
+            }
+            Msg::Source { count, size } => {
+                let data = Bytes::from(vec![0x5A; size as usize]);
+                for _ in 0..count {
+                    send(active, Msg::Data(data.clone()))?;
+                }
+                send(active, Msg::Count(count))?;
+            }
+            Msg::Raw(plan) => raw_child(&plan)?,
+            Msg::Quit => return Ok(()),
+            other => return Err(unexpected("a command", &other)),
+        }
+    }
+}
+
+fn raw_child(plan: &RawPlan) -> Result<()> {
+    let mut s = UnixStream::connect(&plan.path).map_err(io(format!("connect {}", plan.path)))?;
+    set_timeouts(&s, IDLE_TIMEOUT)?;
+    let mut buf = [0u8; SMALL];
+    for _ in 0..plan.pings {
+        s.read_exact(&mut buf).map_err(io("raw ping: read"))?;
+        s.write_all(&buf).map_err(io("raw ping: write"))?;
+    }
+    for frames in [plan.single, plan.batched, plan.big] {
+        let n = drain_frames(&mut s, frames)?;
+        s.write_all(&n.to_le_bytes())
+            .map_err(io("raw socket: write the count"))?;
+    }
+    Ok(())
+}
+
+/// Reads length-prefixed frames until `count` have arrived; returns how many did.
+fn drain_frames(s: &mut UnixStream, count: u64) -> Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut frames = 0u64;
+    let mut prefix = [0u8; PREFIX];
+    let mut have = 0usize;
+    let mut body_left = 0usize;
+    while frames < count {
+        let n = s.read(&mut buf).map_err(io("raw stream: read"))?;
+        if n == 0 {
+            return Err(Error::Other(format!(
+                "raw stream: closed after {frames} of {count} frames"
+            )));
+        }
+        let mut i = 0;
+        while i < n {
+            if body_left > 0 {
+                let take = body_left.min(n - i);
+                i += take;
+                body_left -= take;
+                if body_left == 0 {
+                    frames += 1;
+                }
+                continue;
+            }
+            prefix[have] = buf[i];
+            have += 1;
+            i += 1;
+            if have == PREFIX {
+                have = 0;
+                body_left = u32::from_le_bytes(prefix) as usize;
+                if body_left == 0 {
+                    frames += 1;
+                }
+            }
+        }
+    }
+    Ok(frames)
+}
+
+// ---------------------------------------------------------------------------------
+// Output
+
+struct Row {
+    measure: String,
+    value: String,
+    floor: String,
+    ratio: String,
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn msgs(r: &Rate) -> String {
+    format!("{:.2} M msg/s", r.msgs_per_s() / 1e6)
+}
+
+fn mbs(r: &Rate) -> String {
+    format!("{:.0} MB/s", r.mb_per_s())
+}
+
+fn ratio(x: f64) -> String {
+    format!("{x:.2}x")
+}
+
+fn rows(r: &Report) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let latency = |rows: &mut Vec<Row>, what: &str, l: &Latency| {
+        rows.push(Row {
+            measure: format!("round trip 64 B, {what}, p50"),
+            value: us(l.p50),
+            floor: format!("raw ping-pong p50 {}", us(r.raw_ping.p50)),
+            ratio: ratio(l.p50.as_secs_f64() / r.raw_ping.p50.as_secs_f64()),
+        });
+        rows.push(Row {
+            measure: format!("round trip 64 B, {what}, p99"),
+            value: us(l.p99),
+            floor: format!("raw ping-pong p99 {}", us(r.raw_ping.p99)),
+            ratio: ratio(l.p99.as_secs_f64() / r.raw_ping.p99.as_secs_f64()),
+        });
+    };
+    latency(&mut rows, "child recv", &r.rt_active);
+    latency(&mut rows, "child on_receive", &r.rt_passive);
+    for (what, rate) in [
+        ("main → child", &r.small_to_child),
+        ("child → main", &r.small_to_main),
+    ] {
+        for (floor, raw) in [
+            ("raw, 1 frame per write", &r.raw_single),
+            ("raw, 64 frames per write", &r.raw_batched),
+        ] {
+            rows.push(Row {
+                measure: format!("64 B messages, {what}"),
+                value: msgs(rate),
+                floor: format!("{floor} {}", msgs(raw)),
+                ratio: ratio(rate.msgs_per_s() / raw.msgs_per_s()),
+            });
+        }
+    }
+    for (what, rate) in [
+        ("main → child", &r.big_to_child),
+        ("child → main", &r.big_to_main),
+    ] {
+        rows.push(Row {
+            measure: format!("64 KiB messages, {what}"),
+            value: mbs(rate),
+            floor: format!("raw 64 KiB frames {}", mbs(&r.raw_big)),
+            ratio: ratio(rate.mb_per_s() / r.raw_big.mb_per_s()),
+        });
+    }
+    rows
+}
+
+fn settings(r: &Report) -> String {
+    let p = &r.plan;
+    format!(
+        "mode: {}; round trips: {} after {} warm-up; 64 B messages: {} ({} batched raw); \
+         64 KiB messages: {}; message bodies: {} B for 64 B, {} B for 64 KiB (MessagePack bin)",
+        if r.quick { "quick" } else { "full" },
+        p.round_trips,
+        p.warmup,
+        p.small,
+        p.batched(),
+        p.big,
+        r.body_small,
+        r.body_big,
+    )
+}
+
+const RATIO_NOTE: &str = "ratio = yukicomm / floor: for latency, above 1 is slower than the \
+                          floor; for throughput, below 1 is slower than the floor. The raw \
+                          floor is measured main → child only.";
+
+fn text_table(r: &Report) -> String {
+    let rows = rows(r);
+    let head = ["measure", "yukicomm", "floor", "ratio"];
+    let cells = |row: &Row| {
+        [
+            row.measure.clone(),
+            row.value.clone(),
+            row.floor.clone(),
+            row.ratio.clone(),
+        ]
+    };
+    let mut widths = head.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(cells(row)) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut String, cols: [String; 4]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            let pad = w - c.chars().count();
+            // Numbers are right-aligned, text left-aligned.
+            if i == 1 || i == 3 {
+                let _ = write!(s, "{}{c}  ", " ".repeat(pad));
+            } else {
+                let _ = write!(s, "{c}{}  ", " ".repeat(pad));
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "yukicomm channel benchmark: main process <-> one child"
+    );
+    let _ = writeln!(out, "{}\n", settings(r));
+    line(&mut out, head.map(String::from));
+    let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+    out.push_str(&"-".repeat(total));
+    out.push('\n');
+    for row in &rows {
+        line(&mut out, cells(row));
+    }
+    let _ = writeln!(out, "\n{RATIO_NOTE}");
+    out
+}
+
+fn markdown_table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}\n", settings(r));
+    let _ = writeln!(out, "| measure | yukicomm | floor | ratio |");
+    let _ = writeln!(out, "|---|--:|---|--:|");
+    for row in rows(r) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            row.measure, row.value, row.floor, row.ratio
+        );
+    }
+    let _ = writeln!(out, "\n{RATIO_NOTE}");
+    out
+}
+
+// ---------------------------------------------------------------------------------
+
+/// The main process's outcome, read once `App::run` has returned.
+static OUTCOME: Mutex<Option<std::result::Result<Report, String>>> = Mutex::new(None);
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let options = Options::from_env();
+    let plan = Plan::new(options.quick);
+    let is_main = std::env::var_os(yukicomm::wire::ENV_TARGET).is_none();
+
+    if is_main {
+        // A last resort against a hang anywhere, shutdown included.
+        let limit = Duration::from_secs(if options.quick { 60 } else { 300 });
+        std::thread::spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!("channels bench: still running after {limit:?}; giving up");
+            std::process::exit(1);
+        });
+    }
+
+    let mut app = App::new();
+    app.add_target(CHILD, child_main)
+        .restart(RestartPolicy::Never)
+        .stop_timeout(Duration::from_secs(5));
+    app.exec_args(Vec::<String>::new());
+    app.on_after_start(move |ctx| async move {
+        let c = ctx.clone();
+        let result = tokio::task::spawn_blocking(move || run_main(&c, plan, options.quick))
+            .await
+            .map_err(|e| format!("the bench thread failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        *OUTCOME.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        ctx.shutdown();
+    });
+    if let Err(e) = app.run() {
+        eprintln!("channels bench: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let outcome = OUTCOME.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match outcome {
+        Some(Ok(report)) => {
+            if options.markdown {
+                print!("{}", markdown_table(&report));
+            } else {
+                print!("{}", text_table(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            eprintln!("channels bench failed: {e}");
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("channels bench: stopped before the measurements finished");
+            ExitCode::FAILURE
+        }
+    }
+}
