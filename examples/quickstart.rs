@@ -64,7 +64,7 @@ fn main() -> yukicomm::Result<()> {
             }
             info!("sent {round} rounds; shutting down");
             ctx.shutdown();
-            Ok::<_, yukicomm::Error>(())
+            Ok(())
         }
     });
     app.run()

@@ -58,8 +58,14 @@ fn main() -> yukicomm::Result<()> {
 
     let mut app = App::new();
     app.add_target("worker", worker);
-    app.on_before_process_restart(|_, name| async move { info!("restarting {name}") });
-    app.on_after_restart(|_, name| async move { info!("{name} restarted") });
+    app.on_before_process_restart(|_, name| async move {
+        info!("restarting {name}");
+        Ok(())
+    });
+    app.on_after_restart(|_, name| async move {
+        info!("{name} restarted");
+        Ok(())
+    });
     app.on_after_start(move |ctx| async move {
         let pids = ctx.get_channel::<u32>("worker-passive")?;
         let replies = ctx.get_channel::<Reply>("worker-active")?;
@@ -76,7 +82,7 @@ fn main() -> yukicomm::Result<()> {
         }
         info!("pids: {seen:?}");
         ctx.shutdown();
-        Ok::<_, yukicomm::Error>(())
+        Ok(())
     });
     app.run()
 }

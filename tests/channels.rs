@@ -77,10 +77,10 @@ fn order_is_kept_per_sender_with_four_concurrent_senders() {
         app.add_target(&format!("s{i}"), sender);
     }
     app.on_before_start(|ctx| async move {
-        let sink = ctx.channel::<(u32, u32)>().expect("create");
-        ctx.set_channel("sink", &sink).expect("register");
-        // Keep the end alive past this hook: receive on it from the test body.
-        std::mem::forget(sink);
+        // Registered channels outlive their handles: the test body finds it again.
+        let sink = ctx.channel::<(u32, u32)>()?;
+        ctx.set_channel("sink", &sink)?;
+        Ok(())
     });
     run_main(app, |ctx| {
         let sink = ctx.get_channel::<(u32, u32)>("sink").unwrap();
@@ -133,9 +133,9 @@ fn type_mismatch_and_unknown_names_are_clear_errors() {
     let mut app = app("type_mismatch_and_unknown_names_are_clear_errors");
     app.add_target("typed", mistyped);
     app.on_before_start(|ctx| async move {
-        let numbers = ctx.channel::<u32>().expect("create");
-        ctx.set_channel("numbers", &numbers).expect("register");
-        std::mem::forget(numbers);
+        let numbers = ctx.channel::<u32>()?;
+        ctx.set_channel("numbers", &numbers)?;
+        Ok(())
     });
     run_main(app, |ctx| {
         // In the main process.

@@ -64,12 +64,12 @@ fn restart_on_request_from_main_keeps_channels_working() {
     let l1 = log.clone();
     app.on_before_process_restart(move |_, name| {
         l1.lock().push(format!("before restart {name}"));
-        async {}
+        async { Ok(()) }
     });
     let l2 = log.clone();
     app.on_after_restart(move |_, name| {
         l2.lock().push(format!("after restart {name}"));
-        async {}
+        async { Ok(()) }
     });
     run_main(app, move |ctx| {
         let up = ctx.get_channel::<Up>("w-passive").unwrap();
@@ -184,17 +184,17 @@ fn hooks_run_in_order_with_names_and_stop_stops() {
     let l = log.clone();
     app.on_before_start(move |_| {
         l.lock().push("before start".into());
-        async {}
+        async { Ok(()) }
     });
     let l = log.clone();
     app.on_before_process_shutdown(move |_, name| {
         l.lock().push(format!("before shutdown {name}"));
-        async {}
+        async { Ok(()) }
     });
     let l = log.clone();
     app.on_after_shutdown(move |_| {
         l.lock().push("after shutdown".into());
-        async {}
+        async { Ok(()) }
     });
     let l = log.clone();
     run_main(app, move |ctx| {

@@ -73,7 +73,7 @@ where
         let body = body.lock().take();
         let out = out.clone();
         async move {
-            let Some(body) = body else { return };
+            let Some(body) = body else { return Ok(()) };
             let c = ctx.clone();
             let r = tokio::task::spawn_blocking(move || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| body(c)))
@@ -85,6 +85,7 @@ where
                     as Box<dyn std::any::Any + Send>),
             });
             ctx.shutdown();
+            Ok(())
         }
     });
     app.run().expect("the app runs");

@@ -42,9 +42,10 @@ impl OutboxSink for Conn {
 }
 
 impl Conn {
-    /// Queues frames for this connection (encoded in one go).
-    pub(crate) fn send_all<'a>(&self, frames: impl Iterator<Item = &'a Frame>) {
-        let r = self.outbox.push::<()>(self, |buf| {
+    /// Appends frames to this connection's buffer (encoded in one go); [`Conn::kick`]
+    /// writes them.
+    pub(crate) fn append_all<'a>(&self, frames: impl Iterator<Item = &'a Frame>) {
+        let r = self.outbox.append::<()>(|buf| {
             for f in frames {
                 match f {
                     Frame::Msg(m) => encode_msg_raw(buf, m.chan, m.to, &m.carried, &m.body),
@@ -55,6 +56,13 @@ impl Conn {
             Ok(())
         });
         if r.is_err() {
+            self.shut();
+        }
+    }
+
+    /// Writes what was appended, or leaves it to the flusher.
+    pub(crate) fn kick(&self) {
+        if self.outbox.kick(self).is_err() {
             self.shut();
         }
     }

@@ -33,6 +33,13 @@ use tokio::sync::mpsc;
 use yukicomm_wire::{ChanId, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
 
 use conn::Conn;
+
+thread_local! {
+    /// Set while this thread holds the router lock and hands frames over.
+    static IN_ROUTER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Frames the main process sent while `IN_ROUTER` was set.
+    static DEFERRED: std::cell::RefCell<Vec<Frame>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 pub use router::{ConnId, HubEvent, LOCAL};
 use router::{Out, Router};
 
@@ -77,22 +84,50 @@ impl Inner {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Runs `f` on the router, then sends what it produced.
+    /// Runs `f` on the router and hands what it produced to the connections while the
+    /// lock is still held, so that frames reach each connection in the order the router
+    /// decided; socket writes happen after the lock is released.
     fn with_router<R>(&self, f: impl FnOnce(&mut Router, &mut Vec<Out>) -> R) -> R {
+        self.with_router_then(|r, out| (f(r, out), None))
+    }
+
+    /// As `with_router`; `f` may also return a connection to register and a first
+    /// frame for it (the welcome), which then precede anything else sent to it.
+    fn with_router_then<R>(
+        &self,
+        f: impl FnOnce(&mut Router, &mut Vec<Out>) -> (R, Option<(Arc<Conn>, Frame)>),
+    ) -> R {
         let mut out = Vec::new();
+        let mut kicks: Vec<Arc<Conn>> = Vec::new();
         let (result, events) = {
             let mut router = self.router.lock();
-            let r = f(&mut router, &mut out);
-            (r, std::mem::take(&mut router.events))
+            let (r, first) = f(&mut router, &mut out);
+            if let Some((conn, frame)) = first {
+                conn.append_all(std::iter::once(&frame));
+                kicks.push(conn);
+            }
+            let events = std::mem::take(&mut router.events);
+            IN_ROUTER.with(|f| f.set(true));
+            self.hand_over(&out, &mut kicks);
+            IN_ROUTER.with(|f| f.set(false));
+            (r, events)
         };
-        self.deliver(out);
+        for c in kicks {
+            c.kick();
+        }
         for e in events {
             let _ = self.events.send(e);
+        }
+        let deferred = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if !deferred.is_empty() {
+            self.local_frames(deferred);
         }
         result
     }
 
-    fn deliver(&self, out: Vec<Out>) {
+    /// Appends frames to their connections (and gives the main process its own);
+    /// called with the router locked.
+    fn hand_over(&self, out: &[Out], kicks: &mut Vec<Arc<Conn>>) {
         if out.is_empty() {
             return;
         }
@@ -111,10 +146,30 @@ impl Inner {
                     }
                 }
             } else if let Some(c) = conns.get(&target) {
-                c.send_all(out[i..j].iter().map(|(_, f)| f));
+                c.append_all(out[i..j].iter().map(|(_, f)| f));
+                if !kicks.iter().any(|k| Arc::ptr_eq(k, c)) {
+                    kicks.push(c.clone());
+                }
             }
             i = j;
         }
+    }
+
+    /// Frames from the main process. While the router is locked on this thread (a
+    /// frame given to the main process made it release a handle), they are deferred
+    /// until the lock is released.
+    fn local_frames(&self, frames: Vec<Frame>) {
+        if IN_ROUTER.with(|f| f.get()) {
+            DEFERRED.with(|d| d.borrow_mut().extend(frames));
+            return;
+        }
+        self.with_router(|r, out| {
+            for f in frames {
+                if let Err(e) = r.frame(LOCAL, f, out) {
+                    tracing::error!("the main process broke the protocol: {e}");
+                }
+            }
+        });
     }
 
     /// A child said hello: check it and register its connection.
@@ -127,23 +182,31 @@ impl Inner {
         token: &str,
     ) -> bool {
         let id = conn.id;
-        let mut out = Vec::new();
-        let (result, events) = {
-            let mut router = self.router.lock();
-            let r = router.hello(id, version, name, token, self.max_frame, &mut out);
-            (r, std::mem::take(&mut router.events))
-        };
-        let accepted = match result {
-            Ok((welcome, old)) => {
-                let old = {
-                    let mut conns = self.conns.write();
-                    conns.insert(id, conn.clone());
-                    old.and_then(|o| conns.remove(&o))
-                };
-                conn.send_all(std::iter::once(&Frame::Reply {
-                    id: req_id,
-                    body: welcome,
-                }));
+        let outcome = self.with_router_then(|router, out| {
+            match router.hello(id, version, name, token, self.max_frame, out) {
+                Ok((welcome, old)) => {
+                    let old = {
+                        let mut conns = self.conns.write();
+                        conns.insert(id, conn.clone());
+                        old.and_then(|o| conns.remove(&o))
+                    };
+                    let first = Frame::Reply {
+                        id: req_id,
+                        body: welcome,
+                    };
+                    (Ok(old), Some((conn.clone(), first)))
+                }
+                Err(refusal) => {
+                    let first = Frame::Reply {
+                        id: req_id,
+                        body: refusal.clone(),
+                    };
+                    (Err(refusal), Some((conn.clone(), first)))
+                }
+            }
+        });
+        match outcome {
+            Ok(old) => {
                 if let Some(o) = old {
                     o.shut();
                 }
@@ -151,18 +214,9 @@ impl Inner {
             }
             Err(refusal) => {
                 tracing::warn!(child = name, "refused a connection: {refusal:?}");
-                conn.send_all(std::iter::once(&Frame::Reply {
-                    id: req_id,
-                    body: refusal,
-                }));
                 false
             }
-        };
-        self.deliver(out);
-        for e in events {
-            let _ = self.events.send(e);
         }
-        accepted
     }
 
     /// Frames from a connection, handled under one lock.
@@ -349,13 +403,7 @@ impl Hub {
 
     /// Frames from the main process (messages, credit, notices).
     pub fn local_frames(&self, frames: impl IntoIterator<Item = Frame>) {
-        self.inner.with_router(|r, out| {
-            for f in frames {
-                if let Err(e) = r.frame(LOCAL, f, out) {
-                    tracing::error!("the main process broke the protocol: {e}");
-                }
-            }
-        });
+        self.inner.local_frames(frames.into_iter().collect());
     }
 
     /// A request from the main process, answered at once.

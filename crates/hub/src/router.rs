@@ -47,6 +47,8 @@ enum Creator {
 struct Queued {
     from: ConnId,
     from_end: End,
+    /// The sender's epoch for its end when it sent this (see `ConnState::epochs`).
+    epoch: u32,
     body: Bytes,
     carried: Vec<EndRef>,
 }
@@ -68,6 +70,9 @@ struct Chan {
     name: Option<String>,
     creator: Creator,
     closed: bool,
+    /// A child's own `NAME-active` or `NAME-passive` channel: named for good, and
+    /// reopened for each new process of the child.
+    own: bool,
     /// Routes by the end messages go *to*.
     ends: [EndRoute; 2],
 }
@@ -87,6 +92,10 @@ struct ConnState {
     /// Per end this connection sends from: delivered messages whose credit is not yet
     /// returned.
     owed: HashMap<EndRef, u32>,
+    /// Per end: bumped each time the connection releases the end. A process that gets
+    /// an end again starts with a fresh window, so messages it sent before do not earn
+    /// it credit any more.
+    epochs: HashMap<EndRef, u32>,
 }
 
 /// A child the supervisor announced.
@@ -137,6 +146,15 @@ fn refused(chan: Option<ChanId>, code: ErrorCode, message: String) -> Frame {
     })
 }
 
+/// Returns the credit of a message the hub refused before counting it.
+fn give_back(from: EndRef) -> Frame {
+    Frame::Credit {
+        chan: from.chan,
+        end: from.end,
+        n: 1,
+    }
+}
+
 fn error(code: ErrorCode, message: String) -> Reply {
     Reply::Error { code, message }
 }
@@ -170,6 +188,7 @@ impl Router {
                 name: None,
                 creator,
                 closed: false,
+                own: false,
                 ends: Default::default(),
             },
         );
@@ -190,6 +209,7 @@ impl Router {
             let id = self.new_chan(String::new(), Creator::Child(name.to_string()));
             if let Some(c) = self.chans.get_mut(&id) {
                 c.name = Some(chan_name.to_string());
+                c.own = true;
             }
             self.names.insert(chan_name.to_string(), id);
             ids[i] = id;
@@ -256,6 +276,9 @@ impl Router {
             },
         );
         for chan in [active, passive] {
+            if let Some(c) = self.chans.get_mut(&chan) {
+                c.closed = false;
+            }
             let key = EndRef { chan, end: End::A };
             self.add_hold(conn, key, 1, out);
             self.drop_hold(SUPERVISED, key, None, out);
@@ -325,6 +348,9 @@ impl Router {
         route.receivers.retain(|(c, _)| *c != conn);
         if let Some(cs) = self.conns.get_mut(&conn) {
             cs.holds.remove(&key);
+            *cs.epochs.entry(key).or_insert(0) += 1;
+            cs.outstanding.remove(&key);
+            cs.owed.remove(&key);
         }
         let route = &chan.ends[key.end.index()];
         if route.holders.is_empty() {
@@ -456,6 +482,7 @@ impl Router {
                     format!("no channel {}", m.chan),
                 ),
             ));
+            out.push((conn, give_back(from)));
             return Ok(());
         };
         if !chan.ends[from.end.index()].holders.contains_key(&conn) {
@@ -468,10 +495,12 @@ impl Router {
                     format!("channel '{label}': this process does not hold the sending end"),
                 ),
             ));
+            out.push((conn, give_back(from)));
             return Ok(());
         }
         let window = self.window;
         let cs = self.conns.entry(conn).or_default();
+        let epoch = cs.epochs.get(&from).copied().unwrap_or(0);
         let outstanding = cs.outstanding.entry(from).or_insert(0);
         *outstanding += 1;
         if *outstanding > window {
@@ -492,7 +521,7 @@ impl Router {
                     ),
                 ),
             ));
-            self.credit_back(conn, from, out);
+            self.credit_back(conn, from, epoch, out);
             return Ok(());
         }
         let chan = self.chans.get_mut(&m.chan).expect("checked above");
@@ -506,12 +535,13 @@ impl Router {
                     format!("channel '{label}' is closed"),
                 ),
             ));
-            self.credit_back(conn, from, out);
+            self.credit_back(conn, from, epoch, out);
             return Ok(());
         }
         chan.ends[m.to.index()].queue.push_back(Queued {
             from: conn,
             from_end: from.end,
+            epoch,
             body: m.body,
             carried: m.carried.clone(),
         });
@@ -566,17 +596,20 @@ impl Router {
                     body: q.body,
                 }),
             ));
-            self.credit_back(q.from, from, out);
+            self.credit_back(q.from, from, q.epoch, out);
         }
     }
 
     /// Counts one delivered message of `conn` sent from `from`, returning credit in
     /// batches of half a window.
-    fn credit_back(&mut self, conn: ConnId, from: EndRef, out: &mut Vec<Out>) {
+    fn credit_back(&mut self, conn: ConnId, from: EndRef, epoch: u32, out: &mut Vec<Out>) {
         let half = (self.window / 2).max(1);
         let Some(cs) = self.conns.get_mut(&conn) else {
             return;
         };
+        if cs.epochs.get(&from).copied().unwrap_or(0) != epoch {
+            return;
+        }
         let owed = cs.owed.entry(from).or_insert(0);
         *owed += 1;
         if *owed >= half {
@@ -628,8 +661,10 @@ impl Router {
             return;
         }
         chan.closed = true;
-        if let Some(name) = chan.name.clone() {
-            if matches!(chan.creator, Creator::Conn(_)) {
+        if !chan.own {
+            // The name is free again; a child's own channels keep theirs and reopen
+            // with its next process.
+            if let Some(name) = chan.name.take() {
                 self.names.remove(&name);
             }
         }
@@ -689,6 +724,15 @@ impl Router {
                     return error(
                         ErrorCode::NameTaken,
                         format!("a channel named '{name}' is already registered"),
+                    );
+                }
+                if ![End::A, End::B]
+                    .iter()
+                    .any(|&end| self.holds(conn, EndRef { chan, end }))
+                {
+                    return error(
+                        ErrorCode::BadRequest,
+                        format!("cannot name channel {chan}: this process does not hold it"),
                     );
                 }
                 let Some(c) = self.chans.get_mut(&chan) else {

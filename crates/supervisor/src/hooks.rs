@@ -4,7 +4,6 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt};
-use yukicomm_client::HandlerOutput;
 
 use crate::MainContext;
 
@@ -26,19 +25,17 @@ pub(crate) struct Hooks {
 pub(crate) fn hook<F, Fut>(f: F) -> Hook
 where
     F: Fn(MainContext) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future + Send + 'static,
-    Fut::Output: HandlerOutput,
+    Fut: std::future::Future<Output = yukicomm_client::Result<()>> + Send + 'static,
 {
-    Arc::new(move |ctx| f(ctx).map(HandlerOutput::failure).boxed())
+    Arc::new(move |ctx| f(ctx).map(|r| r.err().map(|e| e.to_string())).boxed())
 }
 
 pub(crate) fn named_hook<F, Fut>(f: F) -> NamedHook
 where
     F: Fn(MainContext, String) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future + Send + 'static,
-    Fut::Output: HandlerOutput,
+    Fut: std::future::Future<Output = yukicomm_client::Result<()>> + Send + 'static,
 {
-    Arc::new(move |ctx, name| f(ctx, name).map(HandlerOutput::failure).boxed())
+    Arc::new(move |ctx, name| f(ctx, name).map(|r| r.err().map(|e| e.to_string())).boxed())
 }
 
 pub(crate) async fn run_one(which: &str, fut: BoxFuture<'static, Option<String>>) {

@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
-use yukicomm_client::{Context, Error, HandlerOutput, Result};
+use yukicomm_client::{Context, Error, Result};
 use yukicomm_hub::{Hub, HubConfig, HubEvent};
 use yukicomm_wire::{ControlAction, ProcessName, ENV_TARGET};
 
@@ -141,8 +141,7 @@ impl App {
     pub fn on_before_start<F, Fut>(&mut self, f: F) -> &mut App
     where
         F: Fn(MainContext) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerOutput,
+        Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.hooks.before_start.push(hooks::hook(f));
         self
@@ -153,8 +152,7 @@ impl App {
     pub fn on_after_start<F, Fut>(&mut self, f: F) -> &mut App
     where
         F: Fn(MainContext) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerOutput,
+        Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.hooks.after_start.push(hooks::hook(f));
         self
@@ -164,8 +162,7 @@ impl App {
     pub fn on_before_process_shutdown<F, Fut>(&mut self, f: F) -> &mut App
     where
         F: Fn(MainContext, String) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerOutput,
+        Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.hooks
             .before_process_shutdown
@@ -178,8 +175,7 @@ impl App {
     pub fn on_before_process_restart<F, Fut>(&mut self, f: F) -> &mut App
     where
         F: Fn(MainContext, String) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerOutput,
+        Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.hooks.before_process_restart.push(hooks::named_hook(f));
         self
@@ -189,8 +185,7 @@ impl App {
     pub fn on_after_restart<F, Fut>(&mut self, f: F) -> &mut App
     where
         F: Fn(MainContext, String) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerOutput,
+        Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.hooks.after_restart.push(hooks::named_hook(f));
         self
@@ -200,8 +195,7 @@ impl App {
     pub fn on_after_shutdown<F, Fut>(&mut self, f: F) -> &mut App
     where
         F: Fn(MainContext) -> Fut + Send + Sync + 'static,
-        Fut: Future + Send + 'static,
-        Fut::Output: HandlerOutput,
+        Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.hooks.after_shutdown.push(hooks::hook(f));
         self

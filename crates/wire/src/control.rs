@@ -41,7 +41,8 @@ pub enum Request {
     Lookup {
         /// The name.
         name: String,
-        /// The type the requester expects; must match the registered type.
+        /// The type the requester expects. Recorded for a child's own channel that has
+        /// no type yet; the reply carries the channel's type for the requester to check.
         type_name: String,
     },
     /// List the registry.

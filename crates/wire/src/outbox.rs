@@ -99,12 +99,55 @@ impl Outbox {
         sink: &dyn OutboxSink,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), Push<E>> {
+        let st = self.append_locked(encode)?;
+        self.kick_locked(st, sink).map_err(Push::Broken)
+    }
+
+    /// Appends frames written by `encode` without writing anything: the caller must call
+    /// [`Outbox::kick`] afterwards. Lets a router append under its own lock, keeping
+    /// the order in which it decided, and write after releasing it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Outbox::push`].
+    pub fn append<E>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), Push<E>> {
+        self.append_locked(encode).map(drop)
+    }
+
+    /// Writes or schedules what [`Outbox::append`] buffered.
+    ///
+    /// # Errors
+    ///
+    /// The error of a failed write; the connection is then broken.
+    pub fn kick(&self, sink: &dyn OutboxSink) -> Result<(), io::ErrorKind> {
+        let st = self.lock();
+        if let Some(kind) = st.broken {
+            return Err(kind);
+        }
+        self.kick_locked(st, sink)
+    }
+
+    fn append_locked<E>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<MutexGuard<'_, State>, Push<E>> {
         let mut st = self.lock();
         if let Some(kind) = st.broken {
             return Err(Push::Broken(kind));
         }
         encode(&mut st.buf).map_err(Push::Encode)?;
-        if st.owner != Owner::Nobody {
+        Ok(st)
+    }
+
+    fn kick_locked(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        sink: &dyn OutboxSink,
+    ) -> Result<(), io::ErrorKind> {
+        if st.owner != Owner::Nobody || st.buf.is_empty() {
             return Ok(());
         }
         let now = Instant::now();
@@ -144,7 +187,7 @@ impl Outbox {
             Err(kind) => {
                 st.broken = Some(kind);
                 st.owner = Owner::Nobody;
-                Err(Push::Broken(kind))
+                Err(kind)
             }
             Ok(()) => {
                 if written < data.len() {
