@@ -807,6 +807,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let options = Options::from_env();
     let plan = Plan::new(options.quick);
@@ -835,6 +836,7 @@ fn main() -> ExitCode {
             .and_then(|r| r.map_err(|e| e.to_string()));
         *OUTCOME.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
         ctx.shutdown();
+        Ok(())
     });
     if let Err(e) = app.run() {
         eprintln!("channels bench: {e}");

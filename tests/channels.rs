@@ -342,3 +342,101 @@ fn a_blocked_recv_wakes_when_the_peer_dies() {
         ));
     });
 }
+
+#[test]
+fn a_full_window_waits_or_fails_by_policy_and_loses_nothing() {
+    let _w = watchdog(
+        "a_full_window_waits_or_fails_by_policy_and_loses_nothing",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_full_window_waits_or_fails_by_policy_and_loses_nothing");
+    app.hub_config(yukicomm::HubConfig {
+        window: 4,
+        ..Default::default()
+    });
+    app.add_target("slow", |ctx: Context| async move {
+        child(async move {
+            // Receive nothing until told to, then echo everything back.
+            let go = ctx.passive_channel::<()>();
+            go.recv_async().await?;
+            let active = ctx.active_channel::<u32>();
+            while let Ok(n) = active.recv_async().await {
+                go.send_async(()).await?;
+                let _ = n;
+            }
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("slow-active").unwrap();
+        for n in 0..4 {
+            active.send(n).unwrap();
+        }
+        assert!(matches!(
+            active.try_send(4),
+            Err(SendError::Full { value: 4, .. })
+        ));
+        assert!(matches!(
+            active.send_timeout(4, Duration::from_millis(100)),
+            Err(yukicomm::SendTimeoutError::Timeout { value: 4, .. })
+        ));
+        let failing = active.clone().with_full_policy(yukicomm::FullPolicy::Fail);
+        assert!(matches!(failing.send(4), Err(SendError::Full { .. })));
+
+        // Once the child receives, credit comes back and the blocked send goes through.
+        let go = ctx.get_channel::<()>("slow-passive").unwrap();
+        let sender = std::thread::spawn(move || {
+            for n in 4..20 {
+                active.send(n).unwrap();
+            }
+        });
+        go.send(()).unwrap();
+        for _ in 0..20 {
+            go.recv_timeout(T).unwrap();
+        }
+        sender.join().unwrap();
+    });
+}
+
+#[test]
+fn async_select_and_iteration() {
+    let _w = watchdog("async_select_and_iteration", Duration::from_secs(60));
+    let mut app = app("async_select_and_iteration");
+    app.add_target("counter", |ctx: Context| async move {
+        child(async move {
+            let active = ctx.active_channel::<u32>();
+            let passive = ctx.passive_channel::<String>();
+            for n in 0..3 {
+                active.send_async(n).await?;
+            }
+            active.close();
+            passive.send_async("end".into()).await?;
+            let _ = passive.recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("counter-active").unwrap();
+        let passive = ctx.get_channel::<String>("counter-passive").unwrap();
+        let got: Vec<u32> = active.iter().map(|r| r.unwrap()).collect();
+        assert_eq!(got, vec![0, 1, 2], "iteration ends when the channel closes");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let text = rt.block_on(async {
+            Selector::new()
+                .recv(&active, |r| format!("active {r:?}"))
+                .recv(&passive, |r| r.unwrap())
+                .wait_async()
+                .await
+        });
+        // The closed channel is ready with its error, as in Go: either arm may win.
+        assert!(
+            text == "end" || text.starts_with("active Err(Closed"),
+            "{text}"
+        );
+    });
+}

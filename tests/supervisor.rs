@@ -304,3 +304,72 @@ fn sigterm_shuts_down_in_order() {
     );
     assert!(process_gone(child_pid));
 }
+
+/// A child started with `add_command`: this test binary, told by an environment
+/// variable to act as a plain program that joins with `yukicomm::connect()`.
+#[test]
+fn a_command_child_joins_with_connect() {
+    if std::env::var_os("ACT_AS_COMMAND_CHILD").is_some() {
+        let ctx = yukicomm::connect().expect("joins the hub");
+        let active = ctx.active_channel::<String>();
+        for text in active.iter() {
+            let text = text.unwrap();
+            active.send(format!("{} says {text}", ctx.name())).unwrap();
+        }
+        std::process::exit(0);
+    }
+    let _w = watchdog(
+        "a_command_child_joins_with_connect",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_command_child_joins_with_connect");
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "a_command_child_joins_with_connect",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("ACT_AS_COMMAND_CHILD", "1");
+    app.add_command("cmd", cmd);
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<String>("cmd-active").unwrap();
+        active.send("hi".into()).unwrap();
+        assert_eq!(active.recv_timeout(T).unwrap(), "cmd says hi");
+    });
+}
+
+#[test]
+fn a_child_ignoring_sigterm_is_killed_after_its_stop_timeout() {
+    let _w = watchdog(
+        "a_child_ignoring_sigterm_is_killed_after_its_stop_timeout",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_child_ignoring_sigterm_is_killed_after_its_stop_timeout");
+    app.add_target("stubborn", |ctx: Context| async move {
+        // SAFETY: setting a signal disposition to "ignore" is always sound.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        ctx.passive_channel::<Up>()
+            .send_async(Up::Started(std::process::id()))
+            .await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+    .stop_timeout(Duration::from_millis(300));
+    app.add_target("other", worker);
+    run_main(app, |ctx| {
+        let up = ctx.get_channel::<Up>("stubborn-passive").unwrap();
+        let pid = started(&up);
+        let other = ctx.get_channel::<Up>("other-passive").unwrap();
+        let other_pid = started(&other);
+        ctx.stop_process("stubborn").unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || process_gone(pid as i32)),
+            "killed and reaped"
+        );
+        ctx.restart_all().unwrap();
+        // The stopped child starts again, and so does the other one.
+        assert_ne!(started(&up), pid);
+        assert_ne!(started(&other), other_pid);
+    });
+}

@@ -385,6 +385,17 @@ impl Hub {
         self.inner.with_router(|r, out| r.child_gone(name, out));
     }
 
+    /// Tells the hub a child's process could not be started: as
+    /// [`child_gone`](Hub::child_gone), even if a restart was requested.
+    pub fn child_failed(&self, name: &str) {
+        self.inner.with_router(|r, out| {
+            if let Some(c) = r.children.get_mut(name) {
+                c.restart_requested = false;
+            }
+            r.child_gone(name, out)
+        });
+    }
+
     /// Closes a child's connection, if it has one.
     pub fn disconnect_child(&self, name: &str) {
         let conn = self

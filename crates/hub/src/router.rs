@@ -104,6 +104,8 @@ pub(crate) struct ChildEntry {
     pub(crate) active: ChanId,
     pub(crate) passive: ChanId,
     pub(crate) conn: Option<ConnId>,
+    /// A restart was requested and its process has not said hello yet.
+    pub(crate) restart_requested: bool,
 }
 
 /// What the supervisor must act on.
@@ -221,6 +223,7 @@ impl Router {
                 active: ids[0],
                 passive: ids[1],
                 conn: None,
+                restart_requested: false,
             },
         );
     }
@@ -266,6 +269,7 @@ impl Router {
         }
         // A token admits one connection.
         child.token.clear();
+        child.restart_requested = false;
         let old = child.conn.replace(conn);
         let (active, passive) = (child.active, child.passive);
         self.conns.insert(
@@ -393,7 +397,8 @@ impl Router {
         let Some(child) = self.children.get(name) else {
             return;
         };
-        if child.conn.is_some() {
+        // A restart requested meanwhile keeps the channels connected.
+        if child.conn.is_some() || child.restart_requested {
             return;
         }
         for chan in [child.active, child.passive] {
@@ -821,7 +826,8 @@ impl Router {
                 if action == ControlAction::Restart {
                     // Restarting a child that is not running: its channels count as
                     // connected again from now on, waiting for the new process.
-                    if let Some(child) = self.children.get(&name) {
+                    if let Some(child) = self.children.get_mut(&name) {
+                        child.restart_requested = true;
                         if child.conn.is_none() {
                             for chan in [child.active, child.passive] {
                                 let key = EndRef { chan, end: End::A };

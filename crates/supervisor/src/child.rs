@@ -114,7 +114,7 @@ impl Supervised {
             }
             Err(e) => {
                 tracing::error!(child = self.name(), "cannot start: {e}");
-                self.hub.child_gone(self.name());
+                self.hub.child_failed(self.name());
                 None
             }
         }
