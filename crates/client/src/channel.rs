@@ -11,7 +11,7 @@ use yukicomm_wire::{ChanId, End, Notice};
 
 use crate::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError};
 use crate::node::{
-    EndGuard, EndState, Item, Node, SendBlock, TransportError, MODE_ACTIVE, MODE_PASSIVE,
+    EndGuard, EndState, Item, Node, Pump, SendBlock, TransportError, MODE_ACTIVE, MODE_PASSIVE,
     MODE_UNSET,
 };
 use crate::value;
@@ -432,6 +432,17 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             }
             if let Some(e) = self.finished() {
                 return Err(e.into());
+            }
+            if let Some(t) = self.guard.node.transport() {
+                match t.pump(&|| !st.rx.is_empty(), deadline) {
+                    Pump::Ready => continue,
+                    Pump::Timeout => {
+                        return Err(RecvTimeoutError::Timeout {
+                            channel: self.name(),
+                        })
+                    }
+                    Pump::Unavailable => {}
+                }
             }
             st.waiters.fetch_add(1, Ordering::AcqRel);
             let got = match deadline {

@@ -35,7 +35,7 @@ pub use error::{
     ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError,
     RegistryError, Result, SendError, SendTimeoutError, TryRecvError,
 };
-pub use node::{EncodeFn, Node, Transport, TransportError};
+pub use node::{EncodeFn, Node, Pump, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};

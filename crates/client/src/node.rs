@@ -34,6 +34,17 @@ pub enum TransportError {
     },
 }
 
+/// What [`Transport::pump`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pump {
+    /// The condition holds (or the connection is gone and the queue was woken).
+    Ready,
+    /// The deadline passed first.
+    Timeout,
+    /// This transport has no reading to share: wait on the queue.
+    Unavailable,
+}
+
 /// Writes a message body in place and returns the channel ends it encoded.
 pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<EndRef>, String>;
 
@@ -51,6 +62,13 @@ pub trait Transport: Send + Sync + 'static {
     fn notice(&self, notice: Notice);
     /// Sends a request and waits for its reply.
     fn request(&self, request: Request, timeout: Duration) -> Result<Reply, LinkError>;
+    /// Lets a thread that is about to block read the connection itself until `ready`
+    /// holds or `deadline` passes, saving a thread hand-off on the receive path.
+    /// Transports without a connection to read return [`Pump::Unavailable`].
+    fn pump(&self, ready: &dyn Fn() -> bool, deadline: Option<std::time::Instant>) -> Pump {
+        let _ = (ready, deadline);
+        Pump::Unavailable
+    }
     /// Sends a request; the future resolves with its reply.
     fn request_async(
         &self,

@@ -1,35 +1,50 @@
 //! A child's connection to the hub: one Unix stream socket, multiplexing every channel,
 //! request and event.
 //!
-//! Two threads serve it: the *reader* blocks on the socket, decodes frames and hands them
-//! to the [`Node`]; the *flusher* writes what senders buffered while another write was
-//! in progress (see [`Outbox`]). Requests are pipelined: each carries an id, any number
-//! may be in flight, and each waiter has a deadline. When the socket closes, every
-//! channel end is marked disconnected, every waiter wakes, and (for a supervised child)
-//! the process exits.
+//! **Reading.** Whoever holds the *read role* reads the socket, decodes frames and hands
+//! them to the [`Node`]. Usually that is the background reader thread. A thread about to
+//! block in a receive takes the role instead ([`Transport::pump`]): it asks the reader to
+//! step aside (through a pipe the reader polls along with the socket), then reads the
+//! socket itself until its own message is there. Its message then reaches it with no
+//! thread hand-off, which is what sets the round-trip latency; whatever else it reads
+//! goes to the other queues as usual.
+//!
+//! **Writing.** Senders append to an [`Outbox`] and write directly when the socket is
+//! idle; the *flusher* thread writes what accumulated while another write was under way.
+//!
+//! Requests are pipelined: each carries an id, any number may be in flight, and each
+//! waiter has a deadline. When the socket closes, every channel end is marked
+//! disconnected, every waiter wakes, and (for a supervised child) the process exits.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::future::{BoxFuture, FutureExt};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg, ChanId, Decoder, End, Frame, Notice, Outbox,
     OutboxSink, Push, Reply, Request, PROTOCOL_VERSION,
 };
 
 use crate::error::{ConnectError, LinkError};
-use crate::node::{EncodeFn, Node, Transport, TransportError};
+use crate::node::{EncodeFn, Node, Pump, Transport, TransportError};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
+/// Bytes read from the socket at a time.
+const READ_SIZE: usize = 64 * 1024;
+/// How long the background reader leaves the read role to receivers after one of them
+/// last held it. A thread receiving in a loop comes back sooner, and finds the role free
+/// (no wake-up of the reader, no hand-over). Meanwhile, nothing else reads: messages for
+/// other receivers wait at most this long.
+const LINGER: Duration = Duration::from_micros(200);
 
 /// What the hub said in its welcome.
 #[derive(Debug, Clone)]
@@ -39,14 +54,37 @@ pub(crate) struct Welcome {
     pub(crate) passive: ChanId,
 }
 
+/// The reading side, owned by whoever holds the read role.
+struct ReadState {
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
 pub(crate) struct Remote {
     stream: UnixStream,
     outbox: Outbox,
     flusher: OnceLock<Thread>,
+    node: OnceLock<Node>,
     pending: Mutex<HashMap<u32, flume::Sender<Reply>>>,
     next_id: AtomicU32,
-    lost: std::sync::atomic::AtomicBool,
+    lost: AtomicBool,
+    exit_on_disconnect: bool,
     max_frame: usize,
+    /// The read role.
+    role: Mutex<ReadState>,
+    /// Threads that want the read role; the background reader steps aside for them.
+    wanted: AtomicUsize,
+    /// Set while the background reader is in `poll` and must be woken through the pipe.
+    polling: AtomicBool,
+    /// Written to wake the background reader from `poll`.
+    wake_tx: OwnedFd,
+    wake_rx: OwnedFd,
+    /// The background reader waits here while others hold the role.
+    idle: Mutex<()>,
+    idle_cv: Condvar,
+    /// When a receiver last gave the role back, in nanoseconds since `epoch`.
+    released: std::sync::atomic::AtomicU64,
+    epoch: Instant,
 }
 
 impl OutboxSink for Remote {
@@ -61,7 +99,54 @@ impl OutboxSink for Remote {
     }
 }
 
+/// Waits until `fd` is readable or `deadline` passes; `Ok(false)` on timeout.
+fn wait_readable(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> std::io::Result<bool> {
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so that we never wake just before the deadline.
+                left.as_millis().min(i32::MAX as u128) as i32
+                    + i32::from(left.subsec_nanos() % 1_000_000 != 0)
+            }
+        };
+        for fd in fds.iter_mut() {
+            fd.revents = 0;
+        }
+        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n > 0 {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
 impl Remote {
+    fn node(&self) -> &Node {
+        self.node
+            .get()
+            .expect("the node is set before any reading starts")
+    }
+
     fn push_control(&self, frame: &Frame) -> Result<(), LinkError> {
         self.outbox
             .push::<()>(self, |buf| {
@@ -89,9 +174,121 @@ impl Remote {
         Ok((id, rx))
     }
 
-    fn fail_all(&self) {
-        self.lost.store(true, Ordering::Release);
+    /// Decodes and hands over every complete frame in the buffer; returns how many.
+    fn handle_buffered(&self, st: &mut ReadState) -> Result<usize, String> {
+        let mut n = 0;
+        loop {
+            match st.decoder.decode(&mut st.buf) {
+                Ok(Some(Frame::Reply { id, body })) => {
+                    if let Some(tx) = self.pending.lock().remove(&id) {
+                        let _ = tx.send(body);
+                    }
+                }
+                Ok(Some(frame)) => self.node().dispatch(frame),
+                Ok(None) => return Ok(n),
+                Err(e) => return Err(format!("bad frame from the hub: {e}")),
+            }
+            n += 1;
+        }
+    }
+
+    /// One read from the socket (it must be readable, or the call blocks).
+    fn read_some(&self, st: &mut ReadState) -> Result<(), String> {
+        st.buf.reserve(READ_SIZE);
+        let spare = st.buf.spare_capacity_mut();
+        // SAFETY: `read` writes at most `spare.len()` bytes into the uninitialised spare
+        // capacity of `buf`, and we mark as initialised only the `n` bytes it reports.
+        let n = unsafe {
+            libc::read(
+                self.stream.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+            )
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.kind() {
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => Ok(()),
+                _ => Err(err.to_string()),
+            };
+        }
+        if n == 0 {
+            return Err(if st.buf.is_empty() {
+                "the hub closed the connection".into()
+            } else {
+                "the hub closed the connection mid-frame".into()
+            });
+        }
+        // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+        unsafe { st.buf.set_len(st.buf.len() + n as usize) };
+        Ok(())
+    }
+
+    /// The connection is gone: fail everything, once.
+    fn lose(&self, reason: &str) {
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.pending.lock().clear();
+        self.outbox.break_with(std::io::ErrorKind::BrokenPipe);
+        self.wake_flusher();
+        self.node().connection_lost();
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.idle_cv.notify_all();
+        if self.exit_on_disconnect {
+            eprintln!("yukicomm: lost the hub connection ({reason}); exiting");
+            std::process::exit(70);
+        }
+        tracing::warn!("lost the hub connection: {reason}");
+    }
+
+    /// The background reader: holds the read role unless someone else wants it.
+    fn background_reader(&self) {
+        let mut fds = [
+            pollfd(self.stream.as_raw_fd()),
+            pollfd(self.wake_rx.as_raw_fd()),
+        ];
+        while !self.lost.load(Ordering::Acquire) {
+            let since_release =
+                self.epoch.elapsed().as_nanos() as u64 - self.released.load(Ordering::Acquire);
+            if self.wanted.load(Ordering::SeqCst) > 0 || since_release < LINGER.as_nanos() as u64 {
+                let mut idle = self.idle.lock();
+                self.idle_cv.wait_for(&mut idle, LINGER);
+                continue;
+            }
+            let mut st = self.role.lock();
+            self.polling.store(true, Ordering::SeqCst);
+            if self.wanted.load(Ordering::SeqCst) > 0 {
+                self.polling.store(false, Ordering::SeqCst);
+                continue;
+            }
+            let ready = wait_readable(&mut fds, None);
+            self.polling.store(false, Ordering::SeqCst);
+            if fds[1].revents != 0 {
+                let mut sink = [0u8; 64];
+                // SAFETY: reads into a local buffer from our own non-blocking pipe.
+                while unsafe {
+                    libc::read(
+                        self.wake_rx.as_raw_fd(),
+                        sink.as_mut_ptr().cast(),
+                        sink.len(),
+                    )
+                } > 0
+                {}
+            }
+            let result = match ready {
+                Err(e) => Err(e.to_string()),
+                Ok(_) if fds[0].revents != 0 => self
+                    .read_some(&mut st)
+                    .and_then(|()| self.handle_buffered(&mut st).map(drop)),
+                Ok(_) => Ok(()),
+            };
+            if let Err(reason) = result {
+                drop(st);
+                self.lose(&reason);
+                return;
+            }
+        }
     }
 }
 
@@ -154,6 +351,83 @@ impl Transport for Remote {
         }
         .boxed()
     }
+
+    fn pump(&self, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pump {
+        if self.lost.load(Ordering::Acquire) {
+            return Pump::Unavailable;
+        }
+        self.wanted.fetch_add(1, Ordering::SeqCst);
+        if self.polling.load(Ordering::SeqCst) {
+            // SAFETY: writes one byte from a local buffer to our own non-blocking pipe.
+            unsafe { libc::write(self.wake_tx.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        }
+        let result = 'outer: loop {
+            if ready() {
+                break Pump::Ready;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Pump::Timeout;
+            }
+            // Someone else reads (the background reader stepping aside, or another
+            // receiver): look at our queue now and then while waiting for the role.
+            let Some(mut st) = self.role.try_lock_for(Duration::from_micros(50)) else {
+                continue;
+            };
+            let mut fds = [pollfd(self.stream.as_raw_fd())];
+            loop {
+                match self.handle_buffered(&mut st) {
+                    Ok(_) => {}
+                    Err(reason) => {
+                        drop(st);
+                        self.lose(&reason);
+                        break 'outer Pump::Ready;
+                    }
+                }
+                if ready() {
+                    break 'outer Pump::Ready;
+                }
+                match wait_readable(&mut fds, deadline) {
+                    Ok(true) => {}
+                    Ok(false) => break 'outer Pump::Timeout,
+                    Err(e) => {
+                        drop(st);
+                        self.lose(&e.to_string());
+                        break 'outer Pump::Ready;
+                    }
+                }
+                if let Err(reason) = self.read_some(&mut st) {
+                    drop(st);
+                    self.lose(&reason);
+                    break 'outer Pump::Ready;
+                }
+            }
+        };
+        self.released
+            .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        self.wanted.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for fd in fds {
+        // SAFETY: plain fcntl calls on descriptors we own.
+        unsafe {
+            libc::fcntl(
+                fd,
+                libc::F_SETFL,
+                libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+            );
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    // SAFETY: pipe returned two fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Connects to the hub at `path` as child `name`, and starts the reader and flusher.
@@ -189,7 +463,7 @@ pub(crate) fn connect(
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
     let decoder = Decoder::new(yukicomm_wire::DEFAULT_MAX_FRAME);
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
     let reply = loop {
         if let Some(frame) = decoder
             .decode(&mut buf)
@@ -234,16 +508,32 @@ pub(crate) fn connect(
         other => return Err(ConnectError::Protocol(format!("{other:?}"))),
     };
 
+    let (wake_rx, wake_tx) = pipe().map_err(io)?;
     let node = Node::new(window, runtime, Duration::from_secs(30));
     let remote = Arc::new(Remote {
-        stream: stream.try_clone().map_err(io)?,
+        stream,
         outbox: Outbox::new(BURST_WINDOW),
         flusher: OnceLock::new(),
+        node: OnceLock::new(),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU32::new(1),
-        lost: std::sync::atomic::AtomicBool::new(false),
+        lost: AtomicBool::new(false),
+        exit_on_disconnect,
         max_frame: max_frame as usize,
+        role: Mutex::new(ReadState {
+            buf,
+            decoder: Decoder::new(max_frame.max(1024)),
+        }),
+        wanted: AtomicUsize::new(0),
+        polling: AtomicBool::new(false),
+        wake_tx,
+        wake_rx,
+        idle: Mutex::new(()),
+        idle_cv: Condvar::new(),
+        released: std::sync::atomic::AtomicU64::new(0),
+        epoch: Instant::now(),
     });
+    let _ = remote.node.set(node.clone());
     node.set_transport(remote.clone());
 
     let flusher_remote = remote.clone();
@@ -253,27 +543,9 @@ pub(crate) fn connect(
         .map_err(io)?;
     let _ = remote.flusher.set(flusher.thread().clone());
 
-    let reader_node = node.clone();
     std::thread::Builder::new()
         .name("yukicomm-reader".into())
-        .spawn(move || {
-            let reason = reader_loop(
-                stream,
-                buf,
-                Decoder::new(max_frame.max(1024)),
-                &remote,
-                &reader_node,
-            );
-            remote.fail_all();
-            remote.outbox.break_with(std::io::ErrorKind::BrokenPipe);
-            remote.wake_flusher();
-            reader_node.connection_lost();
-            if exit_on_disconnect {
-                eprintln!("yukicomm: lost the hub connection ({reason}); exiting");
-                std::process::exit(70);
-            }
-            tracing::warn!("lost the hub connection: {reason}");
-        })
+        .spawn(move || remote.background_reader())
         .map_err(io)?;
     Ok((node, welcome))
 }
@@ -288,51 +560,5 @@ fn flusher_loop(remote: &Remote) {
         if remote.lost.load(Ordering::Acquire) {
             return;
         }
-    }
-}
-
-fn reader_loop(
-    mut stream: UnixStream,
-    mut buf: BytesMut,
-    decoder: Decoder,
-    remote: &Remote,
-    node: &Node,
-) -> String {
-    const READ_SIZE: usize = 64 * 1024;
-    loop {
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(Frame::Reply { id, body })) => {
-                    if let Some(tx) = remote.pending.lock().remove(&id) {
-                        let _ = tx.send(body);
-                    }
-                }
-                Ok(Some(frame)) => node.dispatch(frame),
-                Ok(None) => break,
-                Err(e) => return format!("bad frame from the hub: {e}"),
-            }
-        }
-        buf.reserve(READ_SIZE);
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: `read` writes at most `spare.len()` bytes into the uninitialised spare
-        // capacity of `buf`, and we only mark as initialised the `n` bytes it reports.
-        let n = unsafe { libc::read(stream.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return err.to_string();
-        }
-        if n == 0 {
-            let _ = stream.flush();
-            return if buf.is_empty() {
-                "the hub closed the connection".into()
-            } else {
-                "the hub closed the connection mid-frame".into()
-            };
-        }
-        // SAFETY: the kernel initialised `n` bytes of the spare capacity.
-        unsafe { buf.set_len(buf.len() + n as usize) };
     }
 }
