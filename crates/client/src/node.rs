@@ -5,7 +5,6 @@
 //! ([`crate::remote`]); in the main process, direct calls into the hub. Channel handles,
 //! the registry functions and the child [`Context`](crate::Context) all go through it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -246,7 +245,7 @@ impl Drop for EndGuard {
 /// The per-process state shared by every handle.
 pub struct NodeInner {
     transport: OnceLock<Arc<dyn Transport>>,
-    ends: Mutex<HashMap<EndRef, Arc<EndState>>>,
+    ends: Mutex<rustc_hash::FxHashMap<EndRef, Arc<EndState>>>,
     pub(crate) window: u32,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) request_timeout: Duration,
@@ -280,7 +279,7 @@ impl Node {
         Node {
             inner: Arc::new(NodeInner {
                 transport: OnceLock::new(),
-                ends: Mutex::new(HashMap::new()),
+                ends: Mutex::new(rustc_hash::FxHashMap::default()),
                 window: window.max(1),
                 runtime,
                 request_timeout,
@@ -354,33 +353,59 @@ impl Node {
     ///
     /// Called by transports; never blocks and never calls back into the transport.
     pub fn dispatch(&self, frame: Frame) {
+        self.dispatch_all(std::iter::once(frame));
+    }
+
+    /// Hands a run of frames over, looking each message's end up once per run of
+    /// messages to the same end.
+    pub fn dispatch_all(&self, frames: impl Iterator<Item = Frame>) {
+        let mut last: Option<Arc<EndState>> = None;
+        for frame in frames {
+            if let Frame::Msg(m) = frame {
+                let key = EndRef {
+                    chan: m.chan,
+                    end: m.to,
+                };
+                let state = match &last {
+                    Some(s) if s.key == key => Some(s.clone()),
+                    _ => self.inner.ends.lock().get(&key).cloned(),
+                };
+                self.deliver(m, state.clone());
+                last = state;
+            } else {
+                self.dispatch_control(frame);
+            }
+        }
+    }
+
+    fn deliver(&self, m: yukicomm_wire::Msg, state: Option<Arc<EndState>>) {
+        let carried = m
+            .carried
+            .iter()
+            .map(|&k| self.acquire(k, true, None))
+            .collect::<Vec<_>>();
+        match state {
+            Some(s) => {
+                let _ = s.tx.send(Item::Msg {
+                    body: m.body,
+                    _carried: carried,
+                });
+            }
+            None => {
+                tracing::debug!(chan = %m.chan, "message for an end this process released")
+            }
+        }
+    }
+
+    fn dispatch_control(&self, frame: Frame) {
         match frame {
             Frame::Msg(m) => {
-                let carried = m
-                    .carried
-                    .iter()
-                    .map(|&k| self.acquire(k, true, None))
-                    .collect::<Vec<_>>();
-                let state = self
-                    .inner
-                    .ends
-                    .lock()
-                    .get(&EndRef {
-                        chan: m.chan,
-                        end: m.to,
-                    })
-                    .cloned();
-                match state {
-                    Some(s) => {
-                        let _ = s.tx.send(Item::Msg {
-                            body: m.body,
-                            _carried: carried,
-                        });
-                    }
-                    None => {
-                        tracing::debug!(chan = %m.chan, "message for an end this process released")
-                    }
-                }
+                let key = EndRef {
+                    chan: m.chan,
+                    end: m.to,
+                };
+                let state = self.inner.ends.lock().get(&key).cloned();
+                self.deliver(m, state);
             }
             Frame::Credit { chan, end, n } => {
                 if let Some(s) = self.state(EndRef { chan, end }) {

@@ -58,6 +58,8 @@ pub(crate) struct Welcome {
 struct ReadState {
     buf: BytesMut,
     decoder: Decoder,
+    /// Decoded frames waiting to be handed over (reused).
+    frames: Vec<Frame>,
 }
 
 pub(crate) struct Remote {
@@ -177,19 +179,22 @@ impl Remote {
     /// Decodes and hands over every complete frame in the buffer; returns how many.
     fn handle_buffered(&self, st: &mut ReadState) -> Result<usize, String> {
         let mut n = 0;
-        loop {
+        let result = loop {
             match st.decoder.decode(&mut st.buf) {
                 Ok(Some(Frame::Reply { id, body })) => {
                     if let Some(tx) = self.pending.lock().remove(&id) {
                         let _ = tx.send(body);
                     }
                 }
-                Ok(Some(frame)) => self.node().dispatch(frame),
-                Ok(None) => return Ok(n),
-                Err(e) => return Err(format!("bad frame from the hub: {e}")),
+                Ok(Some(frame)) => st.frames.push(frame),
+                Ok(None) => break Ok(n),
+                Err(e) => break Err(format!("bad frame from the hub: {e}")),
             }
             n += 1;
-        }
+        };
+        // Frames decoded before a bad one are still handed over.
+        self.node().dispatch_all(st.frames.drain(..));
+        result
     }
 
     /// One read from the socket (it must be readable, or the call blocks).
@@ -523,6 +528,7 @@ pub(crate) fn connect(
         role: Mutex::new(ReadState {
             buf,
             decoder: Decoder::new(max_frame.max(1024)),
+            frames: Vec::new(),
         }),
         wanted: AtomicUsize::new(0),
         polling: AtomicBool::new(false),

@@ -39,6 +39,9 @@ thread_local! {
     static IN_ROUTER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Frames the main process sent while `IN_ROUTER` was set.
     static DEFERRED: std::cell::RefCell<Vec<Frame>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Buffers `with_router` reuses.
+    static SCRATCH: std::cell::RefCell<(Vec<Out>, Vec<Arc<Conn>>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 pub use router::{ConnId, HubEvent, LOCAL};
 use router::{Out, Router};
@@ -67,8 +70,8 @@ impl Default for HubConfig {
     }
 }
 
-/// Receives the frames the hub sends to the main process.
-pub type LocalSink = Arc<dyn Fn(Frame) + Send + Sync>;
+/// Receives the frames the hub sends to the main process, a run at a time.
+pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
 
 pub(crate) struct Inner {
     router: Mutex<Router>,
@@ -97,8 +100,8 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut Router, &mut Vec<Out>) -> (R, Option<(Arc<Conn>, Frame)>),
     ) -> R {
-        let mut out = Vec::new();
-        let mut kicks: Vec<Arc<Conn>> = Vec::new();
+        // Reused buffers: this runs for every batch of frames.
+        let (mut out, mut kicks) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let (result, events) = {
             let mut router = self.router.lock();
             let (r, first) = f(&mut router, &mut out);
@@ -112,9 +115,11 @@ impl Inner {
             IN_ROUTER.with(|f| f.set(false));
             (r, events)
         };
-        for c in kicks {
+        for c in kicks.drain(..) {
             c.kick();
         }
+        out.clear();
+        SCRATCH.with(|s| *s.borrow_mut() = (out, kicks));
         for e in events {
             let _ = self.events.send(e);
         }
@@ -141,9 +146,7 @@ impl Inner {
             }
             if target == LOCAL {
                 if let Some(local) = self.local.get() {
-                    for (_, f) in &out[i..j] {
-                        local(f.clone());
-                    }
+                    local(&mut out[i..j].iter().map(|(_, f)| f.clone()));
                 }
             } else if let Some(c) = conns.get(&target) {
                 c.append_all(out[i..j].iter().map(|(_, f)| f));

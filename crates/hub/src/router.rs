@@ -10,7 +10,9 @@
 //! at a time. So the hub holds at most `window` queued messages per sending process and
 //! channel end, whatever the processes do.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use bytes::Bytes;
 use yukicomm_wire::{
@@ -56,7 +58,7 @@ struct Queued {
 #[derive(Default)]
 struct EndRoute {
     /// Processes holding this end, with how many grants each has not released.
-    holders: HashMap<ConnId, u32>,
+    holders: FxHashMap<ConnId, u32>,
     ever_held: bool,
     /// Processes receiving at this end, with the credit each has granted.
     receivers: Vec<(ConnId, u32)>,
@@ -86,16 +88,16 @@ impl Chan {
 #[derive(Default)]
 struct ConnState {
     child: Option<String>,
-    holds: HashSet<EndRef>,
+    holds: FxHashSet<EndRef>,
     /// Per end this connection sends from: messages received and not yet credited back.
-    outstanding: HashMap<EndRef, u32>,
+    outstanding: FxHashMap<EndRef, u32>,
     /// Per end this connection sends from: delivered messages whose credit is not yet
     /// returned.
-    owed: HashMap<EndRef, u32>,
+    owed: FxHashMap<EndRef, u32>,
     /// Per end: bumped each time the connection releases the end. A process that gets
     /// an end again starts with a fresh window, so messages it sent before do not earn
     /// it credit any more.
-    epochs: HashMap<EndRef, u32>,
+    epochs: FxHashMap<EndRef, u32>,
 }
 
 /// A child the supervisor announced.
@@ -132,10 +134,10 @@ pub enum HubEvent {
 
 pub(crate) struct Router {
     window: u32,
-    chans: HashMap<ChanId, Chan>,
+    chans: FxHashMap<ChanId, Chan>,
     next_chan: u32,
     names: HashMap<String, ChanId>,
-    conns: HashMap<ConnId, ConnState>,
+    conns: FxHashMap<ConnId, ConnState>,
     pub(crate) children: HashMap<String, ChildEntry>,
     pub(crate) events: Vec<HubEvent>,
 }
@@ -165,10 +167,10 @@ impl Router {
     pub(crate) fn new(window: u32) -> Router {
         let mut r = Router {
             window: window.max(1),
-            chans: HashMap::new(),
+            chans: FxHashMap::default(),
             next_chan: 1,
             names: HashMap::new(),
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             children: HashMap::new(),
             events: Vec::new(),
         };

@@ -73,6 +73,6 @@ pub(crate) fn local_node(hub: Arc<Hub>, runtime: tokio::runtime::Handle) -> Node
         max_frame: hub.max_frame() as usize,
     }));
     let dispatch = node.clone();
-    hub.set_local(Arc::new(move |frame| dispatch.dispatch(frame)));
+    hub.set_local(Arc::new(move |frames| dispatch.dispatch_all(frames)));
     node
 }
