@@ -157,6 +157,9 @@ impl Options {
 
 #[derive(Clone, Copy, Debug)]
 struct Plan {
+    /// Each round measures everything; latencies pool the samples of every round,
+    /// rates take the median round.
+    rounds: u32,
     warmup: u64,
     round_trips: u64,
     small: u64,
@@ -167,17 +170,21 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
+                rounds: 1,
                 warmup: 200,
                 round_trips: 2_000,
                 small: 20_000,
                 big: 200,
             }
         } else {
+            // Five rounds, each measuring everything once, the floor included, so that
+            // both sides of every ratio see the same conditions.
             Plan {
-                warmup: 2_000,
-                round_trips: 20_000,
-                small: 2_000_000,
-                big: 20_000,
+                rounds: 5,
+                warmup: 500,
+                round_trips: 4_000,
+                small: 400_000,
+                big: 4_000,
             }
         }
     }
@@ -256,14 +263,29 @@ fn run_main(ctx: &MainContext, plan: Plan, quick: bool) -> Result<Report> {
         other => return Err(unexpected("Ready", &other)),
     }
 
-    let rt_active = round_trips(&active, plan)?;
-    let rt_passive = round_trips(&passive, plan)?;
-    let small_to_child = to_child(&active, SMALL, plan.small)?;
-    let small_to_main = to_main(&active, SMALL, plan.small)?;
-    let big_to_child = to_child(&active, BIG, plan.big)?;
-    let big_to_main = to_main(&active, BIG, plan.big)?;
-    let (raw_ping, raw_single, raw_batched, raw_big) = raw_floor(&active, plan)?;
+    let (mut rt_active, mut rt_passive, mut raw_ping) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rates: [Vec<Rate>; 7] = Default::default();
+    for _ in 0..plan.rounds {
+        rt_active.extend(round_trips(&active, plan)?);
+        rt_passive.extend(round_trips(&passive, plan)?);
+        rates[0].push(to_child(&active, SMALL, plan.small)?);
+        rates[1].push(to_main(&active, SMALL, plan.small)?);
+        rates[2].push(to_child(&active, BIG, plan.big)?);
+        rates[3].push(to_main(&active, BIG, plan.big)?);
+        let (ping, single, batched, big) = raw_floor(&active, plan)?;
+        raw_ping.extend(ping);
+        rates[4].push(single);
+        rates[5].push(batched);
+        rates[6].push(big);
+    }
     send(&active, Msg::Quit)?;
+    let [small_to_child, small_to_main, big_to_child, big_to_main, raw_single, raw_batched, raw_big] =
+        rates.map(median);
+    let (rt_active, rt_passive, raw_ping) = (
+        Latency::from_samples(rt_active),
+        Latency::from_samples(rt_passive),
+        Latency::from_samples(raw_ping),
+    );
 
     Ok(Report {
         plan,
@@ -299,7 +321,7 @@ fn encoded_len(size: usize) -> Result<usize> {
 
 /// Ping-pong of 64-byte messages; each payload carries its sequence number and the echo
 /// must match it.
-fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Latency> {
+fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Vec<Duration>> {
     let mut samples = Vec::with_capacity(plan.round_trips as usize);
     let mut payload = [0x5Au8; SMALL];
     for i in 0..plan.warmup + plan.round_trips {
@@ -323,7 +345,13 @@ fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Latency> {
             samples.push(elapsed);
         }
     }
-    Ok(Latency::from_samples(samples))
+    Ok(samples)
+}
+
+/// The round with the median rate.
+fn median(mut rounds: Vec<Rate>) -> Rate {
+    rounds.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+    rounds.swap_remove(rounds.len() / 2)
 }
 
 /// Main sends `count` messages as fast as it can; timed until the child acknowledges
@@ -460,7 +488,7 @@ fn raw_stream(s: &mut UnixStream, buf: &[u8], writes: u64, frames: u64) -> Resul
     Ok(elapsed)
 }
 
-fn raw_floor(active: &Channel<Msg>, plan: Plan) -> Result<(Latency, Rate, Rate, Rate)> {
+fn raw_floor(active: &Channel<Msg>, plan: Plan) -> Result<(Vec<Duration>, Rate, Rate, Rate)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -502,7 +530,7 @@ fn raw_floor(active: &Channel<Msg>, plan: Plan) -> Result<(Latency, Rate, Rate, 
             samples.push(elapsed);
         }
     }
-    let ping = Latency::from_samples(samples);
+    let ping = samples;
 
     // 64-byte frames, one write each.
     let one = frame(SMALL);
@@ -715,9 +743,11 @@ fn rows(r: &Report) -> Vec<Row> {
 fn settings(r: &Report) -> String {
     let p = &r.plan;
     format!(
-        "mode: {}; round trips: {} after {} warm-up; 64 B messages: {} ({} batched raw); \
-         64 KiB messages: {}; message bodies: {} B for 64 B, {} B for 64 KiB (MessagePack bin)",
+        "mode: {}; {} rounds, each of: round trips: {} after {} warm-up; 64 B messages: {} ({} batched raw); \
+         64 KiB messages: {}; message bodies: {} B for 64 B, {} B for 64 KiB (MessagePack bin); \
+         latencies pool every round's samples, rates are the median round",
         if r.quick { "quick" } else { "full" },
+        p.rounds,
         p.round_trips,
         p.warmup,
         p.small,

@@ -130,6 +130,31 @@ impl<T> Channel<T> {
         self.state().closed.load(Ordering::Acquire)
     }
 
+    /// Waits for the next queue item whatever the peer's state; `None` once the channel
+    /// is closed and empty. For passive dispatch.
+    pub(crate) fn next_item(&self) -> Option<Item> {
+        let st = self.state();
+        loop {
+            if let Ok(item) = st.rx.try_recv() {
+                return Some(item);
+            }
+            if st.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(t) = self.guard.node.transport() {
+                if t.pump(&|| !st.rx.is_empty(), None) == Pump::Ready {
+                    continue;
+                }
+            }
+            st.waiters.fetch_add(1, Ordering::AcqRel);
+            let item = st.rx.recv().ok();
+            st.waiters.fetch_sub(1, Ordering::AcqRel);
+            if item.is_some() {
+                return item;
+            }
+        }
+    }
+
     /// Closes the channel for every process. Messages already delivered can still be
     /// received; then receivers get [`RecvError::Closed`], and every send fails with
     /// [`SendError::Closed`].

@@ -230,7 +230,18 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
         if first {
             let keep = self.clone();
             let node = self.node();
-            node.runtime().spawn(dispatch(keep));
+            let name = format!("yukicomm-passive-{}", self.id().0);
+            if let Err(e) = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || dispatch(keep))
+            {
+                st.mode.store(MODE_UNSET, Ordering::Release);
+                st.handlers.lock().clear();
+                tracing::error!(channel = %self.name(), "cannot start the handler thread: {e}");
+                return Err(OnReceiveError::Closed {
+                    channel: self.name(),
+                });
+            }
             if let Some(t) = node.inner.transport() {
                 t.notice(yukicomm_wire::Notice::Attach {
                     chan: st.key.chan,
@@ -243,14 +254,17 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
     }
 }
 
-/// The dispatcher task of one passive end. It holds a handle, so the end stays held.
-async fn dispatch<T>(channel: Channel<T>) {
+/// The dispatcher of one passive end: a thread that waits for messages like a blocking
+/// receiver (so that, in a child, it reads the socket itself and no hand-off delays a
+/// message) and runs the handlers on the node's runtime with `block_on`. It holds a
+/// handle, so the end stays held.
+fn dispatch<T>(channel: Channel<T>) {
     let st = channel.state();
     let node = channel.node();
+    let runtime = node.runtime().clone();
     loop {
-        let item = match st.rx.recv_async().await {
-            Ok(item) => item,
-            Err(_) => return,
+        let Some(item) = channel.next_item() else {
+            return;
         };
         match item {
             Item::Wake => {
@@ -263,7 +277,13 @@ async fn dispatch<T>(channel: Channel<T>) {
                 let handlers = st.handlers.lock().clone();
                 let label = channel.name();
                 for h in handlers {
-                    h.run(&node, &body, &label).await;
+                    // `run` catches the handler's panics; this guards against the runtime's.
+                    let work = h.run(&node, &body, &label);
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(work)))
+                        .is_err()
+                    {
+                        tracing::error!(channel = %label, "the runtime for handlers is gone; handler skipped");
+                    }
                 }
                 drop(_carried);
                 st.consumed(&node.inner);

@@ -229,6 +229,26 @@ impl Remote {
         Ok(())
     }
 
+    /// Wakes whoever holds the read role from `poll`, so that it steps aside.
+    fn poke(&self) {
+        // SAFETY: writes one byte from a local buffer to our own non-blocking pipe; a
+        // full pipe already holds a wake-up, so a failed write loses nothing.
+        unsafe { libc::write(self.wake_tx.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+
+    fn drain_pokes(&self) {
+        let mut sink = [0u8; 64];
+        // SAFETY: reads into a local buffer from our own non-blocking pipe.
+        while unsafe {
+            libc::read(
+                self.wake_rx.as_raw_fd(),
+                sink.as_mut_ptr().cast(),
+                sink.len(),
+            )
+        } > 0
+        {}
+    }
+
     /// The connection is gone: fail everything, once.
     fn lose(&self, reason: &str) {
         if self.lost.swap(true, Ordering::AcqRel) {
@@ -254,8 +274,8 @@ impl Remote {
             pollfd(self.wake_rx.as_raw_fd()),
         ];
         while !self.lost.load(Ordering::Acquire) {
-            let since_release =
-                self.epoch.elapsed().as_nanos() as u64 - self.released.load(Ordering::Acquire);
+            let since_release = (self.epoch.elapsed().as_nanos() as u64)
+                .saturating_sub(self.released.load(Ordering::Acquire));
             if self.wanted.load(Ordering::SeqCst) > 0 || since_release < LINGER.as_nanos() as u64 {
                 let mut idle = self.idle.lock();
                 self.idle_cv.wait_for(&mut idle, LINGER);
@@ -270,16 +290,7 @@ impl Remote {
             let ready = wait_readable(&mut fds, None);
             self.polling.store(false, Ordering::SeqCst);
             if fds[1].revents != 0 {
-                let mut sink = [0u8; 64];
-                // SAFETY: reads into a local buffer from our own non-blocking pipe.
-                while unsafe {
-                    libc::read(
-                        self.wake_rx.as_raw_fd(),
-                        sink.as_mut_ptr().cast(),
-                        sink.len(),
-                    )
-                } > 0
-                {}
+                self.drain_pokes();
             }
             let result = match ready {
                 Err(e) => Err(e.to_string()),
@@ -362,10 +373,6 @@ impl Transport for Remote {
             return Pump::Unavailable;
         }
         self.wanted.fetch_add(1, Ordering::SeqCst);
-        if self.polling.load(Ordering::SeqCst) {
-            // SAFETY: writes one byte from a local buffer to our own non-blocking pipe.
-            unsafe { libc::write(self.wake_tx.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        }
         let result = 'outer: loop {
             if ready() {
                 break Pump::Ready;
@@ -373,37 +380,58 @@ impl Transport for Remote {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break Pump::Timeout;
             }
-            // Someone else reads (the background reader stepping aside, or another
-            // receiver): look at our queue now and then while waiting for the role.
+            // Whoever holds the role steps aside when it is waiting in `poll`: ask it to.
+            // Meanwhile look at our own queue now and then.
+            if self.polling.load(Ordering::SeqCst) {
+                self.poke();
+            }
             let Some(mut st) = self.role.try_lock_for(Duration::from_micros(50)) else {
                 continue;
             };
-            let mut fds = [pollfd(self.stream.as_raw_fd())];
+            let mut fds = [
+                pollfd(self.stream.as_raw_fd()),
+                pollfd(self.wake_rx.as_raw_fd()),
+            ];
             loop {
-                match self.handle_buffered(&mut st) {
-                    Ok(_) => {}
-                    Err(reason) => {
-                        drop(st);
-                        self.lose(&reason);
-                        break 'outer Pump::Ready;
-                    }
+                if let Err(reason) = self.handle_buffered(&mut st) {
+                    drop(st);
+                    self.lose(&reason);
+                    break 'outer Pump::Ready;
                 }
                 if ready() {
                     break 'outer Pump::Ready;
                 }
-                match wait_readable(&mut fds, deadline) {
-                    Ok(true) => {}
-                    Ok(false) => break 'outer Pump::Timeout,
+                self.polling.store(true, Ordering::SeqCst);
+                let waited = if self.wanted.load(Ordering::SeqCst) > 1 {
+                    // Someone else wants the role: let them have it, and wait on our
+                    // queue, which whoever reads fills.
+                    Ok(None)
+                } else {
+                    wait_readable(&mut fds, deadline).map(Some)
+                };
+                self.polling.store(false, Ordering::SeqCst);
+                match waited {
+                    Ok(None) => break 'outer Pump::Unavailable,
+                    Ok(Some(true)) => {}
+                    Ok(Some(false)) => break 'outer Pump::Timeout,
                     Err(e) => {
                         drop(st);
                         self.lose(&e.to_string());
                         break 'outer Pump::Ready;
                     }
                 }
-                if let Err(reason) = self.read_some(&mut st) {
-                    drop(st);
-                    self.lose(&reason);
-                    break 'outer Pump::Ready;
+                if fds[1].revents != 0 {
+                    self.drain_pokes();
+                    if self.wanted.load(Ordering::SeqCst) > 1 {
+                        break 'outer Pump::Unavailable;
+                    }
+                }
+                if fds[0].revents != 0 {
+                    if let Err(reason) = self.read_some(&mut st) {
+                        drop(st);
+                        self.lose(&reason);
+                        break 'outer Pump::Ready;
+                    }
                 }
             }
         };
