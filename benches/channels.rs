@@ -350,7 +350,7 @@ fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Vec<Duration>> {
 
 /// The round with the median rate.
 fn median(mut rounds: Vec<Rate>) -> Rate {
-    rounds.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+    rounds.sort_by_key(|r| r.elapsed);
     rounds.swap_remove(rounds.len() / 2)
 }
 

@@ -76,14 +76,21 @@ fn order_is_kept_per_sender_with_four_concurrent_senders() {
     for i in 0..4 {
         app.add_target(&format!("s{i}"), sender);
     }
-    app.on_before_start(|ctx| async move {
-        // Registered channels outlive their handles: the test body finds it again.
-        let sink = ctx.channel::<(u32, u32)>()?;
-        ctx.set_channel("sink", &sink)?;
-        Ok(())
+    // The main process holds its end from the start: senders that find it unheld
+    // would be told it is disconnected once their window is used up.
+    let slot = std::sync::Arc::new(parking_lot::Mutex::new(None));
+    let keep = slot.clone();
+    app.on_before_start(move |ctx| {
+        let keep = keep.clone();
+        async move {
+            let sink = ctx.channel::<(u32, u32)>()?;
+            ctx.set_channel("sink", &sink)?;
+            *keep.lock() = Some(sink);
+            Ok(())
+        }
     });
-    run_main(app, |ctx| {
-        let sink = ctx.get_channel::<(u32, u32)>("sink").unwrap();
+    run_main(app, move |_| {
+        let sink: Channel<(u32, u32)> = slot.lock().take().expect("created before start");
         let mut next: HashMap<u32, u32> = HashMap::new();
         for _ in 0..4 * PER_SENDER {
             let (id, seq) = sink.recv_timeout(T).unwrap();

@@ -142,7 +142,7 @@ impl<T> Channel<T> {
                 return None;
             }
             if let Some(t) = self.guard.node.transport() {
-                if t.pump(&|| !st.rx.is_empty(), None) == Pump::Ready {
+                if t.pump(st.key, &|| !st.rx.is_empty(), None) == Pump::Ready {
                     continue;
                 }
             }
@@ -459,7 +459,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 return Err(e.into());
             }
             if let Some(t) = self.guard.node.transport() {
-                match t.pump(&|| !st.rx.is_empty(), deadline) {
+                match t.pump(st.key, &|| !st.rx.is_empty(), deadline) {
                     Pump::Ready => continue,
                     Pump::Timeout => {
                         return Err(RecvTimeoutError::Timeout {

@@ -61,11 +61,16 @@ pub trait Transport: Send + Sync + 'static {
     fn notice(&self, notice: Notice);
     /// Sends a request and waits for its reply.
     fn request(&self, request: Request, timeout: Duration) -> Result<Reply, LinkError>;
-    /// Lets a thread that is about to block read the connection itself until `ready`
-    /// holds or `deadline` passes, saving a thread hand-off on the receive path.
-    /// Transports without a connection to read return [`Pump::Unavailable`].
-    fn pump(&self, ready: &dyn Fn() -> bool, deadline: Option<std::time::Instant>) -> Pump {
-        let _ = (ready, deadline);
+    /// Lets a thread that is about to block receiving at `key` read the connection
+    /// itself until `ready` holds or `deadline` passes, saving a thread hand-off on the
+    /// receive path. Transports with nothing to read return [`Pump::Unavailable`].
+    fn pump(
+        &self,
+        key: EndRef,
+        ready: &dyn Fn() -> bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Pump {
+        let _ = (key, ready, deadline);
         Pump::Unavailable
     }
     /// Sends a request; the future resolves with its reply.

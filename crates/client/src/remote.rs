@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -29,12 +29,13 @@ use bytes::BytesMut;
 use futures::future::{BoxFuture, FutureExt};
 use parking_lot::{Condvar, Mutex};
 use yukicomm_wire::{
-    encode_control, encode_credit, encode_msg, ChanId, Decoder, End, Frame, Notice, Outbox,
+    encode_control, encode_credit, encode_msg, ChanId, Decoder, End, EndRef, Frame, Notice, Outbox,
     OutboxSink, Push, Reply, Request, PROTOCOL_VERSION,
 };
 
 use crate::error::{ConnectError, LinkError};
 use crate::node::{EncodeFn, Node, Pump, Transport, TransportError};
+use yukicomm_wire::sys::{drain, pipe, poke, pollfd, read_into, wait_readable};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
@@ -101,47 +102,6 @@ impl OutboxSink for Remote {
     }
 }
 
-/// Waits until `fd` is readable or `deadline` passes; `Ok(false)` on timeout.
-fn wait_readable(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> std::io::Result<bool> {
-    loop {
-        let timeout = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so that we never wake just before the deadline.
-                left.as_millis().min(i32::MAX as u128) as i32
-                    + i32::from(left.subsec_nanos() % 1_000_000 != 0)
-            }
-        };
-        for fd in fds.iter_mut() {
-            fd.revents = 0;
-        }
-        // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n > 0 {
-            return Ok(true);
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(false);
-        }
-    }
-}
-
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
-}
-
 impl Remote {
     fn node(&self) -> &Node {
         self.node
@@ -199,54 +159,29 @@ impl Remote {
 
     /// One read from the socket (it must be readable, or the call blocks).
     fn read_some(&self, st: &mut ReadState) -> Result<(), String> {
-        st.buf.reserve(READ_SIZE);
-        let spare = st.buf.spare_capacity_mut();
-        // SAFETY: `read` writes at most `spare.len()` bytes into the uninitialised spare
-        // capacity of `buf`, and we mark as initialised only the `n` bytes it reports.
-        let n = unsafe {
-            libc::read(
-                self.stream.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-            )
-        };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            return match err.kind() {
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock => Ok(()),
-                _ => Err(err.to_string()),
-            };
+        match read_into(self.stream.as_raw_fd(), &mut st.buf, READ_SIZE) {
+            Ok(0) if st.buf.is_empty() => Err("the hub closed the connection".into()),
+            Ok(0) => Err("the hub closed the connection mid-frame".into()),
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
-        if n == 0 {
-            return Err(if st.buf.is_empty() {
-                "the hub closed the connection".into()
-            } else {
-                "the hub closed the connection mid-frame".into()
-            });
-        }
-        // SAFETY: the kernel initialised `n` bytes of the spare capacity.
-        unsafe { st.buf.set_len(st.buf.len() + n as usize) };
-        Ok(())
     }
 
     /// Wakes whoever holds the read role from `poll`, so that it steps aside.
     fn poke(&self) {
-        // SAFETY: writes one byte from a local buffer to our own non-blocking pipe; a
-        // full pipe already holds a wake-up, so a failed write loses nothing.
-        unsafe { libc::write(self.wake_tx.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        poke(&self.wake_tx);
     }
 
     fn drain_pokes(&self) {
-        let mut sink = [0u8; 64];
-        // SAFETY: reads into a local buffer from our own non-blocking pipe.
-        while unsafe {
-            libc::read(
-                self.wake_rx.as_raw_fd(),
-                sink.as_mut_ptr().cast(),
-                sink.len(),
-            )
-        } > 0
-        {}
+        drain(&self.wake_rx);
     }
 
     /// The connection is gone: fail everything, once.
@@ -368,7 +303,7 @@ impl Transport for Remote {
         .boxed()
     }
 
-    fn pump(&self, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pump {
+    fn pump(&self, _key: EndRef, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pump {
         if self.lost.load(Ordering::Acquire) {
             return Pump::Unavailable;
         }
@@ -440,27 +375,6 @@ impl Transport for Remote {
         self.wanted.fetch_sub(1, Ordering::SeqCst);
         result
     }
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe writes.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    for fd in fds {
-        // SAFETY: plain fcntl calls on descriptors we own.
-        unsafe {
-            libc::fcntl(
-                fd,
-                libc::F_SETFL,
-                libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
-            );
-            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        }
-    }
-    // SAFETY: pipe returned two fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Connects to the hub at `path` as child `name`, and starts the reader and flusher.

@@ -1,12 +1,22 @@
 //! One child connection: its reader task, its outbox and its flusher task.
+//!
+//! Reading is a role, as on the child's side: usually the connection's task reads, but a
+//! thread of the main process about to block receiving a message this child sends can
+//! take the role ([`Conn::pump`]) and read the socket itself, so that the message reaches
+//! it without a hand-off through the runtime. The task holds the role only while it
+//! reads and routes, never while it waits.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use bytes::BytesMut;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
+use yukicomm_wire::sys::{pollfd, read_into, wait_readable};
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Outbox, OutboxSink, Request,
 };
@@ -29,6 +39,31 @@ pub(crate) struct Conn {
     flush: Notify,
     closed: AtomicBool,
     close: Notify,
+    /// The read role: the bytes read and not yet decoded.
+    read: Mutex<ReadSide>,
+    /// Signalled when a thread gives the read role back to the task.
+    read_free: Notify,
+    decoder: Decoder,
+}
+
+/// What the reader of a connection owns.
+struct ReadSide {
+    buf: BytesMut,
+    frames: Vec<Frame>,
+    /// Why the connection must close, found by a reader that is not the task.
+    failure: Option<String>,
+}
+
+thread_local! {
+    /// Set on the thread that is pumping a connection.
+    pub(crate) static IS_PUMPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// What [`Conn::pump`] did.
+pub(crate) enum Pumped {
+    Ready,
+    Timeout,
+    Unavailable,
 }
 
 impl OutboxSink for Conn {
@@ -65,6 +100,109 @@ impl Conn {
         if self.outbox.kick(self).is_err() {
             self.shut();
         }
+    }
+
+    /// Decodes and routes every complete frame read so far.
+    fn process(&self, inner: &Inner, rs: &mut ReadSide) -> Result<(), String> {
+        let bad = loop {
+            match self.decoder.decode(&mut rs.buf) {
+                Ok(Some(f)) => rs.frames.push(f),
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        if !rs.frames.is_empty() {
+            inner.frames(self.id, &mut rs.frames)?;
+        }
+        bad.map_or(Ok(()), Err)
+    }
+
+    /// Reads this connection on the calling thread until `ready` holds, `deadline`
+    /// passes, or the connection fails; see the module documentation.
+    pub(crate) fn pump(
+        &self,
+        inner: &Inner,
+        ready: &dyn Fn() -> bool,
+        deadline: Option<Instant>,
+    ) -> Pumped {
+        // One pumping thread at a time: it is woken through `pump_wake` when its message
+        // arrives through another connection.
+        if inner.pumping.swap(true, Ordering::SeqCst) {
+            return Pumped::Unavailable;
+        }
+        let result = match self.read.try_lock_for(Duration::from_micros(100)) {
+            Some(rs) => {
+                IS_PUMPING.with(|p| p.set(true));
+                let r = self.pump_locked(inner, rs, ready, deadline);
+                IS_PUMPING.with(|p| p.set(false));
+                self.read_free.notify_one();
+                r
+            }
+            None => Pumped::Unavailable,
+        };
+        inner.pumping.store(false, Ordering::SeqCst);
+        result
+    }
+
+    fn pump_locked(
+        &self,
+        inner: &Inner,
+        mut rs: parking_lot::MutexGuard<'_, ReadSide>,
+        ready: &dyn Fn() -> bool,
+        deadline: Option<Instant>,
+    ) -> Pumped {
+        let mut fds = [
+            pollfd(self.stream.as_raw_fd()),
+            pollfd(inner.pump_wake.0.as_raw_fd()),
+        ];
+        let result = loop {
+            if let Err(e) = self.process(inner, &mut rs) {
+                rs.failure = Some(e);
+                self.shut();
+                break Pumped::Unavailable;
+            }
+            if ready() {
+                break Pumped::Ready;
+            }
+            if self.closed.load(Ordering::Acquire) {
+                break Pumped::Unavailable;
+            }
+            match wait_readable(&mut fds, deadline) {
+                Ok(true) => {}
+                Ok(false) => break Pumped::Timeout,
+                Err(_) => break Pumped::Unavailable,
+            }
+            if fds[1].revents != 0 {
+                yukicomm_wire::sys::drain(&inner.pump_wake.0);
+            }
+            if fds[0].revents == 0 {
+                continue;
+            }
+            match read_into(self.stream.as_raw_fd(), &mut rs.buf, READ_SIZE) {
+                Ok(0) => {
+                    if !rs.buf.is_empty() {
+                        rs.failure = Some("connection closed mid-frame".into());
+                    }
+                    self.shut();
+                    break Pumped::Unavailable;
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::ConnectionReset || !rs.buf.is_empty() {
+                        rs.failure = Some(e.to_string());
+                    }
+                    self.shut();
+                    break Pumped::Unavailable;
+                }
+            }
+        };
+        drop(rs);
+        result
     }
 
     /// Closes the connection: the reader stops and the hub forgets it.
@@ -176,6 +314,13 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
         flush: Notify::new(),
         closed: AtomicBool::new(false),
         close: Notify::new(),
+        read: Mutex::new(ReadSide {
+            buf: BytesMut::new(),
+            frames: Vec::new(),
+            failure: None,
+        }),
+        read_free: Notify::new(),
+        decoder: Decoder::new(inner.max_frame),
     });
     tokio::spawn(flusher(conn.clone()));
     let decoder = Decoder::new(inner.max_frame);
@@ -221,32 +366,40 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
         conn.shut();
         return;
     }
+    conn.read.lock().buf = buf;
     tracing::debug!(child = %name, conn = id.0, "child connected");
 
     let reason = loop {
-        let mut frames = Vec::new();
-        let bad = loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(f)) => frames.push(f),
-                Ok(None) => break None,
-                Err(e) => break Some(e.to_string()),
+        tokio::select! {
+            r = stream.readable() => if let Err(e) = r {
+                break Some(e.to_string());
+            },
+            _ = conn.close.notified() => break conn.read.lock().failure.take(),
+        }
+        let step = {
+            let Some(mut rs) = conn.read.try_lock() else {
+                // A thread of the main process reads this connection: wait until it is
+                // done (or the connection closes).
+                tokio::select! {
+                    _ = conn.read_free.notified() => {}
+                    _ = conn.close.notified() => break conn.read.lock().failure.take(),
+                }
+                continue;
+            };
+            match stream.try_read_buf(&mut rs.buf) {
+                Ok(0) if rs.buf.is_empty() => Err(None),
+                Ok(0) => Err(Some("connection closed mid-frame".to_string())),
+                Ok(_) => conn.process(&inner, &mut rs).map_err(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+                // A peer that dies with unread data resets the connection: a close.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && rs.buf.is_empty() => {
+                    Err(None)
+                }
+                Err(e) => Err(Some(e.to_string())),
             }
         };
-        if !frames.is_empty() {
-            if let Err(e) = inner.frames(id, frames) {
-                break Some(e);
-            }
-        }
-        if let Some(e) = bad {
-            break Some(e);
-        }
-        tokio::select! {
-            r = fill(&stream, &mut buf) => match r {
-                Ok(true) => {}
-                Ok(false) => break None,
-                Err(e) => break Some(e),
-            },
-            _ = conn.close.notified() => break None,
+        if let Err(reason) = step {
+            break reason;
         }
     };
     match &reason {

@@ -74,6 +74,11 @@ impl Default for HubConfig {
 pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
 
 pub(crate) struct Inner {
+    /// Set while a thread of the main process reads a connection itself (one at a time;
+    /// see `Conn::pump`).
+    pub(crate) pumping: std::sync::atomic::AtomicBool,
+    /// Wakes that thread when something reaches the main process another way.
+    pub(crate) pump_wake: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     router: Mutex<Router>,
     conns: RwLock<HashMap<ConnId, Arc<Conn>>>,
     local: OnceLock<LocalSink>,
@@ -147,6 +152,9 @@ impl Inner {
             if target == LOCAL {
                 if let Some(local) = self.local.get() {
                     local(&mut out[i..j].iter().map(|(_, f)| f.clone()));
+                }
+                if self.pumping.load(Ordering::SeqCst) && !conn::IS_PUMPING.with(|p| p.get()) {
+                    yukicomm_wire::sys::poke(&self.pump_wake.1);
                 }
             } else if let Some(c) = conns.get(&target) {
                 c.append_all(out[i..j].iter().map(|(_, f)| f));
@@ -222,10 +230,10 @@ impl Inner {
         }
     }
 
-    /// Frames from a connection, handled under one lock.
-    pub(crate) fn frames(&self, id: ConnId, frames: Vec<Frame>) -> Result<(), String> {
+    /// Frames from a connection, handled under one lock (`frames` is left empty).
+    pub(crate) fn frames(&self, id: ConnId, frames: &mut Vec<Frame>) -> Result<(), String> {
         self.with_router(|r, out| {
-            for f in frames {
+            for f in frames.drain(..) {
                 r.frame(id, f, out)?;
             }
             Ok(())
@@ -296,6 +304,8 @@ impl Hub {
         let listener = tokio::net::UnixListener::bind(&socket)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            pumping: std::sync::atomic::AtomicBool::new(false),
+            pump_wake: yukicomm_wire::sys::pipe()?,
             router: Mutex::new(Router::new(config.window)),
             conns: RwLock::new(HashMap::new()),
             local: OnceLock::new(),
@@ -446,6 +456,28 @@ impl Hub {
                 message: "no reply".into(),
             })
         })
+    }
+
+    /// Lets a thread of the main process that is about to block receiving at `key` read,
+    /// itself, the connection of the child that last sent there, until `ready` holds or
+    /// `deadline` passes: no hand-off through the runtime on the way to it. `None` when
+    /// there is no such connection or another reader holds it: wait on the queue.
+    pub fn pump(
+        &self,
+        key: yukicomm_wire::EndRef,
+        ready: &dyn Fn() -> bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Option<bool> {
+        let id = self.inner.router.lock().last_sender(key)?;
+        if id == LOCAL {
+            return None;
+        }
+        let conn = self.inner.conns.read().get(&id).cloned()?;
+        match conn.pump(&self.inner, ready, deadline) {
+            conn::Pumped::Ready => Some(true),
+            conn::Pumped::Timeout => Some(false),
+            conn::Pumped::Unavailable => None,
+        }
     }
 
     /// Stops accepting connections and closes every child connection.

@@ -65,6 +65,8 @@ struct EndRoute {
     next: usize,
     /// Messages to this end waiting for a receiver with credit.
     queue: VecDeque<Queued>,
+    /// The connection whose message was delivered here last.
+    last_from: Option<ConnId>,
 }
 
 struct Chan {
@@ -108,6 +110,9 @@ pub(crate) struct ChildEntry {
     pub(crate) conn: Option<ConnId>,
     /// A restart was requested and its process has not said hello yet.
     pub(crate) restart_requested: bool,
+    /// The supervisor gave up on the child: when its connection closes, its own ends
+    /// are not kept held.
+    gone: bool,
 }
 
 /// What the supervisor must act on.
@@ -226,6 +231,7 @@ impl Router {
                 passive: ids[1],
                 conn: None,
                 restart_requested: false,
+                gone: false,
             },
         );
     }
@@ -272,6 +278,7 @@ impl Router {
         // A token admits one connection.
         child.token.clear();
         child.restart_requested = false;
+        child.gone = false;
         let old = child.conn.replace(conn);
         let (active, passive) = (child.active, child.passive);
         self.conns.insert(
@@ -396,11 +403,17 @@ impl Router {
     /// The child will not be started again (stopped, failed, or not to be restarted):
     /// its own ends are no longer held, and whoever waits on them is told.
     pub(crate) fn child_gone(&mut self, name: &str, out: &mut Vec<Out>) {
-        let Some(child) = self.children.get(name) else {
+        let Some(child) = self.children.get_mut(name) else {
             return;
         };
         // A restart requested meanwhile keeps the channels connected.
-        if child.conn.is_some() || child.restart_requested {
+        if child.restart_requested {
+            return;
+        }
+        child.gone = true;
+        // The connection of the dead process may not be closed yet: its closing
+        // releases the ends then.
+        if child.conn.is_some() {
             return;
         }
         for chan in [child.active, child.passive] {
@@ -414,7 +427,7 @@ impl Router {
             return;
         };
         if let Some(child) = cs.child.as_ref().and_then(|n| self.children.get(n)) {
-            if child.conn == Some(conn) {
+            if child.conn == Some(conn) && !child.gone {
                 for chan in [child.active, child.passive] {
                     self.add_hold(SUPERVISED, EndRef { chan, end: End::A }, 1, out);
                 }
@@ -586,6 +599,7 @@ impl Router {
             let receiver = route.receivers[idx].0;
             route.receivers[idx].1 = route.receivers[idx].1.saturating_sub(1);
             let q = route.queue.pop_front().expect("front checked above");
+            route.last_from = Some(q.from);
             for &k in &q.carried {
                 self.add_hold(receiver, k, 1, out);
                 self.drop_hold(TRANSIT, k, Some(1), out);
@@ -692,6 +706,11 @@ impl Router {
         for c in all {
             out.push((c, Frame::Event(Event::Closed { chan: id })));
         }
+    }
+
+    /// The connection that last sent a message delivered at `key`.
+    pub(crate) fn last_sender(&self, key: EndRef) -> Option<ConnId> {
+        self.chans.get(&key.chan)?.ends[key.end.index()].last_from
     }
 
     fn holds(&self, conn: ConnId, key: EndRef) -> bool {
@@ -830,6 +849,7 @@ impl Router {
                     // connected again from now on, waiting for the new process.
                     if let Some(child) = self.children.get_mut(&name) {
                         child.restart_requested = true;
+                        child.gone = false;
                         if child.conn.is_none() {
                             for chan in [child.active, child.passive] {
                                 let key = EndRef { chan, end: End::A };

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use yukicomm_client::{EncodeFn, LinkError, Node, Transport, TransportError};
+use yukicomm_client::{EncodeFn, LinkError, Node, Pump, Transport, TransportError};
 use yukicomm_hub::Hub;
-use yukicomm_wire::{ChanId, End, Frame, Msg, Notice, Reply, Request};
+use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
 
 thread_local! {
     /// The size of the last body encoded on this thread, to allocate the next one once.
@@ -54,6 +54,19 @@ impl Transport for Local {
 
     fn request(&self, request: Request, _timeout: Duration) -> Result<Reply, LinkError> {
         Ok(self.hub.local_request(request))
+    }
+
+    fn pump(
+        &self,
+        key: EndRef,
+        ready: &dyn Fn() -> bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Pump {
+        match self.hub.pump(key, ready, deadline) {
+            Some(true) => Pump::Ready,
+            Some(false) => Pump::Timeout,
+            None => Pump::Unavailable,
+        }
     }
 
     fn request_async(

@@ -33,6 +33,7 @@ mod codec;
 mod control;
 mod names;
 mod outbox;
+pub mod sys;
 
 pub use codec::{
     encode_control, encode_credit, encode_msg, encode_msg_raw, Decoder, FrameError, Kind,
