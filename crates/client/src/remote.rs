@@ -40,7 +40,7 @@ use yukicomm_wire::sys::{drain, pipe, poke, pollfd, read_into, wait_readable};
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
 /// Bytes read from the socket at a time.
-const READ_SIZE: usize = 64 * 1024;
+const READ_SIZE: usize = 256 * 1024;
 /// How long the background reader leaves the read role to receivers after one of them
 /// last held it. A thread receiving in a loop comes back sooner, and finds the role free
 /// (no wake-up of the reader, no hand-over). Meanwhile, nothing else reads: messages for

@@ -29,7 +29,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
 /// Bytes read from the socket at a time.
-const READ_SIZE: usize = 64 * 1024;
+const READ_SIZE: usize = 256 * 1024;
 
 /// The write side of a connection, shared by every thread that routes to it.
 pub(crate) struct Conn {
