@@ -1,6 +1,5 @@
-//! The documented example, run as a newcomer would: `quickstart --rounds N`.
+//! The examples, run as a newcomer would.
 
-use std::process::Command;
 use std::time::Duration;
 
 mod support;
@@ -11,38 +10,15 @@ fn quickstart_prints_both_receives_and_exits_cleanly() {
         "quickstart_prints_both_receives_and_exits_cleanly",
         Duration::from_secs(60),
     );
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("quickstart");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        path.display()
-    );
-    let out = Command::new(path)
-        .args(["--rounds", "3", "--interval-ms", "100"])
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "exit {}: {stdout}", out.status);
-    let passive = stdout
-        .lines()
-        .filter(|l| {
-            l.starts_with("[nonebot]") && l.contains("Passive receive: I am main process passive")
-        })
-        .count();
-    let active = stdout
-        .lines()
-        .filter(|l| {
-            l.starts_with("[nonebot]") && l.contains("Active receive: I am main process active")
-        })
-        .count();
+    let stdout = support::run_example("quickstart", &["--rounds", "3", "--interval-ms", "100"]);
+    let count = |text: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("[nonebot]") && l.contains(text))
+            .count()
+    };
+    let passive = count("Passive receive: I am main process passive");
+    let active = count("Active receive: I am main process active");
     assert_eq!((passive, active), (3, 3), "{stdout}");
 }
 
@@ -52,26 +28,7 @@ fn restart_example_shows_a_new_pid_each_time() {
         "restart_example_shows_a_new_pid_each_time",
         Duration::from_secs(60),
     );
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("restart");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        path.display()
-    );
-    let out = Command::new(path)
-        .args(["--restarts", "2"])
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "exit {}: {stdout}", out.status);
+    let stdout = support::run_example("restart", &["--restarts", "2"]);
     let line = stdout
         .lines()
         .find(|l| l.contains("pids: ["))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use support::{app, child, eventually, process_gone, run_main, watchdog};
+use support::{app, child, eventually, example, process_gone, run_main, watchdog};
 use yukicomm::{Context, RecvTimeoutError, RestartPolicy};
 
 const T: Duration = Duration::from_secs(20);
@@ -216,18 +216,6 @@ fn hooks_run_in_order_with_names_and_stop_stops() {
             "after shutdown"
         ]
     );
-}
-
-fn example(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds the examples",
-        path.display()
-    );
-    path
 }
 
 /// Starts the quickstart example without a round limit and returns it with its child's

@@ -127,3 +127,36 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// The path of an example binary, which `cargo test` builds next to the tests.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Runs an example to its end with `args`; returns its standard output, after checking
+/// that it exited 0.
+pub fn run_example(name: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(example(name))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("the example runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} exited with {}: {stdout}",
+        out.status
+    );
+    stdout
+}

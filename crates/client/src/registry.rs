@@ -47,13 +47,9 @@ impl Node {
     ///
     /// [`RegistryError::Link`] if the hub cannot be reached.
     pub fn channel<T: Serialize + DeserializeOwned>(&self) -> Result<Channel<T>, RegistryError> {
-        let reply = self.transport()?.request(
-            Request::Create {
-                type_name: std::any::type_name::<T>().to_string(),
-                pair: false,
-            },
-            self.inner.request_timeout,
-        )?;
+        let reply = self
+            .transport()?
+            .request(create::<T>(false), self.inner.request_timeout)?;
         self.created(reply)
     }
 
@@ -72,13 +68,7 @@ impl Node {
     ) -> Result<Channel<T>, RegistryError> {
         let reply = self
             .transport()?
-            .request_async(
-                Request::Create {
-                    type_name: std::any::type_name::<T>().to_string(),
-                    pair: false,
-                },
-                self.inner.request_timeout,
-            )
+            .request_async(create::<T>(false), self.inner.request_timeout)
             .await?;
         self.created(reply)
     }
@@ -115,13 +105,9 @@ impl Node {
     pub fn channel_pair<T: Serialize + DeserializeOwned>(
         &self,
     ) -> Result<(Channel<T>, Channel<T>), RegistryError> {
-        let reply = self.transport()?.request(
-            Request::Create {
-                type_name: std::any::type_name::<T>().to_string(),
-                pair: true,
-            },
-            self.inner.request_timeout,
-        )?;
+        let reply = self
+            .transport()?
+            .request(create::<T>(true), self.inner.request_timeout)?;
         match reply {
             Reply::Created { chan } => Ok((
                 Channel::from_guard(self.acquire(EndRef { chan, end: End::A }, true, None)),
@@ -297,6 +283,13 @@ impl Node {
                 message: format!("unexpected reply {other:?}"),
             }),
         }
+    }
+}
+
+fn create<T>(pair: bool) -> Request {
+    Request::Create {
+        type_name: std::any::type_name::<T>().to_string(),
+        pair,
     }
 }
 

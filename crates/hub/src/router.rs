@@ -155,6 +155,13 @@ fn refused(chan: Option<ChanId>, code: ErrorCode, message: String) -> Frame {
     })
 }
 
+/// Sends `event` about `key` to every holder of the opposite end.
+fn tell_other_end(chan: &Chan, key: EndRef, event: Event, out: &mut Vec<Out>) {
+    for &c in chan.ends[key.end.opposite().index()].holders.keys() {
+        out.push((c, Frame::Event(event.clone())));
+    }
+}
+
 /// Returns the credit of a message the hub refused before counting it.
 fn give_back(from: EndRef) -> Frame {
     Frame::Credit {
@@ -321,20 +328,15 @@ impl Router {
         let came_back = was_empty && route.ever_held;
         route.ever_held = true;
         if came_back {
-            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()]
-                .holders
-                .keys()
-                .copied()
-                .collect();
-            for c in others {
-                out.push((
-                    c,
-                    Frame::Event(Event::PeerBack {
-                        chan: key.chan,
-                        end: key.end,
-                    }),
-                ));
-            }
+            tell_other_end(
+                chan,
+                key,
+                Event::PeerBack {
+                    chan: key.chan,
+                    end: key.end,
+                },
+                out,
+            );
         }
         if let Some(cs) = self.conns.get_mut(&conn) {
             cs.holds.insert(key);
@@ -367,20 +369,15 @@ impl Router {
         }
         let route = &chan.ends[key.end.index()];
         if route.holders.is_empty() {
-            let others: Vec<ConnId> = chan.ends[key.end.opposite().index()]
-                .holders
-                .keys()
-                .copied()
-                .collect();
-            for c in others {
-                out.push((
-                    c,
-                    Frame::Event(Event::PeerGone {
-                        chan: key.chan,
-                        end: key.end,
-                    }),
-                ));
-            }
+            tell_other_end(
+                chan,
+                key,
+                Event::PeerGone {
+                    chan: key.chan,
+                    end: key.end,
+                },
+                out,
+            );
         }
         self.collect(key.chan);
     }
