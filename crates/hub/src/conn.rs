@@ -28,6 +28,11 @@ use crate::Inner;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
+/// Bytes a connection may have waiting to be written before the hub gives up on the peer.
+/// Credit bounds what the hub sends a process that reads; a process that stops reading
+/// while others keep sending to it, or keeps making requests without reading the
+/// replies, reaches this and is disconnected instead of growing the hub's memory.
+const MAX_BUFFERED: usize = 1 << 30;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
 
@@ -91,6 +96,13 @@ impl Conn {
             Ok(())
         });
         if r.is_err() {
+            self.shut();
+        } else if self.outbox.buffered() > MAX_BUFFERED {
+            tracing::warn!(
+                conn = self.id.0,
+                "the peer does not read; closing its connection"
+            );
+            self.outbox.break_with(std::io::ErrorKind::OutOfMemory);
             self.shut();
         }
     }

@@ -247,6 +247,11 @@ impl Outbox {
         st.broken.get_or_insert(kind);
     }
 
+    /// Bytes waiting to be written (not counting a write in progress).
+    pub fn buffered(&self) -> usize {
+        self.lock().buf.len()
+    }
+
     /// Whether a write has failed or [`Outbox::break_with`] was called.
     pub fn is_broken(&self) -> bool {
         self.lock().broken.is_some()
