@@ -107,6 +107,17 @@ impl Conn {
         }
     }
 
+    /// Appends what `encode` writes; `Err(None)` if the connection is broken.
+    pub(crate) fn append_with<E>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), Option<E>> {
+        self.outbox.append(encode).map_err(|e| match e {
+            yukicomm_wire::Push::Encode(e) => Some(e),
+            yukicomm_wire::Push::Broken(_) => None,
+        })
+    }
+
     /// Writes what was appended, or leaves it to the flusher.
     pub(crate) fn kick(&self) {
         if self.outbox.kick(self).is_err() {

@@ -70,6 +70,32 @@ impl Default for HubConfig {
     }
 }
 
+/// What `with_router_then` does with a connection after routing.
+enum First {
+    /// Append this frame before anything else routed, then write.
+    Frame(Arc<Conn>, Frame),
+    /// Write what was appended.
+    Kick(Arc<Conn>),
+}
+
+/// Why [`Hub::local_send`] did not send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalSendError {
+    /// The encoder failed; nothing was sent.
+    Encode(String),
+    /// The encoded message exceeds the largest frame.
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Writes a message body in place and returns the channel ends it encoded.
+pub type Encoder<'a> =
+    &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<yukicomm_wire::EndRef>, String>;
+
 /// Receives the frames the hub sends to the main process, a run at a time.
 pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
 
@@ -99,20 +125,25 @@ impl Inner {
         self.with_router_then(|r, out| (f(r, out), None))
     }
 
-    /// As `with_router`; `f` may also return a connection to register and a first
-    /// frame for it (the welcome), which then precede anything else sent to it.
+    /// As `with_router`; `f` may also return a connection and a first frame for it (the
+    /// welcome), which then precede anything else sent to it, or a connection that it
+    /// appended to itself, to be written after the lock is released.
     fn with_router_then<R>(
         &self,
-        f: impl FnOnce(&mut Router, &mut Vec<Out>) -> (R, Option<(Arc<Conn>, Frame)>),
+        f: impl FnOnce(&mut Router, &mut Vec<Out>) -> (R, Option<First>),
     ) -> R {
         // Reused buffers: this runs for every batch of frames.
         let (mut out, mut kicks) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let (result, events) = {
             let mut router = self.router.lock();
             let (r, first) = f(&mut router, &mut out);
-            if let Some((conn, frame)) = first {
-                conn.append_all(std::iter::once(&frame));
-                kicks.push(conn);
+            match first {
+                Some(First::Frame(conn, frame)) => {
+                    conn.append_all(std::iter::once(&frame));
+                    kicks.push(conn);
+                }
+                Some(First::Kick(conn)) => kicks.push(conn),
+                None => {}
             }
             let events = std::mem::take(&mut router.events);
             IN_ROUTER.with(|f| f.set(true));
@@ -205,14 +236,14 @@ impl Inner {
                         id: req_id,
                         body: welcome,
                     };
-                    (Ok(old), Some((conn.clone(), first)))
+                    (Ok(old), Some(First::Frame(conn.clone(), first)))
                 }
                 Err(refusal) => {
                     let first = Frame::Reply {
                         id: req_id,
                         body: refusal.clone(),
                     };
-                    (Err(refusal), Some((conn.clone(), first)))
+                    (Err(refusal), Some(First::Frame(conn.clone(), first)))
                 }
             }
         });
@@ -423,6 +454,64 @@ impl Hub {
                 c.shut();
             }
         }
+    }
+
+    /// Sends a message from the main process straight into the receiving child's
+    /// connection buffer when nothing is queued ahead of it (`Ok(true)`): no
+    /// intermediate copy. `Ok(false)` when that does not apply, before `encode` is
+    /// called: send it with [`Hub::local_frames`] then.
+    ///
+    /// # Errors
+    ///
+    /// When `encode` fails or the message is too large; nothing was sent.
+    pub fn local_send(
+        &self,
+        chan: ChanId,
+        to: yukicomm_wire::End,
+        encode: Encoder<'_>,
+    ) -> Result<bool, LocalSendError> {
+        if IN_ROUTER.with(|f| f.get()) {
+            return Ok(false);
+        }
+        let max = self.inner.max_frame as usize;
+        self.inner.with_router_then(|r, out| {
+            let Some(target) = r.direct_target(LOCAL, chan, to) else {
+                return (Ok(false), None);
+            };
+            let Some(conn) = self.inner.conns.read().get(&target).cloned() else {
+                return (Ok(false), None);
+            };
+            let mut carried = Vec::new();
+            let appended = conn.append_with(|buf| {
+                let start = buf.len();
+                yukicomm_wire::encode_msg(buf, chan, to, |b| {
+                    let c = encode(b).map_err(LocalSendError::Encode)?;
+                    if let Some(k) = c.iter().find(|k| !r.holds_end(LOCAL, **k)) {
+                        return Err(LocalSendError::Encode(format!(
+                            "the message carries channel {} which this process does not hold",
+                            k.chan
+                        )));
+                    }
+                    carried.clone_from(&c);
+                    Ok(c)
+                })?;
+                let size = buf.len() - start - 4;
+                if size > max {
+                    buf.truncate(start);
+                    return Err(LocalSendError::TooLarge { size, max });
+                }
+                Ok(())
+            });
+            match appended {
+                Ok(()) => {
+                    r.delivered_direct(LOCAL, chan, to, target, &carried, out);
+                    (Ok(true), Some(First::Kick(conn)))
+                }
+                Err(Some(e)) => (Err(e), None),
+                // The connection is broken: let the ordinary path deal with it.
+                Err(None) => (Ok(false), None),
+            }
+        })
     }
 
     /// Frames from the main process (messages, credit, notices).

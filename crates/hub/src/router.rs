@@ -569,6 +569,63 @@ impl Router {
         Ok(())
     }
 
+    /// The receiver a message from `conn` on `chan` to `to` would go to right now, if
+    /// it can go there directly: nothing queued ahead of it, and a child receiving
+    /// there with credit. Changes nothing; see [`Router::delivered_direct`].
+    pub(crate) fn direct_target(&self, conn: ConnId, chan: ChanId, to: End) -> Option<ConnId> {
+        let c = self.chans.get(&chan)?;
+        if c.closed || !c.ends[to.opposite().index()].holders.contains_key(&conn) {
+            return None;
+        }
+        let route = &c.ends[to.index()];
+        if !route.queue.is_empty() {
+            return None;
+        }
+        let n = route.receivers.len();
+        (0..n)
+            .map(|i| route.receivers[(route.next + i) % n])
+            .find(|&(r, credit)| r != conn && credit > 0)
+            .map(|(r, _)| r)
+            .filter(|&r| r != LOCAL)
+    }
+
+    /// Whether `conn` holds `key`.
+    pub(crate) fn holds_end(&self, conn: ConnId, key: EndRef) -> bool {
+        self.holds(conn, key)
+    }
+
+    /// Accounts for a message from `conn` that was written straight to `receiver` (as
+    /// [`Router::direct_target`] chose), carrying `carried`.
+    pub(crate) fn delivered_direct(
+        &mut self,
+        conn: ConnId,
+        chan: ChanId,
+        to: End,
+        receiver: ConnId,
+        carried: &[EndRef],
+        out: &mut Vec<Out>,
+    ) {
+        let from = EndRef {
+            chan,
+            end: to.opposite(),
+        };
+        let cs = self.conns.entry(conn).or_default();
+        let epoch = cs.epochs.get(&from).copied().unwrap_or(0);
+        *cs.outstanding.entry(from).or_insert(0) += 1;
+        if let Some(c) = self.chans.get_mut(&chan) {
+            let route = &mut c.ends[to.index()];
+            if let Some(idx) = route.receivers.iter().position(|(r, _)| *r == receiver) {
+                route.next = idx + 1;
+                route.receivers[idx].1 = route.receivers[idx].1.saturating_sub(1);
+            }
+            route.last_from = Some(conn);
+        }
+        for &k in carried {
+            self.add_hold(receiver, k, 1, out);
+        }
+        self.credit_back(conn, from, epoch, out);
+    }
+
     /// Delivers queued messages for `end` to receivers with credit, round robin.
     fn drain(&mut self, id: ChanId, end: End, out: &mut Vec<Out>) {
         loop {

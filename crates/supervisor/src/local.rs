@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use yukicomm_client::{EncodeFn, LinkError, Node, Pump, Transport, TransportError};
-use yukicomm_hub::Hub;
+use yukicomm_hub::{Hub, LocalSendError};
 use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
 
 thread_local! {
@@ -22,6 +22,14 @@ pub(crate) struct Local {
 
 impl Transport for Local {
     fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError> {
+        match self.hub.local_send(chan, to, encode) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(LocalSendError::Encode(e)) => return Err(TransportError::Encode(e)),
+            Err(LocalSendError::TooLarge { size, max }) => {
+                return Err(TransportError::TooLarge { size, max })
+            }
+        }
         let mut body = Vec::with_capacity(LAST_LEN.with(Cell::get));
         let carried = encode(&mut body).map_err(TransportError::Encode)?;
         // Header (7 bytes after the kind byte) and the carried list count too.
