@@ -447,3 +447,77 @@ fn async_select_and_iteration() {
         );
     });
 }
+
+/// Several receivers in one child: two threads blocked on their own channels, a passive
+/// handler, and an async receiver. Whoever reads the socket hands the others their
+/// messages; nobody waits for a deadline to get theirs.
+#[test]
+fn several_receivers_in_one_process_each_get_their_messages() {
+    let _w = watchdog(
+        "several_receivers_in_one_process_each_get_their_messages",
+        Duration::from_secs(90),
+    );
+    let mut app = app("several_receivers_in_one_process_each_get_their_messages");
+    app.add_target("multi", |ctx: Context| async move {
+        child(async move {
+            let report = ctx.active_channel::<String>();
+            let a = ctx.get_channel_async::<u32>("a").await?;
+            let b = ctx.get_channel_async::<u32>("b").await?;
+            let c = ctx.get_channel_async::<u32>("c").await?;
+            let d = ctx.get_channel_async::<u32>("d").await?;
+            let echo = report.clone();
+            c.on_receive(accept_all, move |n: u32| {
+                echo.send(format!("c{n}")).map_err(|e| e.to_string())
+            })?;
+            let threads: Vec<_> = [(a, "a"), (b, "b")]
+                .into_iter()
+                .map(|(ch, name)| {
+                    let report = report.clone();
+                    std::thread::spawn(move || {
+                        while let Ok(n) = ch.recv_timeout(Duration::from_secs(30)) {
+                            report.send(format!("{name}{n}")).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            while let Ok(n) = d.recv_async().await {
+                report.send_async(format!("d{n}")).await?;
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+            Ok(())
+        })
+        .await
+    });
+    let slot = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let keep = slot.clone();
+    app.on_before_start(move |ctx| {
+        let keep = keep.clone();
+        async move {
+            for name in ["a", "b", "c", "d"] {
+                let ch = ctx.channel::<u32>()?;
+                ctx.set_channel(name, &ch)?;
+                keep.lock().push(ch);
+            }
+            Ok(())
+        }
+    });
+    run_main(app, move |ctx| {
+        let chans: Vec<Channel<u32>> = std::mem::take(&mut *slot.lock());
+        let report = ctx.get_channel::<String>("multi-active").unwrap();
+        let names = ["a", "b", "c", "d"];
+        // One at a time, each answered before the next: every receiver gets its turn
+        // while the others wait, and each answer comes back well within the deadline.
+        for round in 0..50u32 {
+            for (ch, name) in chans.iter().zip(names) {
+                ch.send(round).unwrap();
+                // A receiver starved until its 30 s deadline would miss this one.
+                assert_eq!(report.recv_timeout(T).unwrap(), format!("{name}{round}"));
+            }
+        }
+        for ch in &chans {
+            ch.close();
+        }
+    });
+}
