@@ -46,6 +46,9 @@ const READ_SIZE: usize = 256 * 1024;
 /// (no wake-up of the reader, no hand-over). Meanwhile, nothing else reads: messages for
 /// other receivers wait at most this long.
 const LINGER: Duration = Duration::from_micros(200);
+/// The longest the background reader sleeps while a receiver holds the read role: the
+/// most a message for another receiver can wait once that receiver stops receiving.
+const MAX_NAP: Duration = Duration::from_millis(20);
 
 /// What the hub said in its welcome.
 #[derive(Debug, Clone)]
@@ -208,14 +211,21 @@ impl Remote {
             pollfd(self.stream.as_raw_fd()),
             pollfd(self.wake_rx.as_raw_fd()),
         ];
+        // While receivers hold the role for long, check back less and less often.
+        let mut nap = LINGER;
         while !self.lost.load(Ordering::Acquire) {
             let since_release = (self.epoch.elapsed().as_nanos() as u64)
                 .saturating_sub(self.released.load(Ordering::Acquire));
-            if self.wanted.load(Ordering::SeqCst) > 0 || since_release < LINGER.as_nanos() as u64 {
+            let held = self.wanted.load(Ordering::SeqCst) > 0;
+            if held || since_release < LINGER.as_nanos() as u64 {
                 let mut idle = self.idle.lock();
-                self.idle_cv.wait_for(&mut idle, LINGER);
+                self.idle_cv.wait_for(&mut idle, nap);
+                if held {
+                    nap = (nap * 2).min(MAX_NAP);
+                }
                 continue;
             }
+            nap = LINGER;
             let mut st = self.role.lock();
             self.polling.store(true, Ordering::SeqCst);
             if self.wanted.load(Ordering::SeqCst) > 0 {

@@ -53,6 +53,8 @@ pub(crate) struct Supervised {
     pub(crate) hooks: Arc<Hooks>,
     pub(crate) exe: PathBuf,
     pub(crate) exec_args: Vec<OsString>,
+    /// Set when the program shuts down: no child is restarted any more.
+    pub(crate) shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Supervised {
@@ -94,7 +96,10 @@ impl Supervised {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            // Its own process group: a Ctrl-C in the terminal reaches the main process
+            // only, which stops the children in order.
+            .process_group(0);
         die_with_parent(&mut cmd);
         match cmd.spawn() {
             Ok(mut child) => {
@@ -251,7 +256,7 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
                             RestartPolicy::OnFailure => failed,
                             RestartPolicy::Always => true,
                         };
-                        if !again {
+                        if !again || s.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
                             s.hub.child_gone(&name);
                             continue;
                         }

@@ -298,6 +298,7 @@ impl App {
         let exec_args = self
             .exec_args
             .unwrap_or_else(|| std::env::args_os().skip(1).collect());
+        let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut commands: HashMap<String, mpsc::UnboundedSender<Cmd>> = HashMap::new();
         let mut tasks = Vec::new();
         for (spec, process_name) in self.children.into_iter().zip(names) {
@@ -311,6 +312,7 @@ impl App {
                 hooks: hooks.clone(),
                 exe: exe.clone(),
                 exec_args: exec_args.clone(),
+                shutting_down: shutting_down.clone(),
             };
             tasks.push((s.spec.name.clone(), tokio::spawn(child::supervise(s, rx))));
         }
@@ -349,6 +351,7 @@ impl App {
 
         // Shutdown, in order: hooks that run forever stop first, then the children, last
         // added first, each with its hook; then the after-shutdown hooks.
+        shutting_down.store(true, std::sync::atomic::Ordering::Release);
         after_start.abort_all();
         while after_start.join_next().await.is_some() {}
         for (name, task) in tasks.into_iter().rev() {
