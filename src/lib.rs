@@ -51,8 +51,8 @@
 #![deny(missing_docs)]
 
 pub use yukicomm_client::{
-    accept_all, connect, error, registry, Channel, ChannelInfo, ConnectError, Context,
-    ControlError, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
+    accept_all, connect, error, registry, ChanId, Channel, ChannelInfo, ConnectError, Context,
+    ControlError, End, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
     OnReceiveError, RecvError, RecvTimeoutError, RegistryError, Result, Selector, SendError,
     SendTimeoutError, TryRecvError, Verdict,
 };

@@ -521,3 +521,124 @@ fn several_receivers_in_one_process_each_get_their_messages() {
         }
     });
 }
+
+/// Passive handlers: several per end, sync and async filters, and a handler that fails
+/// or panics changes nothing for the others or for later messages.
+#[test]
+fn failing_or_panicking_handlers_do_not_stop_the_others() {
+    let _w = watchdog(
+        "failing_or_panicking_handlers_do_not_stop_the_others",
+        Duration::from_secs(60),
+    );
+    let mut app = app("failing_or_panicking_handlers_do_not_stop_the_others");
+    app.add_target("source", |ctx: Context| async move {
+        child(async move {
+            let out = ctx.active_channel::<u32>();
+            for n in 0..6 {
+                out.send_async(n).await?;
+            }
+            let _ = ctx.passive_channel::<()>().recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let numbers = ctx.get_channel::<u32>("source-active").unwrap();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel::<String>();
+        let tx = seen_tx.clone();
+        // Sync filter, sync handler that panics on 1 and fails on 3.
+        numbers
+            .on_receive(
+                |n: &u32| n % 2 == 1,
+                move |n: u32| {
+                    if n == 1 {
+                        panic!("handler panics on purpose");
+                    }
+                    tx.send(format!("odd {n}")).unwrap();
+                    if n == 3 {
+                        return Err("handler fails on purpose");
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+        // Async filter, async handler: sees everything.
+        let tx = seen_tx.clone();
+        numbers
+            .on_receive(
+                |n: &u32| {
+                    let n = *n;
+                    async move { n < 100 }
+                },
+                move |n: u32| {
+                    let tx = tx.clone();
+                    async move { tx.send(format!("all {n}")).unwrap() }
+                },
+            )
+            .unwrap();
+        let mut seen: Vec<String> = (0..8).map(|_| seen_rx.recv_timeout(T).unwrap()).collect();
+        seen.sort();
+        // Every message reached the async handler; the odd handler ran for 3 and 5 (1
+        // panicked before recording), and nothing arrived twice.
+        let all: Vec<_> = seen.iter().filter(|s| s.starts_with("all")).collect();
+        assert_eq!(all.len(), 6, "{seen:?}");
+        let odd: Vec<_> = seen
+            .iter()
+            .filter(|s| s.starts_with("odd"))
+            .cloned()
+            .collect();
+        assert_eq!(odd, vec!["odd 3", "odd 5"], "{seen:?}");
+        assert!(seen_rx.recv_timeout(Duration::from_millis(200)).is_err());
+        ctx.get_channel::<()>("source-passive")
+            .unwrap()
+            .send(())
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_child_registers_a_channel_and_everyone_can_list_it() {
+    let _w = watchdog(
+        "a_child_registers_a_channel_and_everyone_can_list_it",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_child_registers_a_channel_and_everyone_can_list_it");
+    app.add_target("maker", |ctx: Context| async move {
+        child(async move {
+            let made = ctx.channel_async::<String>().await?;
+            ctx.set_channel("made-by-child", &made)?;
+            let listed = ctx.get_channels()?;
+            assert!(listed.iter().any(|c| c.name == "made-by-child"));
+            let control = ctx.passive_channel::<()>();
+            control.send_async(()).await?;
+            made.send_async("from the creator's end".into()).await?;
+            let reply = made.recv_async().await?;
+            ctx.active_channel::<String>().send_async(reply).await?;
+            let _ = control.recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let control = ctx.get_channel::<()>("maker-passive").unwrap();
+        control.recv_timeout(T).unwrap();
+        let listed = ctx.get_channels().unwrap();
+        let made = listed
+            .iter()
+            .find(|c| c.name == "made-by-child")
+            .expect("listed");
+        assert!(made.type_name.contains("String"), "{made:?}");
+        assert!(listed.iter().any(|c| c.name == "maker-passive"));
+        // The main process gets the far end: it receives what the creator sent.
+        let far = ctx.get_channel::<String>("made-by-child").unwrap();
+        assert_eq!(far.end(), yukicomm::End::B);
+        assert_eq!(far.recv_timeout(T).unwrap(), "from the creator's end");
+        far.send("answer".into()).unwrap();
+        let report = ctx.get_channel::<String>("maker-active").unwrap();
+        assert_eq!(report.recv_timeout(T).unwrap(), "answer");
+        ctx.get_channel::<()>("maker-passive")
+            .unwrap()
+            .send(())
+            .unwrap();
+    });
+}
