@@ -1,7 +1,7 @@
 //! The hub's state and routing rules: channels, the registry, holders, queues and credit.
 //!
 //! All of it sits behind one mutex in [`Hub`](crate::Hub); every function here runs
-//! with the lock held, never blocks, and returns the frames to send as [`Out`] so that
+//! with the lock held, never blocks, and returns the frames to send (with their connections) so that
 //! nothing is written while the lock is held.
 //!
 //! Flow control: a process may have at most `window` messages per channel end that the

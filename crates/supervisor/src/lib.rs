@@ -262,6 +262,12 @@ impl App {
     /// # Errors
     ///
     /// An invalid or duplicate child name, or a failure to start the hub.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: dropping the future skips the ordered shutdown. The children
+    /// are still killed (they are killed when dropped, and exit when the hub goes away),
+    /// but no shutdown hook runs. Complete `shutdown` instead.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let mut seen = HashSet::new();
         let mut names = Vec::new();

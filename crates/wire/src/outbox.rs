@@ -58,7 +58,12 @@ struct State {
     broken: Option<io::ErrorKind>,
 }
 
-/// A connection's write buffer. See the [module documentation](self).
+/// A connection's write buffer, coalescing frames into few writes.
+///
+/// When the connection is idle, the sending thread writes its frame itself (one system
+/// call, no hand-off). When another write is in progress, or frames come faster than
+/// one per burst window, frames are only appended, and the connection's flusher writes
+/// all that accumulated at once. Exactly one party owns the write side at any time.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
