@@ -36,8 +36,8 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use yukicomm::Payload;
 use yukicomm::{
     accept_all, App, Channel, Context, Error, MainContext, RestartPolicy, SendError, TryRecvError,
 };
@@ -64,7 +64,7 @@ type Result<T> = std::result::Result<T, Error>;
 enum Msg {
     /// A payload: echoed, streamed or counted depending on the phase.
     #[serde(rename = "d")]
-    Data(Bytes),
+    Data(Payload),
     /// Child to main: the child's loop is running.
     Ready,
     /// Main to child: `count` messages of `size` bytes follow; acknowledge with `Count`.
@@ -308,7 +308,7 @@ fn run_main(ctx: &MainContext, plan: Plan, quick: bool) -> Result<Report> {
 /// The MessagePack body of a data message with `size` payload bytes; checks that the
 /// payload is encoded as `bin`, not as an array of integers.
 fn encoded_len(size: usize) -> Result<usize> {
-    let body = rmp_serde::to_vec_named(&Msg::Data(Bytes::from(vec![0xA5; size])))
+    let body = rmp_serde::to_vec_named(&Msg::Data(Payload::from(vec![0xA5; size])))
         .map_err(|e| Error::Other(format!("cannot encode a data message: {e}")))?;
     if body.len() > size + 16 {
         return Err(Error::Other(format!(
@@ -326,7 +326,7 @@ fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Vec<Duration>> {
     let mut payload = [0x5Au8; SMALL];
     for i in 0..plan.warmup + plan.round_trips {
         payload[..8].copy_from_slice(&i.to_le_bytes());
-        let sent = Bytes::copy_from_slice(&payload);
+        let sent = Payload::from(payload.to_vec());
         let start = Instant::now();
         send(ch, Msg::Data(sent.clone()))?;
         let back = recv(ch)?;
@@ -357,7 +357,7 @@ fn median(mut rounds: Vec<Rate>) -> Rate {
 /// Main sends `count` messages as fast as it can; timed until the child acknowledges
 /// the last one.
 fn to_child(ch: &Channel<Msg>, size: usize, count: u64) -> Result<Rate> {
-    let data = Bytes::from(vec![0x5A; size]);
+    let data = Payload::from(vec![0x5A; size]);
     send(
         ch,
         Msg::Sink {
@@ -597,7 +597,7 @@ fn serve(active: &Channel<Msg>) -> Result<()> {
                 send(active, Msg::Count(count))?;
             }
             Msg::Source { count, size } => {
-                let data = Bytes::from(vec![0x5A; size as usize]);
+                let data = Payload::from(vec![0x5A; size as usize]);
                 for _ in 0..count {
                     send(active, Msg::Data(data.clone()))?;
                 }

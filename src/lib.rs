@@ -53,8 +53,8 @@
 pub use yukicomm_client::{
     accept_all, connect, error, registry, ChanId, Channel, ChannelInfo, ConnectError, Context,
     ControlError, End, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
-    OnReceiveError, RecvError, RecvTimeoutError, RegistryError, Result, Selector, SendError,
-    SendTimeoutError, TryRecvError, Verdict,
+    OnReceiveError, Payload, RecvError, RecvTimeoutError, RegistryError, Result, Selector,
+    SendError, SendTimeoutError, TryRecvError, Verdict,
 };
 pub use yukicomm_hub::HubConfig;
 pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RestartPolicy};

@@ -38,4 +38,5 @@ pub use error::{
 pub use node::{EncodeFn, Node, Pump, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
+pub use value::Payload;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};

@@ -103,7 +103,8 @@ where
 
 /// A registered filter and handler with the message type erased.
 pub(crate) trait ErasedHandler: Send + std::marker::Sync {
-    fn run(&self, node: &crate::Node, body: &[u8], channel: &str) -> BoxFuture<'static, ()>;
+    fn run(&self, node: &crate::Node, body: &bytes::Bytes, channel: &str)
+        -> BoxFuture<'static, ()>;
 }
 
 /// Marker types of a registered filter and handler.
@@ -123,7 +124,12 @@ where
     H: Fn(T) -> R + Send + std::marker::Sync + 'static,
     R: HandlerReturn<MH>,
 {
-    fn run(&self, node: &crate::Node, body: &[u8], channel: &str) -> BoxFuture<'static, ()> {
+    fn run(
+        &self,
+        node: &crate::Node,
+        body: &bytes::Bytes,
+        channel: &str,
+    ) -> BoxFuture<'static, ()> {
         let value = match crate::value::decode::<T>(node, body) {
             Ok(v) => v,
             Err(reason) => {

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::ser::{self, Serialize, Serializer};
 use yukicomm_wire::{ChanId, End, EndRef, CHANNEL_EXT_TYPE};
@@ -17,7 +18,7 @@ use crate::node::Node;
 
 thread_local! {
     static ENCODING: RefCell<Option<Vec<EndRef>>> = const { RefCell::new(None) };
-    static DECODING: RefCell<Option<Node>> = const { RefCell::new(None) };
+    static DECODING: RefCell<Option<(Node, Bytes)>> = const { RefCell::new(None) };
 }
 
 /// Encodes `value` at the end of `buf`; returns the channel ends it contains.
@@ -33,8 +34,8 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 }
 
 /// Decodes a `T` from `body`, binding any channel handles in it to `node`.
-pub(crate) fn decode<T: DeserializeOwned>(node: &Node, body: &[u8]) -> Result<T, String> {
-    let outer = DECODING.with(|d| d.borrow_mut().replace(node.clone()));
+pub(crate) fn decode<T: DeserializeOwned>(node: &Node, body: &Bytes) -> Result<T, String> {
+    let outer = DECODING.with(|d| d.borrow_mut().replace((node.clone(), body.clone())));
     let result = rmp_serde::from_slice::<T>(body);
     DECODING.with(|d| *d.borrow_mut() = outer);
     result.map_err(|e| e.to_string())
@@ -75,9 +76,11 @@ pub(crate) fn deserialize_end<'de, D: Deserializer<'de>>(d: D) -> Result<(Node, 
     }
     let chan = ChanId(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
     let end = End::from_u8(raw[4]).ok_or_else(|| de::Error::custom("bad channel end"))?;
-    let node = DECODING.with(|d| d.borrow().clone()).ok_or_else(|| {
-        de::Error::custom("a Channel can only be decoded by receiving it on a yukicomm channel")
-    })?;
+    let node = DECODING
+        .with(|d| d.borrow().as_ref().map(|(n, _)| n.clone()))
+        .ok_or_else(|| {
+            de::Error::custom("a Channel can only be decoded by receiving it on a yukicomm channel")
+        })?;
     Ok((node, EndRef { chan, end }))
 }
 
@@ -128,5 +131,126 @@ impl<'de> de::Deserialize<'de> for ByteVec {
             }
         }
         d.deserialize_bytes(V)
+    }
+}
+
+/// Binary data that travels as MessagePack `bin` and is received without a copy: the
+/// [`Bytes`] it holds is a slice of the received message. Prefer it to `Vec<u8>` (an array
+/// of integers in MessagePack) and to `bytes::Bytes` (copied out on receipt) for large
+/// payloads. A received `Payload` keeps the buffer it was read into alive: copy a small
+/// one that you keep for long.
+///
+/// # Examples
+///
+/// ```
+/// use yukicomm_client::Payload;
+/// let p = Payload::from(vec![1u8, 2, 3]);
+/// assert_eq!(&p[..], &[1, 2, 3]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Payload(pub Bytes);
+
+impl Payload {
+    /// The bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Payload {
+        Payload(b)
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Payload {
+        Payload(Bytes::from(v))
+    }
+}
+
+impl From<&'static [u8]> for Payload {
+    fn from(s: &'static [u8]) -> Payload {
+        Payload(Bytes::from_static(s))
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Payload, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Payload;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("binary data")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Payload, E> {
+                // Inside a message being received: share its buffer instead of copying.
+                let shared = DECODING.with(|d| {
+                    let d = d.borrow();
+                    let (_, body) = d.as_ref()?;
+                    let start = body.as_ptr() as usize;
+                    let at = v.as_ptr() as usize;
+                    (at >= start && at + v.len() <= start + body.len()).then(|| body.slice_ref(v))
+                });
+                Ok(Payload(shared.unwrap_or_else(|| Bytes::copy_from_slice(v))))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Payload, E> {
+                Ok(Payload(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Payload, E> {
+                Ok(Payload(Bytes::from(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Payload, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(Payload(Bytes::from(v)))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_received_payload_shares_the_message_buffer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let node = Node::new(8, rt.handle().clone(), std::time::Duration::from_secs(1));
+        let mut body = Vec::new();
+        let sent = Payload::from(vec![7u8; 1000]);
+        assert!(encode(&mut body, &("tag", &sent)).unwrap().is_empty());
+        let body = Bytes::from(body);
+        let (tag, got): (String, Payload) = decode(&node, &body).unwrap();
+        assert_eq!(tag, "tag");
+        assert_eq!(got, sent);
+        let start = body.as_ptr() as usize;
+        let at = got.as_ptr() as usize;
+        assert!(
+            at >= start && at + got.len() <= start + body.len(),
+            "not copied"
+        );
+        // Outside a receive it is an ordinary copy.
+        let plain: (String, Payload) = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!(plain.1, sent);
     }
 }
