@@ -30,7 +30,15 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     let result = rmp_serde::encode::write_named(buf, value);
     let carried = ENCODING.with(|e| std::mem::replace(&mut *e.borrow_mut(), outer));
     result.map_err(|e| e.to_string())?;
-    Ok(carried.unwrap_or_default())
+    let carried = carried.unwrap_or_default();
+    if carried.len() > u16::MAX as usize {
+        return Err(format!(
+            "a message can carry at most {} channels, not {}",
+            u16::MAX,
+            carried.len()
+        ));
+    }
+    Ok(carried)
 }
 
 /// Decodes a `T` from `body`, binding any channel handles in it to `node`.
