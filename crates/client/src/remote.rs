@@ -39,6 +39,8 @@ use yukicomm_wire::sys::{drain, pipe, poke, pollfd, read_into, wait_readable};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
+/// The socket send buffer asked for (see [`yukicomm_wire::sys::set_send_buffer`]).
+const SEND_BUFFER: usize = 1 << 20;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
 /// How long the background reader leaves the read role to receivers after one of them
@@ -400,6 +402,7 @@ pub(crate) fn connect(
         source,
     };
     let mut stream = UnixStream::connect(path).map_err(io)?;
+    yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
 
     let mut hello = Vec::new();
     encode_control(

@@ -33,6 +33,8 @@ const BURST_WINDOW: Duration = Duration::from_micros(3);
 /// while others keep sending to it, or keeps making requests without reading the
 /// replies, reaches this and is disconnected instead of growing the hub's memory.
 const MAX_BUFFERED: usize = 1 << 30;
+/// The socket send buffer asked for (see [`yukicomm_wire::sys::set_send_buffer`]).
+const SEND_BUFFER: usize = 1 << 20;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
 
@@ -328,6 +330,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
             return;
         }
     }
+    yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
     let stream = Arc::new(stream);
     let id = inner.next_conn_id();
     let conn = Arc::new(Conn {

@@ -109,3 +109,20 @@ pub fn drain(rx: &OwnedFd) {
     // SAFETY: reads into a local buffer from a non-blocking descriptor we own.
     while unsafe { libc::read(rx.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
 }
+
+/// Asks for a send buffer of `bytes` on a socket (the system may cap it). A larger buffer
+/// lets a sender queue more before it must wait for the reader, so large messages and
+/// bursts take fewer system calls and wake-ups.
+pub fn set_send_buffer(fd: RawFd, bytes: usize) {
+    let size = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: passes a pointer to a local int of the size given, as setsockopt expects.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
