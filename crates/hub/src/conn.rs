@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use bytes::BytesMut;
+use std::io::Write;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 use yukicomm_wire::sys::{pollfd, read_into, wait_readable};
@@ -41,7 +45,11 @@ const READ_SIZE: usize = 256 * 1024;
 /// The write side of a connection, shared by every thread that routes to it.
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    stream: Arc<UnixStream>,
+    /// The socket, registered with the runtime for readability only: writes are tried
+    /// directly, and only a write that finds the socket full waits for room (see
+    /// [`wait_writable`]). A registration for writability would wake the runtime every
+    /// time the peer reads.
+    stream: AsyncFd<std::os::unix::net::UnixStream>,
     outbox: Outbox,
     flush: Notify,
     closed: AtomicBool,
@@ -75,7 +83,7 @@ pub(crate) enum Pumped {
 
 impl OutboxSink for Conn {
     fn write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.try_write(buf)
+        self.stream.get_ref().write(buf)
     }
 
     fn wake_flusher(&self) {
@@ -177,7 +185,7 @@ impl Conn {
         deadline: Option<Instant>,
     ) -> Pumped {
         let mut fds = [
-            pollfd(self.stream.as_raw_fd()),
+            pollfd(self.stream.get_ref().as_raw_fd()),
             pollfd(inner.pump_wake.0.as_raw_fd()),
         ];
         let result = loop {
@@ -203,7 +211,7 @@ impl Conn {
             if fds[0].revents == 0 {
                 continue;
             }
-            match read_into(self.stream.as_raw_fd(), &mut rs.buf, READ_SIZE) {
+            match read_into(self.stream.get_ref().as_raw_fd(), &mut rs.buf, READ_SIZE) {
                 Ok(0) => {
                     if !rs.buf.is_empty() {
                         rs.failure = Some("connection closed mid-frame".into());
@@ -252,11 +260,11 @@ async fn flusher(conn: Arc<Conn>) {
                     failure = Some(std::io::ErrorKind::ConnectionAborted);
                     break;
                 }
-                if let Err(e) = conn.stream.writable().await {
+                if let Err(e) = wait_writable(conn.stream.get_ref()).await {
                     failure = Some(e.kind());
                     break;
                 }
-                match conn.stream.try_write(&data[written..]) {
+                match conn.stream.get_ref().write(&data[written..]) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
@@ -276,9 +284,20 @@ async fn flusher(conn: Arc<Conn>) {
     }
 }
 
+/// Waits until a socket that was found full has room again. The registration for
+/// writability lives only for this wait.
+async fn wait_writable(stream: &std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    // SAFETY: the duplicate is a `UnixStream` that owns its descriptor, which stays open
+    // and unchanged until `watch` is dropped at the end of this function.
+    let watch = unsafe { AsyncFd::register_with_interest(stream.try_clone()?, Interest::WRITABLE) }
+        .map_err(std::io::Error::from)?;
+    let _ready = watch.writable().await?;
+    Ok(())
+}
+
 /// Reads one frame, reading more from the socket as needed; `Ok(None)` on a clean close.
 async fn read_frame(
-    stream: &UnixStream,
+    stream: &AsyncFd<std::os::unix::net::UnixStream>,
     buf: &mut BytesMut,
     decoder: &Decoder,
 ) -> Result<Option<Frame>, String> {
@@ -286,31 +305,13 @@ async fn read_frame(
         if let Some(f) = decoder.decode(buf).map_err(|e| e.to_string())? {
             return Ok(Some(f));
         }
-        if !fill(stream, buf).await? {
-            return Ok(None);
-        }
-    }
-}
-
-/// Reads more bytes; `Ok(false)` at end of stream.
-async fn fill(stream: &UnixStream, buf: &mut BytesMut) -> Result<bool, String> {
-    buf.reserve(READ_SIZE);
-    loop {
-        stream.readable().await.map_err(|e| e.to_string())?;
-        match stream.try_read_buf(buf) {
-            Ok(0) => {
-                return if buf.is_empty() {
-                    Ok(false)
-                } else {
-                    Err("connection closed mid-frame".into())
-                };
-            }
-            Ok(_) => return Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            // A peer that dies with unread data resets the connection: a close.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && buf.is_empty() => {
-                return Ok(false)
-            }
+        let mut ready = stream.readable().await.map_err(|e| e.to_string())?;
+        match read_into(stream.get_ref().as_raw_fd(), buf, READ_SIZE) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err("connection closed mid-frame".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.to_string()),
         }
     }
@@ -331,11 +332,25 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
         }
     }
     yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
-    let stream = Arc::new(stream);
+    let registered = stream
+        .into_std()
+        // SAFETY: the `UnixStream` owns its descriptor, which stays open and unchanged
+        // for as long as the `AsyncFd` (and so the connection) lives.
+        .and_then(|s| {
+            unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        });
+    let stream = match registered {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot register a connection: {e}");
+            return;
+        }
+    };
     let id = inner.next_conn_id();
     let conn = Arc::new(Conn {
         id,
-        stream: stream.clone(),
+        stream,
         outbox: Outbox::new(BURST_WINDOW),
         flush: Notify::new(),
         closed: AtomicBool::new(false),
@@ -352,7 +367,8 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     let decoder = Decoder::new(inner.max_frame);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
 
-    let first = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&stream, &mut buf, &decoder)).await;
+    let first =
+        tokio::time::timeout(HELLO_TIMEOUT, read_frame(&conn.stream, &mut buf, &decoder)).await;
     let (req_id, version, name, token) = match first {
         Ok(Ok(Some(Frame::Request {
             id,
@@ -396,14 +412,16 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     tracing::debug!(child = %name, conn = id.0, "child connected");
 
     let reason = loop {
-        tokio::select! {
-            r = stream.readable() => if let Err(e) = r {
-                break Some(e.to_string());
+        let mut ready = tokio::select! {
+            r = conn.stream.readable() => match r {
+                Ok(ready) => ready,
+                Err(e) => break Some(e.to_string()),
             },
             _ = conn.close.notified() => break conn.read.lock().failure.take(),
-        }
+        };
         let step = {
             let Some(mut rs) = conn.read.try_lock() else {
+                drop(ready);
                 // A thread of the main process reads this connection: wait until it is
                 // done (or the connection closes).
                 tokio::select! {
@@ -412,11 +430,15 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                 }
                 continue;
             };
-            match stream.try_read_buf(&mut rs.buf) {
+            match read_into(conn.stream.get_ref().as_raw_fd(), &mut rs.buf, READ_SIZE) {
                 Ok(0) if rs.buf.is_empty() => Err(None),
                 Ok(0) => Err(Some("connection closed mid-frame".to_string())),
                 Ok(_) => conn.process(&inner, &mut rs).map_err(Some),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready.clear_ready();
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
                 // A peer that dies with unread data resets the connection: a close.
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && rs.buf.is_empty() => {
                     Err(None)
