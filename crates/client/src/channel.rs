@@ -238,6 +238,17 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             }));
         }
         if !st.try_take_credit() {
+            // Credit comes back in frames from the hub: read them on this thread rather
+            // than wait for another to.
+            if let Some(t) = self.guard.node.transport() {
+                let ready = || st.has_credit() || st.send_block().is_some();
+                if t.pump(st.key, &ready, deadline) == Pump::Timeout && !st.has_credit() {
+                    return Err(SendTimeoutError::Timeout {
+                        channel: self.name(),
+                        value,
+                    });
+                }
+            }
             match st.wait_credit(deadline) {
                 Ok(true) => {}
                 Ok(false) => {

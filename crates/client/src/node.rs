@@ -139,6 +139,11 @@ impl EndState {
             .is_ok()
     }
 
+    /// Whether a send could take a credit now.
+    pub(crate) fn has_credit(&self) -> bool {
+        self.credits.load(Ordering::Acquire) > 0
+    }
+
     /// Gives back a credit taken for a message that was not sent.
     pub(crate) fn return_credit(&self) {
         self.add_credits(1);
