@@ -1,26 +1,28 @@
-//! One child connection: its reader task, its outbox and its flusher task.
+//! One child connection: its reader thread, its outbox and its flusher task.
 //!
-//! Reading is a role, as on the child's side: usually the connection's task reads, but a
-//! thread of the main process about to block receiving a message this child sends can
-//! take the role ([`Conn::pump`]) and read the socket itself, so that the message reaches
-//! it without a hand-off through the runtime. The task holds the role only while it
-//! reads and routes, never while it waits.
+//! Reading is a role, as on the child's side. Usually the connection's reader thread
+//! holds it: it waits in `poll` on the socket (and on a wake-up pipe) and routes what it
+//! reads. A thread of the main process about to block receiving a message this child
+//! sends can take the role instead ([`Conn::pump`]): the reader steps aside when poked,
+//! and leaves the role alone while that thread keeps coming back, so that the message
+//! reaches its receiver with no hand-off and no other thread wakes for it.
+//!
+//! Writing goes through the [`Outbox`]; the flusher is a task on the runtime, which waits
+//! for room only when a write found the socket full.
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-
 use bytes::BytesMut;
-use std::io::Write;
-
+use parking_lot::{Condvar, Mutex};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UnixStream;
 use tokio::sync::Notify;
-use yukicomm_wire::sys::{pollfd, read_into, wait_readable};
+use yukicomm_wire::sys::{drain, pipe, poke, pollfd, read_into, wait_readable};
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Outbox, OutboxSink, Request,
 };
@@ -41,31 +43,43 @@ const MAX_BUFFERED: usize = 1 << 30;
 const SEND_BUFFER: usize = 1 << 20;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
+/// How long the reader thread leaves the role to a thread of the main process after that
+/// thread last gave it back.
+const LINGER: Duration = Duration::from_micros(200);
+/// The longest the reader thread sleeps while a thread of the main process holds the role.
+const MAX_NAP: Duration = Duration::from_millis(20);
 
-/// The write side of a connection, shared by every thread that routes to it.
+/// A child's connection, shared by every thread that routes to it.
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    /// The socket, registered with the runtime for readability only: writes are tried
-    /// directly, and only a write that finds the socket full waits for room (see
-    /// [`wait_writable`]). A registration for writability would wake the runtime every
-    /// time the peer reads.
-    stream: AsyncFd<std::os::unix::net::UnixStream>,
+    /// The socket, non-blocking.
+    stream: UnixStream,
     outbox: Outbox,
     flush: Notify,
     closed: AtomicBool,
-    close: Notify,
     /// The read role: the bytes read and not yet decoded.
     read: Mutex<ReadSide>,
-    /// Signalled when a thread gives the read role back to the task.
-    read_free: Notify,
     decoder: Decoder,
+    /// Threads of the main process that want the read role.
+    wanted: AtomicUsize,
+    /// Set while the holder of the read role waits in `poll`.
+    polling: AtomicBool,
+    /// Wakes the holder of the read role from `poll` (a poke, or the close).
+    wake: (OwnedFd, OwnedFd),
+    /// The reader thread sleeps here while others hold the role.
+    idle: Mutex<()>,
+    idle_cv: Condvar,
+    /// When a thread of the main process last gave the role back, in nanoseconds
+    /// since `epoch`.
+    released: AtomicU64,
+    epoch: Instant,
 }
 
 /// What the reader of a connection owns.
 struct ReadSide {
     buf: BytesMut,
     frames: Vec<Frame>,
-    /// Why the connection must close, found by a reader that is not the task.
+    /// Why the connection must close, found by a reader that is not the reader thread.
     failure: Option<String>,
 }
 
@@ -83,7 +97,7 @@ pub(crate) enum Pumped {
 
 impl OutboxSink for Conn {
     fn write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        self.stream.get_ref().write(buf)
+        (&self.stream).write(buf)
     }
 
     fn wake_flusher(&self) {
@@ -150,6 +164,29 @@ impl Conn {
         bad.map_or(Ok(()), Err)
     }
 
+    /// One read; `Err` with the reason (`None` for a clean close) when the connection
+    /// is over.
+    fn read_some(&self, rs: &mut ReadSide) -> Result<(), Option<String>> {
+        match read_into(self.stream.as_raw_fd(), &mut rs.buf, READ_SIZE) {
+            Ok(0) if rs.buf.is_empty() => Err(None),
+            Ok(0) => Err(Some("connection closed mid-frame".into())),
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            // A peer that dies with unread data resets the connection: a close.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && rs.buf.is_empty() => {
+                Err(None)
+            }
+            Err(e) => Err(Some(e.to_string())),
+        }
+    }
+
     /// Reads this connection on the calling thread until `ready` holds, `deadline`
     /// passes, or the connection fails; see the module documentation.
     pub(crate) fn pump(
@@ -163,16 +200,30 @@ impl Conn {
         if inner.pumping.swap(true, Ordering::SeqCst) {
             return Pumped::Unavailable;
         }
-        let result = match self.read.try_lock_for(Duration::from_micros(100)) {
-            Some(rs) => {
-                IS_PUMPING.with(|p| p.set(true));
-                let r = self.pump_locked(inner, rs, ready, deadline);
-                IS_PUMPING.with(|p| p.set(false));
-                self.read_free.notify_one();
-                r
+        self.wanted.fetch_add(1, Ordering::SeqCst);
+        IS_PUMPING.with(|p| p.set(true));
+        let result = loop {
+            if ready() {
+                break Pumped::Ready;
             }
-            None => Pumped::Unavailable,
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Pumped::Timeout;
+            }
+            if self.closed.load(Ordering::Acquire) {
+                break Pumped::Unavailable;
+            }
+            // The reader thread steps aside when poked out of `poll`.
+            if self.polling.load(Ordering::SeqCst) {
+                poke(&self.wake.1);
+            }
+            if let Some(rs) = self.read.try_lock_for(Duration::from_micros(50)) {
+                break self.pump_locked(inner, rs, ready, deadline);
+            }
         };
+        IS_PUMPING.with(|p| p.set(false));
+        self.released
+            .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        self.wanted.fetch_sub(1, Ordering::SeqCst);
         inner.pumping.store(false, Ordering::SeqCst);
         result
     }
@@ -185,57 +236,43 @@ impl Conn {
         deadline: Option<Instant>,
     ) -> Pumped {
         let mut fds = [
-            pollfd(self.stream.get_ref().as_raw_fd()),
+            pollfd(self.stream.as_raw_fd()),
+            pollfd(self.wake.0.as_raw_fd()),
             pollfd(inner.pump_wake.0.as_raw_fd()),
         ];
-        let result = loop {
+        loop {
             if let Err(e) = self.process(inner, &mut rs) {
                 rs.failure = Some(e);
+                drop(rs);
                 self.shut();
-                break Pumped::Unavailable;
+                return Pumped::Unavailable;
             }
             if ready() {
-                break Pumped::Ready;
+                return Pumped::Ready;
             }
             if self.closed.load(Ordering::Acquire) {
-                break Pumped::Unavailable;
+                return Pumped::Unavailable;
             }
             match wait_readable(&mut fds, deadline) {
                 Ok(true) => {}
-                Ok(false) => break Pumped::Timeout,
-                Err(_) => break Pumped::Unavailable,
+                Ok(false) => return Pumped::Timeout,
+                Err(_) => return Pumped::Unavailable,
             }
             if fds[1].revents != 0 {
-                yukicomm_wire::sys::drain(&inner.pump_wake.0);
+                drain(&self.wake.0);
             }
-            if fds[0].revents == 0 {
-                continue;
+            if fds[2].revents != 0 {
+                drain(&inner.pump_wake.0);
             }
-            match read_into(self.stream.get_ref().as_raw_fd(), &mut rs.buf, READ_SIZE) {
-                Ok(0) => {
-                    if !rs.buf.is_empty() {
-                        rs.failure = Some("connection closed mid-frame".into());
-                    }
+            if fds[0].revents != 0 {
+                if let Err(reason) = self.read_some(&mut rs) {
+                    rs.failure = reason;
+                    drop(rs);
                     self.shut();
-                    break Pumped::Unavailable;
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    if e.kind() != std::io::ErrorKind::ConnectionReset || !rs.buf.is_empty() {
-                        rs.failure = Some(e.to_string());
-                    }
-                    self.shut();
-                    break Pumped::Unavailable;
+                    return Pumped::Unavailable;
                 }
             }
-        };
-        drop(rs);
-        result
+        }
     }
 
     /// Closes the connection: the reader stops and the hub forgets it.
@@ -243,8 +280,59 @@ impl Conn {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.outbox
                 .break_with(std::io::ErrorKind::ConnectionAborted);
-            self.close.notify_one();
+            poke(&self.wake.1);
+            self.idle_cv.notify_all();
             self.flush.notify_one();
+        }
+    }
+
+    /// The reader thread's loop: reads and routes until the connection closes; returns
+    /// why it closed (`None` for a clean close).
+    fn read_loop(&self, inner: &Inner) -> Option<String> {
+        let mut fds = [
+            pollfd(self.stream.as_raw_fd()),
+            pollfd(self.wake.0.as_raw_fd()),
+        ];
+        // While the main process holds the role for long, check back less and less often.
+        let mut nap = LINGER;
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return self.read.lock().failure.take();
+            }
+            let since_release = (self.epoch.elapsed().as_nanos() as u64)
+                .saturating_sub(self.released.load(Ordering::Acquire));
+            let held = self.wanted.load(Ordering::SeqCst) > 0;
+            if held || since_release < LINGER.as_nanos() as u64 {
+                let mut idle = self.idle.lock();
+                self.idle_cv.wait_for(&mut idle, nap);
+                if held {
+                    nap = (nap * 2).min(MAX_NAP);
+                }
+                continue;
+            }
+            nap = LINGER;
+            let mut rs = self.read.lock();
+            self.polling.store(true, Ordering::SeqCst);
+            if self.wanted.load(Ordering::SeqCst) > 0 {
+                self.polling.store(false, Ordering::SeqCst);
+                continue;
+            }
+            let waited = wait_readable(&mut fds, None);
+            self.polling.store(false, Ordering::SeqCst);
+            if let Err(e) = waited {
+                return Some(e.to_string());
+            }
+            if fds[1].revents != 0 {
+                drain(&self.wake.0);
+            }
+            if fds[0].revents != 0 {
+                if let Err(reason) = self.read_some(&mut rs) {
+                    return reason;
+                }
+                if let Err(e) = self.process(inner, &mut rs) {
+                    return Some(e);
+                }
+            }
         }
     }
 }
@@ -260,13 +348,15 @@ async fn flusher(conn: Arc<Conn>) {
                     failure = Some(std::io::ErrorKind::ConnectionAborted);
                     break;
                 }
-                if let Err(e) = wait_writable(conn.stream.get_ref()).await {
-                    failure = Some(e.kind());
-                    break;
-                }
-                match conn.stream.get_ref().write(&data[written..]) {
+                match (&conn.stream).write(&data[written..]) {
                     Ok(n) => written += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if let Err(e) = wait_writable(&conn.stream).await {
+                            failure = Some(e.kind());
+                            break;
+                        }
+                    }
                     Err(e) => {
                         failure = Some(e.kind());
                         break;
@@ -284,9 +374,10 @@ async fn flusher(conn: Arc<Conn>) {
     }
 }
 
-/// Waits until a socket that was found full has room again. The registration for
-/// writability lives only for this wait.
-async fn wait_writable(stream: &std::os::unix::net::UnixStream) -> std::io::Result<()> {
+/// Waits until a socket that was found full has room again. The registration with the
+/// runtime lives only for this wait: a lasting one would wake the runtime every time the
+/// peer reads.
+async fn wait_writable(stream: &UnixStream) -> std::io::Result<()> {
     // SAFETY: the duplicate is a `UnixStream` that owns its descriptor, which stays open
     // and unchanged until `watch` is dropped at the end of this function.
     let watch = unsafe { AsyncFd::register_with_interest(stream.try_clone()?, Interest::WRITABLE) }
@@ -295,32 +386,37 @@ async fn wait_writable(stream: &std::os::unix::net::UnixStream) -> std::io::Resu
     Ok(())
 }
 
-/// Reads one frame, reading more from the socket as needed; `Ok(None)` on a clean close.
-async fn read_frame(
-    stream: &AsyncFd<std::os::unix::net::UnixStream>,
-    buf: &mut BytesMut,
-    decoder: &Decoder,
-) -> Result<Option<Frame>, String> {
+/// Reads the first frame with a deadline.
+fn read_hello(conn: &Conn, rs: &mut ReadSide) -> Result<Option<Frame>, String> {
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let mut fds = [pollfd(conn.stream.as_raw_fd())];
     loop {
-        if let Some(f) = decoder.decode(buf).map_err(|e| e.to_string())? {
+        if let Some(f) = conn
+            .decoder
+            .decode(&mut rs.buf)
+            .map_err(|e| e.to_string())?
+        {
             return Ok(Some(f));
         }
-        let mut ready = stream.readable().await.map_err(|e| e.to_string())?;
-        match read_into(stream.get_ref().as_raw_fd(), buf, READ_SIZE) {
-            Ok(0) if buf.is_empty() => return Ok(None),
-            Ok(0) => return Err("connection closed mid-frame".into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        match wait_readable(&mut fds, Some(deadline)) {
+            Ok(true) => {}
+            Ok(false) => return Err("no hello in time".into()),
             Err(e) => return Err(e.to_string()),
+        }
+        match conn.read_some(rs) {
+            Ok(()) => {}
+            Err(None) => return Ok(None),
+            Err(Some(e)) => return Err(e),
         }
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
+/// Takes an accepted connection: checks the peer, then serves it on a thread of its
+/// own. Runs on the runtime (the flusher is a task).
+pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
     // Only processes of our own user may connect (the socket's directory is private too).
     match stream.peer_cred() {
+        // SAFETY: geteuid has no preconditions.
         Ok(cred) if cred.uid() == unsafe { libc::geteuid() } => {}
         Ok(cred) => {
             tracing::warn!(uid = cred.uid(), "refused a connection from another user");
@@ -331,19 +427,18 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
             return;
         }
     }
-    yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
-    let registered = stream
-        .into_std()
-        // SAFETY: the `UnixStream` owns its descriptor, which stays open and unchanged
-        // for as long as the `AsyncFd` (and so the connection) lives.
-        .and_then(|s| {
-            unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }
-                .map_err(std::io::Error::from)
-        });
-    let stream = match registered {
+    let stream = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!("cannot register a connection: {e}");
+            tracing::warn!("cannot take a connection: {e}");
+            return;
+        }
+    };
+    yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
+    let wake = match pipe() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot serve a connection: {e}");
             return;
         }
     };
@@ -354,23 +449,35 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
         outbox: Outbox::new(BURST_WINDOW),
         flush: Notify::new(),
         closed: AtomicBool::new(false),
-        close: Notify::new(),
         read: Mutex::new(ReadSide {
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(READ_SIZE),
             frames: Vec::new(),
             failure: None,
         }),
-        read_free: Notify::new(),
         decoder: Decoder::new(inner.max_frame),
+        wanted: AtomicUsize::new(0),
+        polling: AtomicBool::new(false),
+        wake,
+        idle: Mutex::new(()),
+        idle_cv: Condvar::new(),
+        released: AtomicU64::new(0),
+        epoch: Instant::now(),
     });
     tokio::spawn(flusher(conn.clone()));
-    let decoder = Decoder::new(inner.max_frame);
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let spawned = std::thread::Builder::new()
+        .name(format!("yukicomm-conn-{}", id.0))
+        .spawn(move || serve(inner, conn));
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a connection's reader: {e}");
+    }
+}
 
-    let first =
-        tokio::time::timeout(HELLO_TIMEOUT, read_frame(&conn.stream, &mut buf, &decoder)).await;
+/// Serves one connection until it closes.
+fn serve(inner: Arc<Inner>, conn: Arc<Conn>) {
+    let id = conn.id;
+    let first = read_hello(&conn, &mut conn.read.lock());
     let (req_id, version, name, token) = match first {
-        Ok(Ok(Some(Frame::Request {
+        Ok(Some(Frame::Request {
             id,
             body:
                 Request::Hello {
@@ -378,78 +485,27 @@ pub(crate) async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                     name,
                     token,
                 },
-        }))) => (id, version, name, token),
-        Ok(Ok(Some(_))) => {
+        })) => (id, version, name, token),
+        Ok(Some(_)) => {
             tracing::warn!(
                 conn = id.0,
                 "closed a connection whose first frame is not a hello"
             );
-            conn.shut();
-            return;
+            return conn.shut();
         }
-        Ok(Ok(None)) => return conn.shut(),
-        Ok(Err(e)) => {
+        Ok(None) => return conn.shut(),
+        Err(e) => {
             tracing::warn!(conn = id.0, "closed a connection: {e}");
-            conn.shut();
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(
-                conn = id.0,
-                "closed a connection that did not say hello in time"
-            );
-            conn.shut();
-            return;
+            return conn.shut();
         }
     };
     if !inner.accept(conn.clone(), req_id, version, &name, &token) {
         // The refusal is queued; give the flusher a moment to send it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        conn.shut();
-        return;
+        std::thread::sleep(Duration::from_millis(50));
+        return conn.shut();
     }
-    conn.read.lock().buf = buf;
     tracing::debug!(child = %name, conn = id.0, "child connected");
-
-    let reason = loop {
-        let mut ready = tokio::select! {
-            r = conn.stream.readable() => match r {
-                Ok(ready) => ready,
-                Err(e) => break Some(e.to_string()),
-            },
-            _ = conn.close.notified() => break conn.read.lock().failure.take(),
-        };
-        let step = {
-            let Some(mut rs) = conn.read.try_lock() else {
-                drop(ready);
-                // A thread of the main process reads this connection: wait until it is
-                // done (or the connection closes).
-                tokio::select! {
-                    _ = conn.read_free.notified() => {}
-                    _ = conn.close.notified() => break conn.read.lock().failure.take(),
-                }
-                continue;
-            };
-            match read_into(conn.stream.get_ref().as_raw_fd(), &mut rs.buf, READ_SIZE) {
-                Ok(0) if rs.buf.is_empty() => Err(None),
-                Ok(0) => Err(Some("connection closed mid-frame".to_string())),
-                Ok(_) => conn.process(&inner, &mut rs).map_err(Some),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    ready.clear_ready();
-                    Ok(())
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
-                // A peer that dies with unread data resets the connection: a close.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && rs.buf.is_empty() => {
-                    Err(None)
-                }
-                Err(e) => Err(Some(e.to_string())),
-            }
-        };
-        if let Err(reason) = step {
-            break reason;
-        }
-    };
+    let reason = conn.read_loop(&inner);
     match &reason {
         Some(e) => tracing::warn!(child = %name, "closed the connection: {e}"),
         None => tracing::debug!(child = %name, "connection closed"),

@@ -349,7 +349,7 @@ impl Hub {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
-                        tokio::spawn(conn::serve(accept_inner.clone(), stream));
+                        conn::accept(accept_inner.clone(), stream);
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
