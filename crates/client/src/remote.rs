@@ -48,6 +48,9 @@ const READ_SIZE: usize = 256 * 1024;
 /// (no wake-up of the reader, no hand-over). Meanwhile, nothing else reads: messages for
 /// other receivers wait at most this long.
 const LINGER: Duration = Duration::from_micros(200);
+/// A receiver that handled more frames than this in one go is reading a stream: the
+/// background reader then reads on at once, in parallel with it.
+const BULK: usize = 64;
 /// The longest the background reader sleeps while a receiver holds the read role: the
 /// most a message for another receiver can wait once that receiver stops receiving.
 const MAX_NAP: Duration = Duration::from_millis(20);
@@ -320,6 +323,7 @@ impl Transport for Remote {
             return Pump::Unavailable;
         }
         self.wanted.fetch_add(1, Ordering::SeqCst);
+        let mut routed = 0;
         let result = 'outer: loop {
             if ready() {
                 break Pump::Ready;
@@ -340,10 +344,13 @@ impl Transport for Remote {
                 pollfd(self.wake_rx.as_raw_fd()),
             ];
             loop {
-                if let Err(reason) = self.handle_buffered(&mut st) {
-                    drop(st);
-                    self.lose(&reason);
-                    break 'outer Pump::Ready;
+                match self.handle_buffered(&mut st) {
+                    Ok(n) => routed += n,
+                    Err(reason) => {
+                        drop(st);
+                        self.lose(&reason);
+                        break 'outer Pump::Ready;
+                    }
                 }
                 if ready() {
                     break 'outer Pump::Ready;
@@ -382,8 +389,15 @@ impl Transport for Remote {
                 }
             }
         };
-        self.released
-            .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        if routed > BULK {
+            // A stream, not a reply: let the background reader read on while this thread
+            // works through what it got.
+            self.released.store(0, Ordering::Release);
+            self.idle_cv.notify_one();
+        } else {
+            self.released
+                .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        }
         self.wanted.fetch_sub(1, Ordering::SeqCst);
         result
     }

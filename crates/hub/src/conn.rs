@@ -46,6 +46,9 @@ const READ_SIZE: usize = 256 * 1024;
 /// How long the reader thread leaves the role to a thread of the main process after that
 /// thread last gave it back.
 const LINGER: Duration = Duration::from_micros(200);
+/// A receiver that routed more frames than this in one go is reading a stream: the reader
+/// thread then reads on at once, in parallel with it, instead of leaving it the role.
+const BULK: usize = 64;
 /// The longest the reader thread sleeps while a thread of the main process holds the role.
 const MAX_NAP: Duration = Duration::from_millis(20);
 
@@ -151,6 +154,11 @@ impl Conn {
 
     /// Decodes and routes every complete frame read so far.
     fn process(&self, inner: &Inner, rs: &mut ReadSide) -> Result<(), String> {
+        self.process_counted(inner, rs).map(drop)
+    }
+
+    /// As `process`; returns how many frames it routed.
+    fn process_counted(&self, inner: &Inner, rs: &mut ReadSide) -> Result<usize, String> {
         let bad = loop {
             match self.decoder.decode(&mut rs.buf) {
                 Ok(Some(f)) => rs.frames.push(f),
@@ -158,10 +166,11 @@ impl Conn {
                 Err(e) => break Some(e.to_string()),
             }
         };
-        if !rs.frames.is_empty() {
+        let n = rs.frames.len();
+        if n > 0 {
             inner.frames(self.id, &mut rs.frames)?;
         }
-        bad.map_or(Ok(()), Err)
+        bad.map_or(Ok(n), Err)
     }
 
     /// One read; `Err` with the reason (`None` for a clean close) when the connection
@@ -202,6 +211,7 @@ impl Conn {
         }
         self.wanted.fetch_add(1, Ordering::SeqCst);
         IS_PUMPING.with(|p| p.set(true));
+        let mut routed = 0;
         let result = loop {
             if ready() {
                 break Pumped::Ready;
@@ -217,12 +227,19 @@ impl Conn {
                 poke(&self.wake.1);
             }
             if let Some(rs) = self.read.try_lock_for(Duration::from_micros(50)) {
-                break self.pump_locked(inner, rs, ready, deadline);
+                break self.pump_locked(inner, rs, ready, deadline, &mut routed);
             }
         };
         IS_PUMPING.with(|p| p.set(false));
-        self.released
-            .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        if routed > BULK {
+            // A stream, not a reply: let the reader thread read on while this thread
+            // works through what it got.
+            self.released.store(0, Ordering::Release);
+            self.idle_cv.notify_one();
+        } else {
+            self.released
+                .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
+        }
         self.wanted.fetch_sub(1, Ordering::SeqCst);
         inner.pumping.store(false, Ordering::SeqCst);
         result
@@ -234,6 +251,7 @@ impl Conn {
         mut rs: parking_lot::MutexGuard<'_, ReadSide>,
         ready: &dyn Fn() -> bool,
         deadline: Option<Instant>,
+        routed: &mut usize,
     ) -> Pumped {
         let mut fds = [
             pollfd(self.stream.as_raw_fd()),
@@ -241,11 +259,14 @@ impl Conn {
             pollfd(inner.pump_wake.0.as_raw_fd()),
         ];
         loop {
-            if let Err(e) = self.process(inner, &mut rs) {
-                rs.failure = Some(e);
-                drop(rs);
-                self.shut();
-                return Pumped::Unavailable;
+            match self.process_counted(inner, &mut rs) {
+                Ok(n) => *routed += n,
+                Err(e) => {
+                    rs.failure = Some(e);
+                    drop(rs);
+                    self.shut();
+                    return Pumped::Unavailable;
+                }
             }
             if ready() {
                 return Pumped::Ready;
