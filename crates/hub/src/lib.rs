@@ -549,7 +549,7 @@ impl Hub {
 
     /// Lets a thread of the main process that is about to block receiving at `key` read,
     /// itself, the connection of the child that last sent there, until `ready` holds or
-    /// `deadline` passes: no hand-off through the runtime on the way to it. `None` when
+    /// `deadline` passes: no hand-off to another thread on the way to it. `None` when
     /// there is no such connection or another reader holds it: wait on the queue.
     pub fn pump(
         &self,
