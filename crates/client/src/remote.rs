@@ -18,16 +18,16 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures::future::{BoxFuture, FutureExt};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg, ChanId, Decoder, End, EndRef, Frame, Notice, Outbox,
     OutboxSink, Push, Reply, Request, PROTOCOL_VERSION,
@@ -35,7 +35,8 @@ use yukicomm_wire::{
 
 use crate::error::{ConnectError, LinkError};
 use crate::node::{EncodeFn, Node, Pump, Transport, TransportError};
-use yukicomm_wire::sys::{drain, pipe, poke, pollfd, read_into, wait_readable};
+use yukicomm_wire::role::{ReadRole, LINGER};
+use yukicomm_wire::sys::{pollfd, read_into, wait_readable};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
@@ -43,18 +44,6 @@ const BURST_WINDOW: Duration = Duration::from_micros(3);
 const SEND_BUFFER: usize = 1 << 20;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
-/// How long the background reader leaves the read role to receivers after one of them
-/// last held it. A thread receiving in a loop comes back sooner, and finds the role free
-/// (no wake-up of the reader, no hand-over). Meanwhile, nothing else reads: messages for
-/// other receivers wait at most this long.
-const LINGER: Duration = Duration::from_micros(200);
-/// A receiver that handled more frames than this in one go is reading a stream: the
-/// background reader then reads on at once, in parallel with it.
-const BULK: usize = 64;
-/// The longest the background reader sleeps while a receiver holds the read role: the
-/// most a message for another receiver can wait once that receiver stops receiving.
-const MAX_NAP: Duration = Duration::from_millis(20);
-
 /// What the hub said in its welcome.
 #[derive(Debug, Clone)]
 pub(crate) struct Welcome {
@@ -83,19 +72,8 @@ pub(crate) struct Remote {
     max_frame: usize,
     /// The read role.
     role: Mutex<ReadState>,
-    /// Threads that want the read role; the background reader steps aside for them.
-    wanted: AtomicUsize,
-    /// Set while the background reader is in `poll` and must be woken through the pipe.
-    polling: AtomicBool,
-    /// Written to wake the background reader from `poll`.
-    wake_tx: OwnedFd,
-    wake_rx: OwnedFd,
-    /// The background reader waits here while others hold the role.
-    idle: Mutex<()>,
-    idle_cv: Condvar,
-    /// When a receiver last gave the role back, in nanoseconds since `epoch`.
-    released: std::sync::atomic::AtomicU64,
-    epoch: Instant,
+    /// Who may read, and how they hand the role over (see [`ReadRole`]).
+    read_role: ReadRole,
 }
 
 impl OutboxSink for Remote {
@@ -183,15 +161,6 @@ impl Remote {
         }
     }
 
-    /// Wakes whoever holds the read role from `poll`, so that it steps aside.
-    fn poke(&self) {
-        poke(&self.wake_tx);
-    }
-
-    fn drain_pokes(&self) {
-        drain(&self.wake_rx);
-    }
-
     /// The connection is gone: fail everything, once.
     fn lose(&self, reason: &str) {
         if self.lost.swap(true, Ordering::AcqRel) {
@@ -202,7 +171,7 @@ impl Remote {
         self.wake_flusher();
         self.node().connection_lost();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        self.idle_cv.notify_all();
+        self.read_role.wake_all();
         if self.exit_on_disconnect {
             eprintln!("yukicomm: lost the hub connection ({reason}); exiting");
             std::process::exit(70);
@@ -210,37 +179,25 @@ impl Remote {
         tracing::warn!("lost the hub connection: {reason}");
     }
 
-    /// The background reader: holds the read role unless someone else wants it.
+    /// The background reader: holds the read role unless a receiver wants it.
     fn background_reader(&self) {
         let mut fds = [
             pollfd(self.stream.as_raw_fd()),
-            pollfd(self.wake_rx.as_raw_fd()),
+            pollfd(self.read_role.wake_fd()),
         ];
-        // While receivers hold the role for long, check back less and less often.
         let mut nap = LINGER;
         while !self.lost.load(Ordering::Acquire) {
-            let since_release = (self.epoch.elapsed().as_nanos() as u64)
-                .saturating_sub(self.released.load(Ordering::Acquire));
-            let held = self.wanted.load(Ordering::SeqCst) > 0;
-            if held || since_release < LINGER.as_nanos() as u64 {
-                let mut idle = self.idle.lock();
-                self.idle_cv.wait_for(&mut idle, nap);
-                if held {
-                    nap = (nap * 2).min(MAX_NAP);
-                }
+            if !self.read_role.background_may_read(&mut nap) {
                 continue;
             }
-            nap = LINGER;
             let mut st = self.role.lock();
-            self.polling.store(true, Ordering::SeqCst);
-            if self.wanted.load(Ordering::SeqCst) > 0 {
-                self.polling.store(false, Ordering::SeqCst);
+            if !self.read_role.start_polling(0) {
                 continue;
             }
             let ready = wait_readable(&mut fds, None);
-            self.polling.store(false, Ordering::SeqCst);
+            self.read_role.stop_polling();
             if fds[1].revents != 0 {
-                self.drain_pokes();
+                self.read_role.drain_wakes();
             }
             let result = match ready {
                 Err(e) => Err(e.to_string()),
@@ -322,7 +279,7 @@ impl Transport for Remote {
         if self.lost.load(Ordering::Acquire) {
             return Pump::Unavailable;
         }
-        self.wanted.fetch_add(1, Ordering::SeqCst);
+        self.read_role.want();
         let mut routed = 0;
         let result = 'outer: loop {
             if ready() {
@@ -333,15 +290,13 @@ impl Transport for Remote {
             }
             // Whoever holds the role steps aside when it is waiting in `poll`: ask it to.
             // Meanwhile look at our own queue now and then.
-            if self.polling.load(Ordering::SeqCst) {
-                self.poke();
-            }
+            self.read_role.poke_if_polling();
             let Some(mut st) = self.role.try_lock_for(Duration::from_micros(50)) else {
                 continue;
             };
             let mut fds = [
                 pollfd(self.stream.as_raw_fd()),
-                pollfd(self.wake_rx.as_raw_fd()),
+                pollfd(self.read_role.wake_fd()),
             ];
             loop {
                 match self.handle_buffered(&mut st) {
@@ -355,15 +310,15 @@ impl Transport for Remote {
                 if ready() {
                     break 'outer Pump::Ready;
                 }
-                self.polling.store(true, Ordering::SeqCst);
-                let waited = if self.wanted.load(Ordering::SeqCst) > 1 {
+                let waited = if self.read_role.start_polling(1) {
+                    let w = wait_readable(&mut fds, deadline).map(Some);
+                    self.read_role.stop_polling();
+                    w
+                } else {
                     // Someone else wants the role: let them have it, and wait on our
                     // queue, which whoever reads fills.
                     Ok(None)
-                } else {
-                    wait_readable(&mut fds, deadline).map(Some)
                 };
-                self.polling.store(false, Ordering::SeqCst);
                 match waited {
                     Ok(None) => break 'outer Pump::Unavailable,
                     Ok(Some(true)) => {}
@@ -375,8 +330,8 @@ impl Transport for Remote {
                     }
                 }
                 if fds[1].revents != 0 {
-                    self.drain_pokes();
-                    if self.wanted.load(Ordering::SeqCst) > 1 {
+                    self.read_role.drain_wakes();
+                    if self.read_role.others_want(1) {
                         break 'outer Pump::Unavailable;
                     }
                 }
@@ -389,16 +344,7 @@ impl Transport for Remote {
                 }
             }
         };
-        if routed > BULK {
-            // A stream, not a reply: let the background reader read on while this thread
-            // works through what it got.
-            self.released.store(0, Ordering::Release);
-            self.idle_cv.notify_one();
-        } else {
-            self.released
-                .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
-        }
-        self.wanted.fetch_sub(1, Ordering::SeqCst);
+        self.read_role.release(routed);
         result
     }
 }
@@ -482,7 +428,7 @@ pub(crate) fn connect(
         other => return Err(ConnectError::Protocol(format!("{other:?}"))),
     };
 
-    let (wake_rx, wake_tx) = pipe().map_err(io)?;
+    let read_role = ReadRole::new().map_err(io)?;
     let node = Node::new(window, runtime, Duration::from_secs(30));
     let remote = Arc::new(Remote {
         stream,
@@ -499,14 +445,7 @@ pub(crate) fn connect(
             decoder: Decoder::new(max_frame.max(1024)),
             frames: Vec::new(),
         }),
-        wanted: AtomicUsize::new(0),
-        polling: AtomicBool::new(false),
-        wake_tx,
-        wake_rx,
-        idle: Mutex::new(()),
-        idle_cv: Condvar::new(),
-        released: std::sync::atomic::AtomicU64::new(0),
-        epoch: Instant::now(),
+        read_role,
     });
     let _ = remote.node.set(node.clone());
     node.set_transport(remote.clone());

@@ -11,18 +11,19 @@
 //! for room only when a write found the socket full.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
-use yukicomm_wire::sys::{drain, pipe, poke, pollfd, read_into, wait_readable};
+use yukicomm_wire::role::{ReadRole, LINGER};
+use yukicomm_wire::sys::{drain, pollfd, read_into, wait_readable};
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Outbox, OutboxSink, Request,
 };
@@ -43,15 +44,6 @@ const MAX_BUFFERED: usize = 1 << 30;
 const SEND_BUFFER: usize = 1 << 20;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
-/// How long the reader thread leaves the role to a thread of the main process after that
-/// thread last gave it back.
-const LINGER: Duration = Duration::from_micros(200);
-/// A receiver that routed more frames than this in one go is reading a stream: the reader
-/// thread then reads on at once, in parallel with it, instead of leaving it the role.
-const BULK: usize = 64;
-/// The longest the reader thread sleeps while a thread of the main process holds the role.
-const MAX_NAP: Duration = Duration::from_millis(20);
-
 /// A child's connection, shared by every thread that routes to it.
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
@@ -63,19 +55,8 @@ pub(crate) struct Conn {
     /// The read role: the bytes read and not yet decoded.
     read: Mutex<ReadSide>,
     decoder: Decoder,
-    /// Threads of the main process that want the read role.
-    wanted: AtomicUsize,
-    /// Set while the holder of the read role waits in `poll`.
-    polling: AtomicBool,
-    /// Wakes the holder of the read role from `poll` (a poke, or the close).
-    wake: (OwnedFd, OwnedFd),
-    /// The reader thread sleeps here while others hold the role.
-    idle: Mutex<()>,
-    idle_cv: Condvar,
-    /// When a thread of the main process last gave the role back, in nanoseconds
-    /// since `epoch`.
-    released: AtomicU64,
-    epoch: Instant,
+    /// Who may read, and how they hand the role over (see [`ReadRole`]).
+    role: ReadRole,
 }
 
 /// What the reader of a connection owns.
@@ -209,7 +190,7 @@ impl Conn {
         if inner.pumping.swap(true, Ordering::SeqCst) {
             return Pumped::Unavailable;
         }
-        self.wanted.fetch_add(1, Ordering::SeqCst);
+        self.role.want();
         IS_PUMPING.with(|p| p.set(true));
         let mut routed = 0;
         let result = loop {
@@ -223,24 +204,13 @@ impl Conn {
                 break Pumped::Unavailable;
             }
             // The reader thread steps aside when poked out of `poll`.
-            if self.polling.load(Ordering::SeqCst) {
-                poke(&self.wake.1);
-            }
+            self.role.poke_if_polling();
             if let Some(rs) = self.read.try_lock_for(Duration::from_micros(50)) {
                 break self.pump_locked(inner, rs, ready, deadline, &mut routed);
             }
         };
         IS_PUMPING.with(|p| p.set(false));
-        if routed > BULK {
-            // A stream, not a reply: let the reader thread read on while this thread
-            // works through what it got.
-            self.released.store(0, Ordering::Release);
-            self.idle_cv.notify_one();
-        } else {
-            self.released
-                .store(self.epoch.elapsed().as_nanos() as u64, Ordering::Release);
-        }
-        self.wanted.fetch_sub(1, Ordering::SeqCst);
+        self.role.release(routed);
         inner.pumping.store(false, Ordering::SeqCst);
         result
     }
@@ -255,7 +225,7 @@ impl Conn {
     ) -> Pumped {
         let mut fds = [
             pollfd(self.stream.as_raw_fd()),
-            pollfd(self.wake.0.as_raw_fd()),
+            pollfd(self.role.wake_fd()),
             pollfd(inner.pump_wake.0.as_raw_fd()),
         ];
         loop {
@@ -280,7 +250,7 @@ impl Conn {
                 Err(_) => return Pumped::Unavailable,
             }
             if fds[1].revents != 0 {
-                drain(&self.wake.0);
+                self.role.drain_wakes();
             }
             if fds[2].revents != 0 {
                 drain(&inner.pump_wake.0);
@@ -301,8 +271,7 @@ impl Conn {
         if !self.closed.swap(true, Ordering::AcqRel) {
             self.outbox
                 .break_with(std::io::ErrorKind::ConnectionAborted);
-            poke(&self.wake.1);
-            self.idle_cv.notify_all();
+            self.role.wake_all();
             self.flush.notify_one();
         }
     }
@@ -310,41 +279,26 @@ impl Conn {
     /// The reader thread's loop: reads and routes until the connection closes; returns
     /// why it closed (`None` for a clean close).
     fn read_loop(&self, inner: &Inner) -> Option<String> {
-        let mut fds = [
-            pollfd(self.stream.as_raw_fd()),
-            pollfd(self.wake.0.as_raw_fd()),
-        ];
-        // While the main process holds the role for long, check back less and less often.
+        let mut fds = [pollfd(self.stream.as_raw_fd()), pollfd(self.role.wake_fd())];
         let mut nap = LINGER;
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return self.read.lock().failure.take();
             }
-            let since_release = (self.epoch.elapsed().as_nanos() as u64)
-                .saturating_sub(self.released.load(Ordering::Acquire));
-            let held = self.wanted.load(Ordering::SeqCst) > 0;
-            if held || since_release < LINGER.as_nanos() as u64 {
-                let mut idle = self.idle.lock();
-                self.idle_cv.wait_for(&mut idle, nap);
-                if held {
-                    nap = (nap * 2).min(MAX_NAP);
-                }
+            if !self.role.background_may_read(&mut nap) {
                 continue;
             }
-            nap = LINGER;
             let mut rs = self.read.lock();
-            self.polling.store(true, Ordering::SeqCst);
-            if self.wanted.load(Ordering::SeqCst) > 0 {
-                self.polling.store(false, Ordering::SeqCst);
+            if !self.role.start_polling(0) {
                 continue;
             }
             let waited = wait_readable(&mut fds, None);
-            self.polling.store(false, Ordering::SeqCst);
+            self.role.stop_polling();
             if let Err(e) = waited {
                 return Some(e.to_string());
             }
             if fds[1].revents != 0 {
-                drain(&self.wake.0);
+                self.role.drain_wakes();
             }
             if fds[0].revents != 0 {
                 if let Err(reason) = self.read_some(&mut rs) {
@@ -456,8 +410,8 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
         }
     };
     yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
-    let wake = match pipe() {
-        Ok(w) => w,
+    let role = match ReadRole::new() {
+        Ok(r) => r,
         Err(e) => {
             tracing::warn!("cannot serve a connection: {e}");
             return;
@@ -476,13 +430,7 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
             failure: None,
         }),
         decoder: Decoder::new(inner.max_frame),
-        wanted: AtomicUsize::new(0),
-        polling: AtomicBool::new(false),
-        wake,
-        idle: Mutex::new(()),
-        idle_cv: Condvar::new(),
-        released: AtomicU64::new(0),
-        epoch: Instant::now(),
+        role,
     });
     tokio::spawn(flusher(conn.clone()));
     let spawned = std::thread::Builder::new()

@@ -33,6 +33,7 @@ mod codec;
 mod control;
 mod names;
 mod outbox;
+pub mod role;
 pub mod sys;
 
 pub use codec::{
