@@ -56,7 +56,8 @@ pub use yukicomm_client::{
     OnReceiveError, Payload, RecvError, RecvTimeoutError, RegistryError, Result, Selector,
     SendError, SendTimeoutError, TryRecvError, Verdict,
 };
-pub use yukicomm_hub::HubConfig;
+pub use yukicomm_client::{shared_memory, store, Store, StoreError};
+pub use yukicomm_hub::{Clock, Fsync, HubConfig, ManualClock, StoreConfig};
 pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RestartPolicy};
 
 /// The wire format, for tools and other-language clients.
@@ -65,6 +66,7 @@ pub use yukicomm_wire as wire;
 /// The names most programs need.
 pub mod prelude {
     pub use crate::{
-        accept_all, App, Channel, Context, FullPolicy, MainContext, RestartPolicy, Selector,
+        accept_all, shared_memory, App, Channel, Context, FullPolicy, MainContext, RestartPolicy,
+        Selector, Store,
     };
 }

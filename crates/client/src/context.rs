@@ -103,6 +103,7 @@ fn connect_with(
     let name = var(ENV_NAME)?;
     let token = var(ENV_TOKEN)?;
     let (node, welcome) = crate::remote::connect(&path, &name, &token, handle, true)?;
+    crate::store::set_current(&node);
     Ok(Context {
         node,
         name: Arc::from(welcome.name.as_str()),

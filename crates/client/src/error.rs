@@ -332,6 +332,12 @@ pub enum Error {
     /// See [`LinkError`].
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// See [`StoreError`](crate::StoreError).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// See [`SubscriberError`](crate::store::SubscriberError).
+    #[error(transparent)]
+    Subscriber(#[from] crate::store::SubscriberError),
     /// An I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -27,6 +27,7 @@ mod passive;
 pub mod registry;
 mod remote;
 mod select;
+pub mod store;
 mod value;
 
 pub use channel::{Channel, FullPolicy, Iter};
@@ -38,5 +39,6 @@ pub use error::{
 pub use node::{EncodeFn, Node, Pump, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
+pub use store::{shared_memory, Store, StoreError};
 pub use value::Payload;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use parking_lot::{Condvar, Mutex};
+use yukicomm_wire::store::{Delivery, Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef, Event, Frame, Notice, Reply, Request};
 
 use crate::error::LinkError;
@@ -79,6 +80,18 @@ pub trait Transport: Send + Sync + 'static {
         request: Request,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Reply, LinkError>>;
+    /// Sends a store operation and waits for its reply.
+    fn store_call(&self, op: Op, timeout: Duration) -> Result<OpReply, LinkError>;
+    /// Sends a store operation; the future resolves with its reply. Any number may be
+    /// in flight.
+    fn store_call_async(
+        &self,
+        op: Op,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<OpReply, LinkError>>;
+    /// Sends a store operation without waiting. A transport that applies it at once
+    /// returns the reply; otherwise a failure reaches the node later.
+    fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError>;
 }
 
 pub(crate) const MODE_UNSET: u8 = 0;
@@ -260,6 +273,11 @@ pub struct NodeInner {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) request_timeout: Duration,
     lost: AtomicBool,
+    /// This process's subscriptions and watches, by number.
+    pub(crate) subs: Mutex<rustc_hash::FxHashMap<u32, crate::store::SubQueue>>,
+    pub(crate) next_sub: AtomicU32,
+    /// Failures of store writes sent without waiting.
+    pub(crate) nowait_failures: Mutex<crate::store::NowaitFailures>,
 }
 
 /// A process's connection to the yukicomm program: the handle the registry functions,
@@ -294,6 +312,9 @@ impl Node {
                 runtime,
                 request_timeout,
                 lost: AtomicBool::new(false),
+                subs: Mutex::new(rustc_hash::FxHashMap::default()),
+                next_sub: AtomicU32::new(1),
+                nowait_failures: Mutex::new(Default::default()),
             }),
         }
     }
@@ -465,6 +486,21 @@ impl Node {
                     .map(|s| s.label());
                 tracing::warn!(channel = ?label, ?code, "the hub refused a frame: {message}");
             }
+            Frame::Delivery(d) => {
+                let sub = match &d {
+                    Delivery::Message { sub, .. }
+                    | Delivery::Missed { sub, .. }
+                    | Delivery::Changed { sub, .. } => *sub,
+                };
+                // A delivery may cross an unsubscribe: then nobody wants it.
+                if let Some(tx) = self.inner.subs.lock().get(&sub) {
+                    let _ = tx.send(d);
+                }
+            }
+            Frame::OpReply {
+                reply: OpReply::Error { code, message },
+                ..
+            } => self.store_failed(code, message),
             other => tracing::warn!(?other, "unexpected frame from the hub"),
         }
     }
@@ -485,6 +521,7 @@ impl Node {
     /// The hub connection is gone: every end is disconnected and every waiter wakes.
     pub fn connection_lost(&self) {
         self.inner.lost.store(true, Ordering::Release);
+        self.inner.subs.lock().clear();
         let states: Vec<_> = self.inner.ends.lock().values().cloned().collect();
         for s in states {
             s.peer_gone.store(true, Ordering::Release);

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
+use yukicomm_wire::store::{encode_op, Op, OpReply};
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg, ChanId, Decoder, End, EndRef, Frame, Notice, Outbox,
     OutboxSink, Push, Reply, Request, PROTOCOL_VERSION,
@@ -60,8 +61,25 @@ struct ReadState {
     frames: Vec<Frame>,
 }
 
+/// Who waits for the reply to a store operation.
+enum OpWaiter {
+    /// A blocked thread, which may be reading the socket itself.
+    Thread(Arc<OpSlot>),
+    /// A task.
+    Task(tokio::sync::oneshot::Sender<OpReply>),
+}
+
+/// Where a blocked thread's reply lands.
+struct OpSlot {
+    reply: Mutex<Option<OpReply>>,
+    thread: Thread,
+}
+
 pub(crate) struct Remote {
     stream: UnixStream,
+    /// Store operations waiting for their replies, by id.
+    ops: Mutex<rustc_hash::FxHashMap<u32, OpWaiter>>,
+    next_op: AtomicU32,
     outbox: Outbox,
     flusher: OnceLock<Thread>,
     node: OnceLock<Node>,
@@ -122,6 +140,43 @@ impl Remote {
         Ok((id, rx))
     }
 
+    /// Hands a store reply to whoever waits for it.
+    fn op_reply(&self, id: u32, reply: OpReply) {
+        match self.ops.lock().remove(&id) {
+            Some(OpWaiter::Thread(slot)) => {
+                *slot.reply.lock() = Some(reply);
+                slot.thread.unpark();
+            }
+            Some(OpWaiter::Task(tx)) => {
+                let _ = tx.send(reply);
+            }
+            // A reply to an operation sent without waiting is always a failure.
+            None => self.node().dispatch(Frame::OpReply { id, reply }),
+        }
+    }
+
+    /// Sends a store operation; `waiter` (if any) gets its reply.
+    fn send_op(&self, op: &Op, waiter: Option<OpWaiter>) -> Result<u32, LinkError> {
+        let id = self.next_op.fetch_add(1, Ordering::Relaxed);
+        let quiet = waiter.is_none();
+        if let Some(w) = waiter {
+            self.ops.lock().insert(id, w);
+        }
+        if self.lost.load(Ordering::Acquire) {
+            self.ops.lock().remove(&id);
+            return Err(LinkError::Disconnected);
+        }
+        let pushed = self.outbox.push::<()>(self, |buf| {
+            encode_op(buf, id, quiet, op);
+            Ok(())
+        });
+        if pushed.is_err() {
+            self.ops.lock().remove(&id);
+            return Err(LinkError::Disconnected);
+        }
+        Ok(id)
+    }
+
     /// Decodes and hands over every complete frame in the buffer; returns how many.
     fn handle_buffered(&self, st: &mut ReadState) -> Result<usize, String> {
         let mut n = 0;
@@ -132,6 +187,7 @@ impl Remote {
                         let _ = tx.send(body);
                     }
                 }
+                Ok(Some(Frame::OpReply { id, reply })) => self.op_reply(id, reply),
                 Ok(Some(frame)) => st.frames.push(frame),
                 Ok(None) => break Ok(n),
                 Err(e) => break Err(format!("bad frame from the hub: {e}")),
@@ -167,6 +223,11 @@ impl Remote {
             return;
         }
         self.pending.lock().clear();
+        for (_, w) in self.ops.lock().drain() {
+            if let OpWaiter::Thread(slot) = w {
+                slot.thread.unpark();
+            }
+        }
         self.outbox.break_with(std::io::ErrorKind::BrokenPipe);
         self.wake_flusher();
         self.node().connection_lost();
@@ -273,6 +334,65 @@ impl Transport for Remote {
             }
         }
         .boxed()
+    }
+
+    fn store_call(&self, op: Op, timeout: Duration) -> Result<OpReply, LinkError> {
+        let slot = Arc::new(OpSlot {
+            reply: Mutex::new(None),
+            thread: std::thread::current(),
+        });
+        let id = self.send_op(&op, Some(OpWaiter::Thread(slot.clone())))?;
+        let deadline = Instant::now() + timeout;
+        let ready = || slot.reply.lock().is_some() || self.lost.load(Ordering::Acquire);
+        loop {
+            if let Some(r) = slot.reply.lock().take() {
+                return Ok(r);
+            }
+            if self.lost.load(Ordering::Acquire) {
+                return Err(LinkError::Disconnected);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.ops.lock().remove(&id);
+                return slot.reply.lock().take().ok_or(LinkError::Timeout);
+            }
+            // Read the reply on this thread if nobody else is reading; otherwise
+            // whoever reads it wakes this thread.
+            if self.pump(
+                EndRef {
+                    chan: ChanId(0),
+                    end: End::A,
+                },
+                &ready,
+                Some(deadline),
+            ) == Pump::Unavailable
+                && !ready()
+            {
+                std::thread::park_timeout((deadline - now).min(Duration::from_millis(5)));
+            }
+        }
+    }
+
+    fn store_call_async(
+        &self,
+        op: Op,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<OpReply, LinkError>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.send_op(&op, Some(OpWaiter::Task(tx)));
+        async move {
+            sent?;
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(_)) => Err(LinkError::Disconnected),
+                Err(_) => Err(LinkError::Timeout),
+            }
+        }
+        .boxed()
+    }
+
+    fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError> {
+        self.send_op(&op, None).map(|_| None)
     }
 
     fn pump(&self, _key: EndRef, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pump {
@@ -432,6 +552,8 @@ pub(crate) fn connect(
     let node = Node::new(window, runtime, Duration::from_secs(30));
     let remote = Arc::new(Remote {
         stream,
+        ops: Mutex::new(rustc_hash::FxHashMap::default()),
+        next_op: AtomicU32::new(1),
         outbox: Outbox::new(BURST_WINDOW),
         flusher: OnceLock::new(),
         node: OnceLock::new(),

@@ -21,6 +21,7 @@
 
 mod conn;
 pub mod router;
+pub mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ use tokio::sync::mpsc;
 use yukicomm_wire::{ChanId, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
 
 use conn::Conn;
+use store::Store;
+pub use store::{Clock, Fsync, ManualClock, StoreConfig};
+use yukicomm_wire::store::{Op, OpReply};
 
 thread_local! {
     /// Set while this thread holds the router lock and hands frames over.
@@ -58,6 +62,8 @@ pub struct HubConfig {
     /// Directory in which the private socket directory is made. Default:
     /// `$XDG_RUNTIME_DIR`, else the system temporary directory.
     pub socket_parent: Option<PathBuf>,
+    /// The shared store's settings.
+    pub store: StoreConfig,
 }
 
 impl Default for HubConfig {
@@ -66,6 +72,7 @@ impl Default for HubConfig {
             window: 1024,
             max_frame: DEFAULT_MAX_FRAME,
             socket_parent: None,
+            store: StoreConfig::default(),
         }
     }
 }
@@ -106,6 +113,8 @@ pub(crate) struct Inner {
     /// Wakes that thread when something reaches the main process another way.
     pub(crate) pump_wake: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     router: Mutex<Router>,
+    /// The shared store. Never locked together with `router`.
+    store: Mutex<Store>,
     conns: RwLock<HashMap<ConnId, Arc<Conn>>>,
     local: OnceLock<LocalSink>,
     events: mpsc::UnboundedSender<HubEvent>,
@@ -261,19 +270,102 @@ impl Inner {
         }
     }
 
-    /// Frames from a connection, handled under one lock (`frames` is left empty).
+    /// Frames from a connection, in order: channel frames under the router's lock,
+    /// store operations under the store's, one lock per run (`frames` is left empty).
     pub(crate) fn frames(&self, id: ConnId, frames: &mut Vec<Frame>) -> Result<(), String> {
-        self.with_router(|r, out| {
-            for f in frames.drain(..) {
-                r.frame(id, f, out)?;
+        let mut rest = frames.drain(..).peekable();
+        while let Some(first) = rest.peek() {
+            if matches!(first, Frame::Op { .. }) {
+                let mut ops =
+                    std::iter::from_fn(|| rest.next_if(|f| matches!(f, Frame::Op { .. })));
+                self.with_store(|store, out| {
+                    for f in &mut ops {
+                        if let Frame::Op {
+                            id: op_id,
+                            quiet,
+                            op,
+                        } = f
+                        {
+                            let answer = store.apply(id, op, out);
+                            if !quiet || answer.is_error() {
+                                out.encoded(id, &mut |buf| answer.encode(buf, op_id));
+                            }
+                        }
+                    }
+                });
+            } else {
+                let mut run =
+                    std::iter::from_fn(|| rest.next_if(|f| !matches!(f, Frame::Op { .. })));
+                self.with_router(|r, out| {
+                    for f in &mut run {
+                        r.frame(id, f, out)?;
+                    }
+                    Ok::<(), String>(())
+                })?;
             }
-            Ok(())
-        })
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the store; what it produced for the connections is appended under
+    /// the lock (so each connection gets it in the store's order) and written, and what
+    /// it produced for the main process is handed over, after the lock is released.
+    fn with_store<R>(&self, f: impl FnOnce(&mut Store, &mut dyn store::Deliver) -> R) -> R {
+        let conns = self.conns.read();
+        let mut out = Outputs {
+            conns: &conns,
+            kicks: Vec::new(),
+            local: Vec::new(),
+        };
+        let r = {
+            let mut store = self.store.lock();
+            f(&mut store, &mut out)
+        };
+        let Outputs { kicks, local, .. } = out;
+        drop(conns);
+        for c in kicks {
+            c.kick();
+        }
+        if !local.is_empty() {
+            if let Some(sink) = self.local.get() {
+                sink(&mut local.into_iter());
+            }
+        }
+        r
     }
 
     pub(crate) fn disconnected(&self, id: ConnId) {
         self.conns.write().remove(&id);
+        self.store.lock().drop_conn(id);
         self.with_router(|r, out| r.drop_conn(id, out));
+    }
+}
+
+/// Where the store's output goes while its lock is held.
+struct Outputs<'a> {
+    conns: &'a HashMap<ConnId, Arc<Conn>>,
+    kicks: Vec<Arc<Conn>>,
+    local: Vec<Frame>,
+}
+
+impl store::Deliver for Outputs<'_> {
+    fn encoded(&mut self, conn: ConnId, encode: &mut dyn FnMut(&mut Vec<u8>)) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        if c.append_with(|buf| {
+            encode(buf);
+            Ok::<(), ()>(())
+        })
+        .is_ok()
+            && !self.kicks.iter().any(|k| k.id == conn)
+        {
+            self.kicks.push(c.clone());
+        }
+    }
+
+    fn local(&mut self, frame: Frame) {
+        self.local.push(frame);
     }
 }
 
@@ -283,6 +375,7 @@ pub struct Hub {
     dir: PathBuf,
     socket: PathBuf,
     accept: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
     events: Mutex<Option<mpsc::UnboundedReceiver<HubEvent>>>,
 }
 
@@ -328,8 +421,10 @@ impl Hub {
     ///
     /// # Errors
     ///
-    /// If the directory or the socket cannot be created.
+    /// If the directory or the socket cannot be created, or the store's journal cannot
+    /// be opened.
     pub fn bind(config: HubConfig) -> std::io::Result<Hub> {
+        let store = Store::open(config.store.clone())?;
         let dir = private_dir(config.socket_parent.clone())?;
         let socket = dir.join("hub.sock");
         let listener = tokio::net::UnixListener::bind(&socket)?;
@@ -338,6 +433,7 @@ impl Hub {
             pumping: std::sync::atomic::AtomicBool::new(false),
             pump_wake: yukicomm_wire::sys::pipe()?,
             router: Mutex::new(Router::new(config.window)),
+            store: Mutex::new(store),
             conns: RwLock::new(HashMap::new()),
             local: OnceLock::new(),
             events: tx,
@@ -358,11 +454,21 @@ impl Hub {
                 }
             }
         });
+        let sweep_inner = inner.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                sweep_inner.with_store(|s, out| s.sweep(out));
+            }
+        });
         Ok(Hub {
             inner,
             dir,
             socket,
             accept,
+            sweeper,
             events: Mutex::new(Some(rx)),
         })
     }
@@ -569,9 +675,16 @@ impl Hub {
         }
     }
 
+    /// An operation on the shared store from the main process, applied at once.
+    pub fn store_op(&self, op: Op) -> OpReply {
+        self.inner
+            .with_store(|s, out| s.apply(LOCAL, op, out).to_owned_reply())
+    }
+
     /// Stops accepting connections and closes every child connection.
     pub fn shutdown(&self) {
         self.accept.abort();
+        self.sweeper.abort();
         let conns: Vec<_> = self.inner.conns.read().values().cloned().collect();
         for c in conns {
             c.shut();

@@ -479,7 +479,8 @@ impl Router {
                 self.notice(conn, n, out);
                 Ok(())
             }
-            Frame::Reply { .. } | Frame::Event(_) => {
+            Frame::Op { .. } => Err("a store operation reached the router".into()),
+            Frame::Reply { .. } | Frame::Event(_) | Frame::OpReply { .. } | Frame::Delivery(_) => {
                 Err("a process sent a frame only the hub sends".into())
             }
         }

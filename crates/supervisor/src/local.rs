@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use yukicomm_client::{EncodeFn, LinkError, Node, Pump, Transport, TransportError};
 use yukicomm_hub::{Hub, LocalSendError};
+use yukicomm_wire::store::{Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
 
 thread_local! {
@@ -84,6 +85,22 @@ impl Transport for Local {
     ) -> BoxFuture<'static, Result<Reply, LinkError>> {
         futures::future::ready(Ok(self.hub.local_request(request))).boxed()
     }
+
+    fn store_call(&self, op: Op, _timeout: Duration) -> Result<OpReply, LinkError> {
+        Ok(self.hub.store_op(op))
+    }
+
+    fn store_call_async(
+        &self,
+        op: Op,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Result<OpReply, LinkError>> {
+        futures::future::ready(Ok(self.hub.store_op(op))).boxed()
+    }
+
+    fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError> {
+        Ok(Some(self.hub.store_op(op)))
+    }
 }
 
 /// Makes the main process's node and wires it to the hub in both directions.
@@ -95,5 +112,6 @@ pub(crate) fn local_node(hub: Arc<Hub>, runtime: tokio::runtime::Handle) -> Node
     }));
     let dispatch = node.clone();
     hub.set_local(Arc::new(move |frames| dispatch.dispatch_all(frames)));
+    yukicomm_client::store::set_process_node(&node);
     node
 }

@@ -28,6 +28,12 @@ pub enum Kind {
     Notice = 5,
     /// [`Frame::Event`].
     Event = 6,
+    /// [`Frame::Op`].
+    Op = 7,
+    /// [`Frame::OpReply`].
+    OpReply = 8,
+    /// [`Frame::Delivery`].
+    Delivery = 9,
 }
 
 /// Why bytes on a connection are not a valid frame. Any of these ends the connection.
@@ -179,7 +185,22 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
         6 => rmp_serde::from_slice::<Event>(&p)
             .map(Frame::Event)
             .map_err(|e| malformed(Kind::Event, e.to_string())),
+        7 => crate::store::decode_op(p).map(|(id, quiet, op)| Frame::Op { id, quiet, op }),
+        8 => crate::store::decode_op_reply(p).map(|(id, reply)| Frame::OpReply { id, reply }),
+        9 => crate::store::decode_delivery(p).map(Frame::Delivery),
         other => Err(FrameError::UnknownKind(other)),
+    }
+}
+
+/// Appends any frame.
+pub fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
+    match frame {
+        Frame::Msg(m) => encode_msg_raw(out, m.chan, m.to, &m.carried, &m.body),
+        Frame::Credit { chan, end, n } => encode_credit(out, *chan, *end, *n),
+        Frame::Op { id, quiet, op } => crate::store::encode_op(out, *id, *quiet, op),
+        Frame::OpReply { id, reply } => crate::store::encode_op_reply(out, *id, reply),
+        Frame::Delivery(d) => crate::store::encode_delivery(out, d),
+        other => encode_control(out, other),
     }
 }
 
@@ -244,7 +265,7 @@ pub fn encode_credit(out: &mut Vec<u8>, chan: ChanId, end: End, n: u32) {
 ///
 /// # Panics
 ///
-/// If `frame` is a `Msg` or `Credit` frame: use [`encode_msg`] or [`encode_credit`].
+/// If `frame` is not a control frame: use [`encode_frame`].
 pub fn encode_control(out: &mut Vec<u8>, frame: &Frame) {
     let start = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, 0]);
@@ -267,7 +288,11 @@ pub fn encode_control(out: &mut Vec<u8>, frame: &Frame) {
             write_named(out, e);
             Kind::Event
         }
-        Frame::Msg(_) | Frame::Credit { .. } => {
+        Frame::Msg(_)
+        | Frame::Credit { .. }
+        | Frame::Op { .. }
+        | Frame::OpReply { .. }
+        | Frame::Delivery(_) => {
             panic!("encode_control is for control frames only")
         }
     };
@@ -289,11 +314,7 @@ mod tests {
 
     fn roundtrip(frame: Frame) {
         let mut out = Vec::new();
-        match &frame {
-            Frame::Msg(m) => encode_msg_raw(&mut out, m.chan, m.to, &m.carried, &m.body),
-            Frame::Credit { chan, end, n } => encode_credit(&mut out, *chan, *end, *n),
-            other => encode_control(&mut out, other),
-        }
+        encode_frame(&mut out, &frame);
         // Byte at a time: every prefix is "incomplete", never an error.
         let dec = Decoder::new(1024);
         let mut buf = BytesMut::new();
@@ -348,6 +369,114 @@ mod tests {
         roundtrip(Frame::Event(Event::PeerGone {
             chan: ChanId(2),
             end: End::A,
+        }));
+    }
+
+    #[test]
+    fn store_frames_roundtrip() {
+        use crate::store::{ChangeKind, Delivery, Op, OpReply};
+        use bytes::Bytes;
+        let k = || Bytes::from_static(b"user:1");
+        let v = || Bytes::from_static(&[0x92, 1, 2]);
+        let ops = [
+            Op::Get { key: k() },
+            Op::Set {
+                key: k(),
+                value: v(),
+                ttl_ms: Some(1500),
+                if_absent: true,
+            },
+            Op::Set {
+                key: k(),
+                value: v(),
+                ttl_ms: None,
+                if_absent: false,
+            },
+            Op::Delete { key: k() },
+            Op::Contains { key: k() },
+            Op::Incr { key: k(), by: -7 },
+            Op::Cas {
+                key: k(),
+                expected: Some(v()),
+                new: None,
+            },
+            Op::Cas {
+                key: k(),
+                expected: None,
+                new: Some(v()),
+            },
+            Op::Expire {
+                key: k(),
+                ttl_ms: Some(5),
+            },
+            Op::Expire {
+                key: k(),
+                ttl_ms: None,
+            },
+            Op::Ttl { key: k() },
+            Op::Keys {
+                pattern: Bytes::from_static(b"user:*"),
+            },
+            Op::GetAll {
+                pattern: Bytes::from_static(b"*"),
+            },
+            Op::Len,
+            Op::Publish {
+                topic: Bytes::from_static(b"events.a"),
+                body: v(),
+            },
+            Op::Subscribe {
+                sub: 3,
+                credit: 64,
+                pattern: Bytes::from_static(b"events.*"),
+            },
+            Op::Unsubscribe { sub: 3 },
+            Op::Watch {
+                sub: 4,
+                credit: 8,
+                prefix: true,
+                key: k(),
+            },
+            Op::Credit { sub: 4, n: 2 },
+            Op::Sync,
+        ];
+        for (i, op) in ops.into_iter().enumerate() {
+            roundtrip(Frame::Op {
+                id: i as u32,
+                quiet: i % 2 == 0,
+                op,
+            });
+        }
+        let replies = [
+            OpReply::Done,
+            OpReply::Value(v()),
+            OpReply::Nil,
+            OpReply::Int(-2),
+            OpReply::Bool(true),
+            OpReply::Keys(vec!["a".into(), "b".into()]),
+            OpReply::Entries(vec![("a".into(), v())]),
+            OpReply::Error {
+                code: ErrorCode::InvalidKey,
+                message: "bad key".into(),
+            },
+        ];
+        for (i, reply) in replies.into_iter().enumerate() {
+            roundtrip(Frame::OpReply {
+                id: i as u32,
+                reply,
+            });
+        }
+        roundtrip(Frame::Delivery(Delivery::Message {
+            sub: 1,
+            topic: Bytes::from_static(b"t"),
+            body: v(),
+        }));
+        roundtrip(Frame::Delivery(Delivery::Missed { sub: 1, count: 9 }));
+        roundtrip(Frame::Delivery(Delivery::Changed {
+            sub: 1,
+            kind: ChangeKind::Deleted,
+            key: k(),
+            value: Bytes::new(),
         }));
     }
 

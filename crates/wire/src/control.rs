@@ -151,6 +151,18 @@ pub enum ErrorCode {
     UnknownProcess,
     /// The hub is shutting down.
     ShuttingDown,
+    /// A store key (or topic, or pattern) is empty, too long or not valid UTF-8.
+    InvalidKey,
+    /// A value or message exceeds the store's limit.
+    TooLarge,
+    /// The stored value is not an integer.
+    NotAnInteger,
+    /// The integer would overflow.
+    Overflow,
+    /// The store could not write its journal; nothing changed.
+    Storage,
+    /// The process has too many subscriptions and watches.
+    TooManySubscriptions,
 }
 
 /// A one-way message from a process to the hub.

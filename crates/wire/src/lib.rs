@@ -34,11 +34,12 @@ mod control;
 mod names;
 mod outbox;
 pub mod role;
+pub mod store;
 pub mod sys;
 
 pub use codec::{
-    encode_control, encode_credit, encode_msg, encode_msg_raw, Decoder, FrameError, Kind,
-    HEADER_LEN,
+    encode_control, encode_credit, encode_frame, encode_msg, encode_msg_raw, Decoder, FrameError,
+    Kind, HEADER_LEN,
 };
 pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
@@ -161,6 +162,24 @@ pub enum Frame {
     Notice(Notice),
     /// A one-way message from the hub to a process.
     Event(Event),
+    /// An operation on the shared store (see [`store`]).
+    Op {
+        /// Chosen by the requester, echoed in the reply.
+        id: u32,
+        /// Reply only if the operation fails.
+        quiet: bool,
+        /// What to do.
+        op: store::Op,
+    },
+    /// The answer to an [`Frame::Op`].
+    OpReply {
+        /// The operation's id.
+        id: u32,
+        /// The answer.
+        reply: store::OpReply,
+    },
+    /// A publication or a watched change, for a subscription of the receiving process.
+    Delivery(store::Delivery),
 }
 
 /// Environment variable holding the path of the hub's socket, set for every child.
