@@ -381,6 +381,12 @@ impl Journal {
         }
     }
 
+    /// Whether records are waiting in the batch.
+    #[cfg(test)]
+    pub fn has_pending(&self) -> bool {
+        !self.batch.is_empty()
+    }
+
     /// Writes the batch with one `write(2)` and syncs as the [`Fsync`] policy says.
     ///
     /// Call it before acknowledging the writes in the batch: once it returns `Ok`, they
