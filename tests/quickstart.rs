@@ -40,3 +40,23 @@ fn restart_example_shows_a_new_pid_each_time() {
     pids.dedup();
     assert_eq!(pids.len(), 3, "each start is a new process: {line}");
 }
+
+#[test]
+fn shared_store_example_counts_and_hears_every_event() {
+    let _w = support::watchdog(
+        "shared_store_example_counts_and_hears_every_event",
+        Duration::from_secs(60),
+    );
+    let stdout = support::run_example("shared_store", &["--rounds", "4", "--interval-ms", "20"]);
+    assert!(stdout.contains("final counter: 8"), "{stdout}");
+    let count = |prefix: &str, text: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.starts_with(prefix) && l.contains(text))
+            .count()
+    };
+    // Each worker hears every round of the other; the main process hears all eight.
+    assert_eq!(count("[worker-a]", "heard worker-b round"), 4, "{stdout}");
+    assert_eq!(count("[worker-b]", "heard worker-a round"), 4, "{stdout}");
+    assert_eq!(count("", "event on events.worker-"), 8, "{stdout}");
+}
