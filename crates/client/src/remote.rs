@@ -356,18 +356,24 @@ impl Transport for Remote {
                 self.ops.lock().remove(&id);
                 return slot.reply.lock().take().ok_or(LinkError::Timeout);
             }
-            // Read the reply on this thread if nobody else is reading; otherwise
-            // whoever reads it wakes this thread.
-            if self.pump(
-                EndRef {
-                    chan: ChanId(0),
-                    end: End::A,
-                },
-                &ready,
-                Some(deadline),
-            ) == Pump::Unavailable
-                && !ready()
-            {
+            // Read the reply on this thread if no other thread is waiting to; otherwise
+            // whoever reads it wakes this thread. Many threads taking turns at the
+            // socket would only pass the role around.
+            let pumped = !self.read_role.others_want(0)
+                && self.pump(
+                    EndRef {
+                        chan: ChanId(0),
+                        end: End::A,
+                    },
+                    &ready,
+                    Some(deadline),
+                ) != Pump::Unavailable;
+            if pumped {
+                // Others wait for replies too: let the reader thread take over at once.
+                if !self.ops.lock().is_empty() {
+                    self.read_role.read_on();
+                }
+            } else if !ready() {
                 std::thread::park_timeout((deadline - now).min(Duration::from_millis(5)));
             }
         }

@@ -145,6 +145,13 @@ impl ReadRole {
         self.wanted.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Lets the background reader read at once, without lingering: a receiver gave the
+    /// role back while others still wait for what the connection brings.
+    pub fn read_on(&self) {
+        self.released.store(0, Ordering::Release);
+        self.idle_cv.notify_one();
+    }
+
     /// Wakes every party (the connection is closing).
     pub fn wake_all(&self) {
         poke(&self.wake.1);
