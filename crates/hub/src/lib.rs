@@ -23,13 +23,13 @@ mod conn;
 pub mod router;
 pub mod store;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
+use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use yukicomm_wire::{ChanId, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
 
@@ -43,6 +43,8 @@ thread_local! {
     static IN_ROUTER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Frames the main process sent while `IN_ROUTER` was set.
     static DEFERRED: std::cell::RefCell<Vec<Frame>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The buffer a run of store replies is encoded into (reused).
+    static REPLIES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Buffers `with_router` reuses.
     static SCRATCH: std::cell::RefCell<(Vec<Out>, Vec<Arc<Conn>>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -115,7 +117,7 @@ pub(crate) struct Inner {
     router: Mutex<Router>,
     /// The shared store. Never locked together with `router`.
     store: Mutex<Store>,
-    conns: RwLock<HashMap<ConnId, Arc<Conn>>>,
+    conns: RwLock<FxHashMap<ConnId, Arc<Conn>>>,
     local: OnceLock<LocalSink>,
     events: mpsc::UnboundedSender<HubEvent>,
     next_conn: AtomicU64,
@@ -278,6 +280,8 @@ impl Inner {
             if matches!(first, Frame::Op { .. }) {
                 let mut ops =
                     std::iter::from_fn(|| rest.next_if(|f| matches!(f, Frame::Op { .. })));
+                // The replies of a run go to the connection in one append.
+                let mut replies = REPLIES.with(|r| std::mem::take(&mut *r.borrow_mut()));
                 self.with_store(|store, out| {
                     for f in &mut ops {
                         if let Frame::Op {
@@ -288,11 +292,20 @@ impl Inner {
                         {
                             let answer = store.apply(id, op, out);
                             if !quiet || answer.is_error() {
-                                out.encoded(id, &mut |buf| answer.encode(buf, op_id));
+                                answer.encode(&mut replies, op_id);
                             }
                         }
                     }
+                    if !replies.is_empty() {
+                        out.encoded(id, &mut |buf| buf.extend_from_slice(&replies));
+                    }
                 });
+                replies.clear();
+                if replies.capacity() > 1 << 20 {
+                    // Not worth keeping after a large `get_all`.
+                    replies = Vec::new();
+                }
+                REPLIES.with(|r| *r.borrow_mut() = replies);
             } else {
                 let mut run =
                     std::iter::from_fn(|| rest.next_if(|f| !matches!(f, Frame::Op { .. })));
@@ -343,7 +356,7 @@ impl Inner {
 
 /// Where the store's output goes while its lock is held.
 struct Outputs<'a> {
-    conns: &'a HashMap<ConnId, Arc<Conn>>,
+    conns: &'a FxHashMap<ConnId, Arc<Conn>>,
     kicks: Vec<Arc<Conn>>,
     local: Vec<Frame>,
 }
@@ -434,7 +447,7 @@ impl Hub {
             pump_wake: yukicomm_wire::sys::pipe()?,
             router: Mutex::new(Router::new(config.window)),
             store: Mutex::new(store),
-            conns: RwLock::new(HashMap::new()),
+            conns: RwLock::new(FxHashMap::default()),
             local: OnceLock::new(),
             events: tx,
             next_conn: AtomicU64::new(1),
