@@ -147,11 +147,31 @@ pub fn example(name: &str) -> std::path::PathBuf {
 /// Runs an example to its end with `args`; returns its standard output, after checking
 /// that it exited 0.
 pub fn run_example(name: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new(example(name))
+    let child = std::process::Command::new(example(name))
         .args(args)
         .env("RUST_LOG", "info")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("the example runs");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("the example runs");
+    // A clean exit leaves no socket directory behind.
+    let parents = [std::env::temp_dir()]
+        .into_iter()
+        .chain(std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from));
+    for parent in parents {
+        let prefix = format!("yukicomm-{pid}-");
+        if let Ok(entries) = std::fs::read_dir(&parent) {
+            for e in entries.flatten() {
+                assert!(
+                    !e.file_name().to_string_lossy().starts_with(&prefix),
+                    "{name} left {} behind",
+                    e.path().display()
+                );
+            }
+        }
+    }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -694,10 +694,13 @@ impl Hub {
             .with_store(|s, out| s.apply(LOCAL, op, out).to_owned_reply())
     }
 
-    /// Stops accepting connections and closes every child connection.
+    /// Stops accepting connections, closes every child connection, and removes the
+    /// socket and its directory.
     pub fn shutdown(&self) {
         self.accept.abort();
         self.sweeper.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
         let conns: Vec<_> = self.inner.conns.read().values().cloned().collect();
         for c in conns {
             c.shut();
@@ -708,7 +711,5 @@ impl Hub {
 impl Drop for Hub {
     fn drop(&mut self) {
         self.shutdown();
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
