@@ -46,7 +46,7 @@ async fn worker(ctx: Context) -> yukicomm::Result<()> {
     let me = ctx.name().to_string();
 
     // Hear the other worker.
-    let events = store.subscriber::<Event>("events.*")?;
+    let events = store.subscriber_async::<Event>("events.*").await?;
     let listener_me = me.clone();
     tokio::spawn(async move {
         while let Ok(e) = events.recv_async().await {
@@ -60,7 +60,7 @@ async fn worker(ctx: Context) -> yukicomm::Result<()> {
     });
 
     // Start together: count in, and wait until both have.
-    let ready = store.watch("ready")?;
+    let ready = store.watch_async("ready").await?;
     let mut count = store.incr_async("ready", 1).await?;
     while count < WORKERS.len() as i64 {
         let change = ready.recv_async().await?;

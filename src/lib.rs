@@ -9,6 +9,8 @@
 //! - The registry ([`Node::get_channel`], [`Node::set_channel`], [`Node::get_channels`])
 //!   is reachable from the main process ([`MainContext`]) and from every child
 //!   ([`Context`]). Every child `NAME` has the channels `NAME-active` and `NAME-passive`.
+//! - [`shared_memory()`] is the shared key-value store with publish/subscribe, held by
+//!   the hub and the same from every process ([`Store`]).
 //!
 //! The layers are separate crates: `yukicomm-wire` (frames and codec),
 //! `yukicomm-client` (what every process links), `yukicomm-hub` (the router in the main

@@ -4,6 +4,8 @@
 //!   non-blocking and async sends and receives, passive handlers, [`Selector`].
 //! - [`Node`]: the process's connection: the channel registry and process control.
 //! - [`Context`] and [`connect`]: what a child process gets.
+//! - [`Store`] ([`shared_memory`]): the shared key-value store with publish/subscribe,
+//!   the same from every process.
 //!
 //! A child started by a yukicomm supervisor joins with [`connect`]:
 //!

@@ -1,13 +1,15 @@
 //! yukicomm's hub: the router in the main process.
 //!
 //! The hub owns the channel registry and routes every channel message between
-//! processes. Each child has one connection to it, over a Unix domain socket in a private
+//! processes. It also holds the program's shared key-value store, with publish/subscribe
+//! and watches ([`store`]). Each child has one connection to it, over a Unix domain socket in a private
 //! directory (mode `0700`); the hub checks the peer's user id and the child's token
 //! before anything else. The main process talks to the hub through direct calls, with no
 //! socket in between ([`Hub::local_frames`], [`Hub::local_request`]).
 //!
-//! The state lives in [`router`] behind one mutex, held only for short non-blocking
-//! sections; frames produced while it is held are written after it is released.
+//! The channel state lives in [`router`] behind one mutex, and the store in [`store`]
+//! behind another (never held together), each held only for short non-blocking
+//! sections; frames produced while one is held are written after it is released.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -290,6 +292,8 @@ impl Inner {
                             op,
                         } = f
                         {
+                            // Credit is never answered.
+                            let quiet = quiet || matches!(op, Op::Credit { .. });
                             let answer = store.apply(id, op, out);
                             if !quiet || answer.is_error() {
                                 answer.encode(&mut replies, op_id);

@@ -106,6 +106,24 @@ pub enum SubscriberError {
     },
 }
 
+/// A subscription being set up: undone if it fails or its future is dropped.
+struct Starting {
+    node: Node,
+    sub: u32,
+    armed: bool,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if self.armed {
+            self.node.inner.subs.lock().remove(&self.sub);
+            if let Ok(t) = self.node.transport() {
+                let _ = t.store_send(Op::Unsubscribe { sub: self.sub });
+            }
+        }
+    }
+}
+
 /// What every kind of subscription shares: its number, its queue, its credit.
 struct Core {
     node: Node,
@@ -120,8 +138,13 @@ struct Core {
 }
 
 impl Core {
-    /// Registers a subscription (`watch`: `Some(prefix)`) with the hub.
-    fn start(store: &Store, pattern: &str, watch: Option<bool>) -> Result<Core, StoreError> {
+    /// Prepares a subscription (`watch`: `Some(prefix)`): its number and queue, and the
+    /// operation that registers it with the hub.
+    fn prepare(
+        store: &Store,
+        pattern: &str,
+        watch: Option<bool>,
+    ) -> Result<(Starting, flume::Receiver<Delivery>, Op), StoreError> {
         let node = store.node()?.clone();
         let key = key_bytes(pattern).or_else(|e| match watch {
             Some(true) if pattern.is_empty() => Ok(Bytes::new()),
@@ -143,30 +166,57 @@ impl Core {
                 key,
             },
         };
-        let granted = match store.call(pattern, op) {
-            Ok(OpReply::Int(n)) => n.clamp(1, ASK_CREDIT as i64) as u32,
-            Ok(OpReply::Error { code, message }) => {
-                node.inner.subs.lock().remove(&sub);
-                return Err(StoreError::from_reply(pattern, code, message));
+        Ok((
+            Starting {
+                node,
+                sub,
+                armed: true,
+            },
+            rx,
+            op,
+        ))
+    }
+
+    /// Completes a subscription with the hub's answer.
+    fn finish(
+        mut starting: Starting,
+        rx: flume::Receiver<Delivery>,
+        pattern: &str,
+        reply: Result<OpReply, StoreError>,
+    ) -> Result<Core, StoreError> {
+        let granted = match reply? {
+            OpReply::Int(n) => n.clamp(1, ASK_CREDIT as i64) as u32,
+            OpReply::Error { code, message } => {
+                return Err(StoreError::from_reply(pattern, code, message))
             }
-            Ok(other) => {
-                node.inner.subs.lock().remove(&sub);
-                return Err(super::unexpected(pattern, other));
-            }
-            Err(e) => {
-                node.inner.subs.lock().remove(&sub);
-                return Err(e);
-            }
+            other => return Err(super::unexpected(pattern, other)),
         };
+        starting.armed = false;
         Ok(Core {
-            node,
-            sub,
+            node: starting.node.clone(),
+            sub: starting.sub,
             pattern: pattern.to_string(),
             rx,
             consumed: AtomicU32::new(0),
             batch: (granted / 2).max(1),
             missed: AtomicU64::new(0),
         })
+    }
+
+    fn start(store: &Store, pattern: &str, watch: Option<bool>) -> Result<Core, StoreError> {
+        let (starting, rx, op) = Core::prepare(store, pattern, watch)?;
+        let reply = store.call(pattern, op);
+        Core::finish(starting, rx, pattern, reply)
+    }
+
+    async fn start_async(
+        store: &Store,
+        pattern: &str,
+        watch: Option<bool>,
+    ) -> Result<Core, StoreError> {
+        let (starting, rx, op) = Core::prepare(store, pattern, watch)?;
+        let reply = store.call_async(pattern, op).await;
+        Core::finish(starting, rx, pattern, reply)
     }
 
     /// Counts a consumed delivery and returns credit in batches.
@@ -492,6 +542,25 @@ impl Store {
         })
     }
 
+    /// Async [`subscriber`](Store::subscriber).
+    ///
+    /// # Errors
+    ///
+    /// As [`subscriber`](Store::subscriber).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a subscription whose future is dropped is ended.
+    pub async fn subscriber_async<T: DeserializeOwned>(
+        &self,
+        pattern: &str,
+    ) -> Result<Subscriber<T>, StoreError> {
+        Ok(Subscriber {
+            core: Core::start_async(self, pattern, None).await?,
+            _t: std::marker::PhantomData,
+        })
+    }
+
     /// Subscribes to `pattern` and runs `handler` for every message, one at a time, in
     /// order, on the process's runtime. The handler may be sync or async, and may
     /// return `()` or a `Result`; a failure or a panic is logged and the next message
@@ -559,6 +628,36 @@ impl Store {
     pub fn watch(&self, key: &str) -> Result<Watch, StoreError> {
         Ok(Watch {
             core: Core::start(self, key, Some(false))?,
+        })
+    }
+
+    /// Async [`watch`](Store::watch).
+    ///
+    /// # Errors
+    ///
+    /// As [`watch`](Store::watch).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a watch whose future is dropped is ended.
+    pub async fn watch_async(&self, key: &str) -> Result<Watch, StoreError> {
+        Ok(Watch {
+            core: Core::start_async(self, key, Some(false)).await?,
+        })
+    }
+
+    /// Async [`watch_prefix`](Store::watch_prefix).
+    ///
+    /// # Errors
+    ///
+    /// As [`watch`](Store::watch).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a watch whose future is dropped is ended.
+    pub async fn watch_prefix_async(&self, prefix: &str) -> Result<Watch, StoreError> {
+        Ok(Watch {
+            core: Core::start_async(self, prefix, Some(true)).await?,
         })
     }
 
