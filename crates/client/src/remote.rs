@@ -43,6 +43,8 @@ use yukicomm_wire::sys::{pollfd, read_into, wait_readable};
 const BURST_WINDOW: Duration = Duration::from_micros(3);
 /// The socket send buffer asked for (see [`yukicomm_wire::sys::set_send_buffer`]).
 const SEND_BUFFER: usize = 1 << 20;
+/// The longest a blocking read of the socket waits before its caller looks around.
+const READ_TIMEOUT: Duration = Duration::from_millis(50);
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
 /// What the hub said in its welcome.
@@ -240,6 +242,42 @@ impl Remote {
         tracing::warn!("lost the hub connection: {reason}");
     }
 
+    /// Reads the socket on this thread, with blocking reads, until `ready` holds: for a
+    /// thread waiting for a store reply, which the hub sends at once, so each read
+    /// returns within a round trip (or at the socket's receive timeout). A blocking read
+    /// saves the `poll` before it, and the wake-up that goes with it. Returns `false`
+    /// without reading if another thread holds the role.
+    fn read_reply(&self, ready: &dyn Fn() -> bool, deadline: Instant) -> bool {
+        self.read_role.want();
+        self.read_role.poke_if_polling();
+        let Some(mut st) = self.role.try_lock_for(Duration::from_micros(200)) else {
+            self.read_role.release(0);
+            return false;
+        };
+        let mut handled = 0;
+        loop {
+            match self.handle_buffered(&mut st) {
+                Ok(n) => handled += n,
+                Err(reason) => {
+                    drop(st);
+                    self.lose(&reason);
+                    break;
+                }
+            }
+            // Step aside for a receiver that wants the role, as a poller would.
+            if ready() || self.read_role.others_want(1) || Instant::now() >= deadline {
+                break;
+            }
+            if let Err(reason) = self.read_some(&mut st) {
+                drop(st);
+                self.lose(&reason);
+                break;
+            }
+        }
+        self.read_role.release(handled);
+        true
+    }
+
     /// The background reader: holds the read role unless a receiver wants it.
     fn background_reader(&self) {
         let mut fds = [
@@ -359,15 +397,7 @@ impl Transport for Remote {
             // Read the reply on this thread if no other thread is waiting to; otherwise
             // whoever reads it wakes this thread. Many threads taking turns at the
             // socket would only pass the role around.
-            let pumped = !self.read_role.others_want(0)
-                && self.pump(
-                    EndRef {
-                        chan: ChanId(0),
-                        end: End::A,
-                    },
-                    &ready,
-                    Some(deadline),
-                ) != Pump::Unavailable;
+            let pumped = !self.read_role.others_want(0) && self.read_reply(&ready, deadline);
             if pumped {
                 // Others wait for replies too: let the reader thread take over at once.
                 if !self.ops.lock().is_empty() {
@@ -526,7 +556,8 @@ pub(crate) fn connect(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    stream.set_read_timeout(None).map_err(io)?;
+    // Reads that block (see `Remote::read_reply`) come back at least this often.
+    stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(io)?;
     let (window, max_frame, welcome) = match reply {
         Frame::Reply {
             body:
