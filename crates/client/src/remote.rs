@@ -43,6 +43,8 @@ use yukicomm_wire::sys::{pollfd, read_into, wait_readable};
 const BURST_WINDOW: Duration = Duration::from_micros(3);
 /// The socket send buffer asked for (see [`yukicomm_wire::sys::set_send_buffer`]).
 const SEND_BUFFER: usize = 1 << 20;
+/// How often overdue store operations of tasks are looked for.
+const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// The longest a blocking read of the socket waits before its caller looks around.
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 /// Bytes read from the socket at a time.
@@ -68,7 +70,11 @@ enum OpWaiter {
     /// A blocked thread, which may be reading the socket itself.
     Thread(Arc<OpSlot>),
     /// A task.
-    Task(tokio::sync::oneshot::Sender<OpReply>),
+    /// A task; it fails with `Timeout` at its deadline (see `expire_ops`).
+    Task(
+        tokio::sync::oneshot::Sender<Result<OpReply, LinkError>>,
+        Instant,
+    ),
 }
 
 /// Where a blocked thread's reply lands.
@@ -149,11 +155,27 @@ impl Remote {
                 *slot.reply.lock() = Some(reply);
                 slot.thread.unpark();
             }
-            Some(OpWaiter::Task(tx)) => {
-                let _ = tx.send(reply);
+            Some(OpWaiter::Task(tx, _)) => {
+                let _ = tx.send(Ok(reply));
             }
             // A reply to an operation sent without waiting is always a failure.
             None => self.node().dispatch(Frame::OpReply { id, reply }),
+        }
+    }
+
+    /// Fails the tasks whose store operations are past their deadline.
+    fn expire_ops(&self) {
+        let now = Instant::now();
+        let mut ops = self.ops.lock();
+        let overdue: Vec<u32> = ops
+            .iter()
+            .filter(|(_, w)| matches!(w, OpWaiter::Task(_, d) if *d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            if let Some(OpWaiter::Task(tx, _)) = ops.remove(&id) {
+                let _ = tx.send(Err(LinkError::Timeout));
+            }
         }
     }
 
@@ -415,14 +437,11 @@ impl Transport for Remote {
         timeout: Duration,
     ) -> BoxFuture<'static, Result<OpReply, LinkError>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.send_op(&op, Some(OpWaiter::Task(tx)));
+        let sent = self.send_op(&op, Some(OpWaiter::Task(tx, Instant::now() + timeout)));
+        // No timer per operation: the flusher thread fails overdue ones (`expire_ops`).
         async move {
             sent?;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(LinkError::Disconnected),
-                Err(_) => Err(LinkError::Timeout),
-            }
+            rx.await.unwrap_or(Err(LinkError::Disconnected))
         }
         .boxed()
     }
@@ -624,8 +643,13 @@ pub(crate) fn connect(
 }
 
 fn flusher_loop(remote: &Remote) {
+    let mut next_expiry = Instant::now() + EXPIRY_CHECK;
     loop {
-        std::thread::park();
+        std::thread::park_timeout(EXPIRY_CHECK);
+        if Instant::now() >= next_expiry {
+            remote.expire_ops();
+            next_expiry = Instant::now() + EXPIRY_CHECK;
+        }
         while let Some(data) = remote.outbox.take_for_flush() {
             let result = (&remote.stream).write_all(&data);
             remote.outbox.flushed(data, result.err().map(|e| e.kind()));
