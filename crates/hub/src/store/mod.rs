@@ -304,13 +304,12 @@ impl Store {
 
     /// Stores without journal or notification.
     fn put(&mut self, key: &[u8], value: &[u8], expires_at: Option<u64>) {
-        let old = self.table.insert(key, value, expires_at);
-        match old {
-            Some(old_exp) => {
+        match self.table.insert(key, value, expires_at) {
+            Some((old_exp, old_len)) => {
                 if let Some(t) = old_exp {
                     self.expiries.remove(&(t, Box::from(key)));
                 }
-                // The old size is not known here; count the new one only once.
+                self.live_bytes = self.live_bytes.saturating_sub(old_len) + value.len();
             }
             None => self.live_bytes += key.len() + value.len(),
         }

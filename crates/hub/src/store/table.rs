@@ -86,14 +86,14 @@ impl Table {
         self.map.find(self.hash(key), |s| s.key() == key)
     }
 
-    /// Stores a value; returns the previous entry's expiry if there was one (`Some(None)`
-    /// for an entry without expiry).
+    /// Stores a value; returns the previous entry's expiry and value length if there was
+    /// one.
     pub(crate) fn insert(
         &mut self,
         key: &[u8],
         value: &[u8],
         expires_at: Option<u64>,
-    ) -> Option<Option<u64>> {
+    ) -> Option<(Option<u64>, usize)> {
         let hash = self.hash(key);
         let hasher = &self.hasher;
         let slot = Slot::new(key, value, expires_at);
@@ -103,7 +103,7 @@ impl Table {
             |s: &Slot| hasher.hash_one(s.key()),
         ) {
             Entry::Occupied(mut e) => {
-                let old = e.get().expires_at();
+                let old = (e.get().expires_at(), e.get().value().len());
                 *e.get_mut() = slot;
                 Some(old)
             }
@@ -135,7 +135,7 @@ mod tests {
     fn entries_keep_key_value_and_expiry() {
         let mut t = Table::new();
         assert_eq!(t.insert(b"a", b"1", None), None);
-        assert_eq!(t.insert(b"a", b"22", Some(7)), Some(None));
+        assert_eq!(t.insert(b"a", b"22", Some(7)), Some((None, 1)));
         let s = t.get(b"a").unwrap();
         assert_eq!(
             (s.key(), s.value(), s.expires_at()),
