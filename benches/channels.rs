@@ -28,12 +28,13 @@
 //! Every wait has a deadline: if the child dies or stops answering, the benchmark
 //! fails with an error and a non-zero exit status instead of hanging.
 
+mod support;
+
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -828,68 +829,25 @@ fn markdown_table(r: &Report) -> String {
 
 // ---------------------------------------------------------------------------------
 
-/// The main process's outcome, read once `App::run` has returned.
-static OUTCOME: Mutex<Option<std::result::Result<Report, String>>> = Mutex::new(None);
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    support::init_logging();
     let options = Options::from_env();
     let plan = Plan::new(options.quick);
-    let is_main = std::env::var_os(yukicomm::wire::ENV_TARGET).is_none();
-
-    if is_main {
-        // A last resort against a hang anywhere, shutdown included.
+    if support::is_main() {
         let limit = Duration::from_secs(if options.quick { 60 } else { 300 });
-        std::thread::spawn(move || {
-            std::thread::sleep(limit);
-            eprintln!("channels bench: still running after {limit:?}; giving up");
-            std::process::exit(1);
-        });
+        support::deadline("channels bench", limit);
     }
 
     let mut app = App::new();
     app.add_target(CHILD, child_main)
         .restart(RestartPolicy::Never)
         .stop_timeout(Duration::from_secs(5));
-    app.exec_args(Vec::<String>::new());
-    app.on_after_start(move |ctx| async move {
-        let c = ctx.clone();
-        let result = tokio::task::spawn_blocking(move || run_main(&c, plan, options.quick))
-            .await
-            .map_err(|e| format!("the bench thread failed: {e}"))
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        *OUTCOME.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-        ctx.shutdown();
-        Ok(())
-    });
-    if let Err(e) = app.run() {
-        eprintln!("channels bench: {e}");
-        return ExitCode::FAILURE;
-    }
-
-    let outcome = OUTCOME.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match outcome {
-        Some(Ok(report)) => {
-            if options.markdown {
-                print!("{}", markdown_table(&report));
-            } else {
-                print!("{}", text_table(&report));
-            }
-            ExitCode::SUCCESS
-        }
-        Some(Err(e)) => {
-            eprintln!("channels bench failed: {e}");
-            ExitCode::FAILURE
-        }
-        None => {
-            eprintln!("channels bench: stopped before the measurements finished");
-            ExitCode::FAILURE
-        }
-    }
+    support::run("channels bench", app, move |ctx| {
+        let report = run_main(ctx, plan, options.quick).map_err(|e| e.to_string())?;
+        Ok(if options.markdown {
+            markdown_table(&report)
+        } else {
+            text_table(&report)
+        })
+    })
 }

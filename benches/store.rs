@@ -65,11 +65,12 @@
 //! deadline: a dead or silent child or server fails the bench with an error and a
 //! non-zero exit status instead of hanging.
 
+mod support;
+
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
@@ -2056,18 +2057,9 @@ fn markdown_table(r: &Report) -> String {
 
 // ---------------------------------------------------------------------------------
 
-/// The main process's outcome, read once `App::run` has returned.
-static OUTCOME: Mutex<Option<std::result::Result<Report, String>>> = Mutex::new(None);
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let is_main = std::env::var_os(yukicomm::wire::ENV_TARGET).is_none();
+    support::init_logging();
+    let is_main = support::is_main();
     let options = match Options::from_env() {
         Ok(o) => o,
         Err(e) => {
@@ -2081,13 +2073,8 @@ fn main() -> ExitCode {
     let mut _server = None;
     let mut redis = Err("not started".to_string());
     if is_main {
-        // A last resort against a hang anywhere, shutdown included.
         let limit = Duration::from_secs(if options.quick { 120 } else { 900 });
-        std::thread::spawn(move || {
-            std::thread::sleep(limit);
-            eprintln!("store bench: still running after {limit:?}; giving up");
-            std::process::exit(1);
-        });
+        support::deadline("store bench", limit);
         redis = if options.no_redis {
             Err("--no-redis".to_string())
         } else {
@@ -2127,44 +2114,12 @@ fn main() -> ExitCode {
             .restart(RestartPolicy::Never)
             .stop_timeout(Duration::from_secs(5));
     }
-    app.exec_args(Vec::<String>::new());
-    let opts = options.clone();
-    app.on_after_start(move |ctx| {
-        let options = opts.clone();
-        let redis = redis.clone();
-        async move {
-            let c = ctx.clone();
-            let result = tokio::task::spawn_blocking(move || run_main(&c, &options, redis))
-                .await
-                .map_err(|e| format!("the bench thread failed: {e}"))
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            *OUTCOME.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-            ctx.shutdown();
-            Ok(())
-        }
-    });
-    if let Err(e) = app.run() {
-        eprintln!("store bench: {e}");
-        return ExitCode::FAILURE;
-    }
-
-    let outcome = OUTCOME.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match outcome {
-        Some(Ok(report)) => {
-            if options.markdown {
-                print!("{}", markdown_table(&report));
-            } else {
-                print!("{}", text_table(&report));
-            }
-            ExitCode::SUCCESS
-        }
-        Some(Err(e)) => {
-            eprintln!("store bench failed: {e}");
-            ExitCode::FAILURE
-        }
-        None => {
-            eprintln!("store bench: stopped before the measurements finished");
-            ExitCode::FAILURE
-        }
-    }
+    support::run("store bench", app, move |ctx| {
+        let report = run_main(ctx, &options, redis).map_err(|e| e.to_string())?;
+        Ok(if options.markdown {
+            markdown_table(&report)
+        } else {
+            text_table(&report)
+        })
+    })
 }
