@@ -19,7 +19,6 @@
 //!   messages, it never makes the hub's memory grow.
 //! - **Durability**, optional: with a journal file every write is appended to it before
 //!   it is acknowledged (see [`journal`]).
-#![allow(clippy::too_many_arguments)]
 
 pub(crate) mod journal;
 mod table;
