@@ -59,7 +59,10 @@ pub fn set_process_node(node: &Node) {
 /// the main process and in any child.
 ///
 /// Before the process has joined a program (a child before `connect`, a main process
-/// before `App::run`), every operation fails with [`StoreError::NotConnected`].
+/// before `App::run`), every operation fails with [`StoreError::NotConnected`]. A
+/// process that runs several `App`s one after another (or at once, as a test binary
+/// may) reaches the store of the one started last; `ctx.store()` names its hub
+/// explicitly.
 pub fn shared_memory() -> Store {
     Store {
         node: CURRENT.read().clone(),
