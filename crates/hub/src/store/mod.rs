@@ -18,7 +18,7 @@
 //!   count reaches the subscriber before its next delivery: a slow subscriber misses
 //!   messages, it never makes the hub's memory grow.
 //! - **Durability**, optional: with a journal file every write is appended to it before
-//!   it is acknowledged (see [`journal`]).
+//!   it is acknowledged (the `journal` module describes its format).
 
 pub(crate) mod journal;
 mod table;
