@@ -350,6 +350,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// Makes this end receive actively in this process.
     pub(crate) fn ensure_active(&self) -> Result<(), RecvError> {
         let st = self.state();
+        if st.mode.load(Ordering::Acquire) == MODE_ACTIVE {
+            return Ok(());
+        }
         match st
             .mode
             .compare_exchange(MODE_UNSET, MODE_ACTIVE, Ordering::AcqRel, Ordering::Acquire)
@@ -376,7 +379,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         match item {
             Item::Wake => None,
             Item::Msg { body, _carried } => {
-                let result = value::decode::<T>(&self.node(), &body);
+                let result = value::decode::<T>(&self.guard.node, &body);
                 drop(_carried);
                 self.state().consumed(&self.guard.node);
                 Some(result.map_err(|reason| RecvError::Decode {
@@ -410,11 +413,8 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     ///
     /// [`TryRecvError::Empty`] when nothing is there, otherwise as [`recv`](Channel::recv).
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.ensure_active()?;
-        while let Ok(item) = self.state().rx.try_recv() {
-            if let Some(r) = self.take(item) {
-                return r.map_err(TryRecvError::from);
-            }
+        if let Some(v) = self.queued()? {
+            return Ok(v);
         }
         match self.finished() {
             Some(e) => Err(e.into()),
@@ -445,7 +445,22 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     ///
     /// [`RecvTimeoutError::Timeout`], or any error of [`recv`](Channel::recv).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        // A message already queued needs no deadline, so no clock read.
+        if let Some(v) = self.queued()? {
+            return Ok(v);
+        }
         self.recv_until(Some(Instant::now() + timeout))
+    }
+
+    /// The next queued message, if there is one.
+    fn queued(&self) -> Result<Option<T>, RecvError> {
+        self.ensure_active()?;
+        while let Ok(item) = self.state().rx.try_recv() {
+            if let Some(r) = self.take(item) {
+                return r.map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// Waits until `deadline` at most for the next message.
@@ -458,13 +473,10 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     }
 
     fn recv_until(&self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
-        self.ensure_active()?;
         let st = self.state();
         loop {
-            while let Ok(item) = st.rx.try_recv() {
-                if let Some(r) = self.take(item) {
-                    return r.map_err(RecvTimeoutError::from);
-                }
+            if let Some(v) = self.queued()? {
+                return Ok(v);
             }
             if let Some(e) = self.finished() {
                 return Err(e.into());

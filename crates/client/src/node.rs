@@ -397,19 +397,17 @@ impl Node {
                     chan: m.chan,
                     end: m.to,
                 };
-                let state = match &last {
-                    Some(s) if s.key == key => Some(s.clone()),
-                    _ => self.inner.ends.lock().get(&key).cloned(),
-                };
-                self.deliver(m, state.clone());
-                last = state;
+                if last.as_ref().is_none_or(|s| s.key != key) {
+                    last = self.inner.ends.lock().get(&key).cloned();
+                }
+                self.deliver(m, last.as_deref());
             } else {
                 self.dispatch_control(frame);
             }
         }
     }
 
-    fn deliver(&self, m: yukicomm_wire::Msg, state: Option<Arc<EndState>>) {
+    fn deliver(&self, m: yukicomm_wire::Msg, state: Option<&EndState>) {
         let carried = m
             .carried
             .iter()
@@ -436,7 +434,7 @@ impl Node {
                     end: m.to,
                 };
                 let state = self.inner.ends.lock().get(&key).cloned();
-                self.deliver(m, state);
+                self.deliver(m, state.as_deref());
             }
             Frame::Credit { chan, end, n } => {
                 if let Some(s) = self.state(EndRef { chan, end }) {

@@ -130,7 +130,7 @@ where
         body: &bytes::Bytes,
         channel: &str,
     ) -> BoxFuture<'static, ()> {
-        let value = match crate::value::decode::<T>(node, body) {
+        let value = match crate::value::decode::<T>(&node.inner, body) {
             Ok(v) => v,
             Err(reason) => {
                 let e = RecvError::Decode {

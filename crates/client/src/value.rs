@@ -8,18 +8,23 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::de::{self, DeserializeOwned, Deserializer, SeqAccess, Visitor};
 use serde::ser::{self, Serialize, Serializer};
 use yukicomm_wire::{ChanId, End, EndRef, CHANNEL_EXT_TYPE};
 
-use crate::node::Node;
+use crate::node::{Node, NodeInner};
 
 thread_local! {
     static ENCODING: RefCell<Option<Vec<EndRef>>> = const { RefCell::new(None) };
-    static DECODING: RefCell<Option<(Node, Bytes)>> = const { RefCell::new(None) };
 }
+
+// While a message is decoded: the node receiving it, and its body (which received
+// payloads share instead of copying).
+scoped_tls::scoped_thread_local!(static DECODING_NODE: Arc<NodeInner>);
+scoped_tls::scoped_thread_local!(static DECODING_BODY: Bytes);
 
 /// Encodes `value` at the end of `buf`; returns the channel ends it contains.
 pub(crate) fn encode<T: Serialize + ?Sized>(
@@ -42,11 +47,15 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 }
 
 /// Decodes a `T` from `body`, binding any channel handles in it to `node`.
-pub(crate) fn decode<T: DeserializeOwned>(node: &Node, body: &Bytes) -> Result<T, String> {
-    let outer = DECODING.with(|d| d.borrow_mut().replace((node.clone(), body.clone())));
-    let result = rmp_serde::from_slice::<T>(body);
-    DECODING.with(|d| *d.borrow_mut() = outer);
-    result.map_err(|e| e.to_string())
+pub(crate) fn decode<T: DeserializeOwned>(
+    node: &Arc<NodeInner>,
+    body: &Bytes,
+) -> Result<T, String> {
+    DECODING_NODE
+        .set(node, || {
+            DECODING_BODY.set(body, || rmp_serde::from_slice::<T>(body))
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// Serializes a channel end as the extension type; called by `Channel`'s `Serialize`.
@@ -84,11 +93,12 @@ pub(crate) fn deserialize_end<'de, D: Deserializer<'de>>(d: D) -> Result<(Node, 
     }
     let chan = ChanId(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
     let end = End::from_u8(raw[4]).ok_or_else(|| de::Error::custom("bad channel end"))?;
-    let node = DECODING
-        .with(|d| d.borrow().as_ref().map(|(n, _)| n.clone()))
-        .ok_or_else(|| {
-            de::Error::custom("a Channel can only be decoded by receiving it on a yukicomm channel")
-        })?;
+    if !DECODING_NODE.is_set() {
+        return Err(de::Error::custom(
+            "a Channel can only be decoded by receiving it on a yukicomm channel",
+        ));
+    }
+    let node = DECODING_NODE.with(|n| Node { inner: n.clone() });
     Ok((node, EndRef { chan, end }))
 }
 
@@ -207,14 +217,19 @@ impl<'de> de::Deserialize<'de> for Payload {
             }
             fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Payload, E> {
                 // Inside a message being received: share its buffer instead of copying.
-                let shared = DECODING.with(|d| {
-                    let d = d.borrow();
-                    let (_, body) = d.as_ref()?;
-                    let start = body.as_ptr() as usize;
-                    let at = v.as_ptr() as usize;
-                    (at >= start && at + v.len() <= start + body.len()).then(|| body.slice_ref(v))
+                let shared = DECODING_BODY.is_set().then(|| {
+                    DECODING_BODY.with(|body| {
+                        let start = body.as_ptr() as usize;
+                        let at = v.as_ptr() as usize;
+                        (at >= start && at + v.len() <= start + body.len())
+                            .then(|| body.slice_ref(v))
+                    })
                 });
-                Ok(Payload(shared.unwrap_or_else(|| Bytes::copy_from_slice(v))))
+                Ok(Payload(
+                    shared
+                        .flatten()
+                        .unwrap_or_else(|| Bytes::copy_from_slice(v)),
+                ))
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Payload, E> {
                 Ok(Payload(Bytes::copy_from_slice(v)))
@@ -248,7 +263,7 @@ mod tests {
         let sent = Payload::from(vec![7u8; 1000]);
         assert!(encode(&mut body, &("tag", &sent)).unwrap().is_empty());
         let body = Bytes::from(body);
-        let (tag, got): (String, Payload) = decode(&node, &body).unwrap();
+        let (tag, got): (String, Payload) = decode(&node.inner, &body).unwrap();
         assert_eq!(tag, "tag");
         assert_eq!(got, sent);
         let start = body.as_ptr() as usize;

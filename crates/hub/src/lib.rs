@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
-use yukicomm_wire::{ChanId, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
+use yukicomm_wire::{ChanId, End, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
 
 use conn::Conn;
 use store::Store;
@@ -110,6 +110,13 @@ pub type Encoder<'a> =
 /// Receives the frames the hub sends to the main process, a run at a time.
 pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
 
+/// What a frame handed to the main process leaves behind in the router's output.
+const TAKEN: Frame = Frame::Credit {
+    chan: ChanId(0),
+    end: End::A,
+    n: 0,
+};
+
 pub(crate) struct Inner {
     /// Set while a thread of the main process reads a connection itself (one at a time;
     /// see `Conn::pump`).
@@ -160,7 +167,7 @@ impl Inner {
             }
             let events = std::mem::take(&mut router.events);
             IN_ROUTER.with(|f| f.set(true));
-            self.hand_over(&out, &mut kicks);
+            self.hand_over(&mut out, &mut kicks);
             IN_ROUTER.with(|f| f.set(false));
             (r, events)
         };
@@ -179,9 +186,9 @@ impl Inner {
         result
     }
 
-    /// Appends frames to their connections (and gives the main process its own);
-    /// called with the router locked.
-    fn hand_over(&self, out: &[Out], kicks: &mut Vec<Arc<Conn>>) {
+    /// Appends frames to their connections (and gives the main process its own, moved
+    /// out of `out`); called with the router locked.
+    fn hand_over(&self, out: &mut [Out], kicks: &mut Vec<Arc<Conn>>) {
         if out.is_empty() {
             return;
         }
@@ -195,7 +202,11 @@ impl Inner {
             }
             if target == LOCAL {
                 if let Some(local) = self.local.get() {
-                    local(&mut out[i..j].iter().map(|(_, f)| f.clone()));
+                    local(
+                        &mut out[i..j]
+                            .iter_mut()
+                            .map(|(_, f)| std::mem::replace(f, TAKEN)),
+                    );
                 }
                 if self.pumping.load(Ordering::SeqCst) && !conn::IS_PUMPING.with(|p| p.get()) {
                     yukicomm_wire::sys::poke(&self.pump_wake.1);

@@ -69,6 +69,22 @@ struct EndRoute {
     last_from: Option<ConnId>,
 }
 
+impl EndRoute {
+    /// The next receiver, round robin, for a message from `from` (a process never
+    /// receives its own message), taking one of its credits; once the channel is
+    /// closed, credit is not needed.
+    fn take_receiver(&mut self, from: ConnId, closed: bool) -> Option<ConnId> {
+        let n = self.receivers.len();
+        let idx = (0..n)
+            .map(|i| (self.next + i) % n)
+            .find(|&i| self.receivers[i].0 != from && (self.receivers[i].1 > 0 || closed))?;
+        self.next = idx + 1;
+        let r = &mut self.receivers[idx];
+        r.1 = r.1.saturating_sub(1);
+        Some(r.0)
+    }
+}
+
 struct Chan {
     type_name: String,
     name: Option<String>,
@@ -91,15 +107,21 @@ impl Chan {
 struct ConnState {
     child: Option<String>,
     holds: FxHashSet<EndRef>,
-    /// Per end this connection sends from: messages received and not yet credited back.
-    outstanding: FxHashMap<EndRef, u32>,
-    /// Per end this connection sends from: delivered messages whose credit is not yet
-    /// returned.
-    owed: FxHashMap<EndRef, u32>,
-    /// Per end: bumped each time the connection releases the end. A process that gets
-    /// an end again starts with a fresh window, so messages it sent before do not earn
-    /// it credit any more.
-    epochs: FxHashMap<EndRef, u32>,
+    /// Per end this connection sends from.
+    sending: FxHashMap<EndRef, Sending>,
+}
+
+/// The credit accounting of one end a connection sends from.
+#[derive(Default)]
+struct Sending {
+    /// Bumped each time the connection releases the end. A process that gets an end
+    /// again starts with a fresh window, so messages it sent before do not earn it
+    /// credit any more.
+    epoch: u32,
+    /// Messages received and not yet credited back.
+    outstanding: u32,
+    /// Delivered messages whose credit is not yet returned.
+    owed: u32,
 }
 
 /// A child the supervisor announced.
@@ -363,9 +385,10 @@ impl Router {
         route.receivers.retain(|(c, _)| *c != conn);
         if let Some(cs) = self.conns.get_mut(&conn) {
             cs.holds.remove(&key);
-            *cs.epochs.entry(key).or_insert(0) += 1;
-            cs.outstanding.remove(&key);
-            cs.owed.remove(&key);
+            let s = cs.sending.entry(key).or_default();
+            s.epoch += 1;
+            s.outstanding = 0;
+            s.owed = 0;
         }
         let route = &chan.ends[key.end.index()];
         if route.holders.is_empty() {
@@ -518,10 +541,10 @@ impl Router {
         }
         let window = self.window;
         let cs = self.conns.entry(conn).or_default();
-        let epoch = cs.epochs.get(&from).copied().unwrap_or(0);
-        let outstanding = cs.outstanding.entry(from).or_insert(0);
-        *outstanding += 1;
-        if *outstanding > window {
+        let sending = cs.sending.entry(from).or_default();
+        let epoch = sending.epoch;
+        sending.outstanding += 1;
+        if sending.outstanding > window {
             return Err(format!(
                 "channel {}: more than {window} messages in flight",
                 m.chan
@@ -556,7 +579,17 @@ impl Router {
             self.credit_back(conn, from, epoch, out);
             return Ok(());
         }
-        chan.ends[m.to.index()].queue.push_back(Queued {
+        let route = &mut chan.ends[m.to.index()];
+        // Nothing queued ahead of it and a receiver with credit: no need to queue it.
+        if route.queue.is_empty() && m.carried.is_empty() {
+            if let Some(receiver) = route.take_receiver(conn, false) {
+                route.last_from = Some(conn);
+                out.push((receiver, Frame::Msg(m)));
+                self.credit_back(conn, from, epoch, out);
+                return Ok(());
+            }
+        }
+        route.queue.push_back(Queued {
             from: conn,
             from_end: from.end,
             epoch,
@@ -611,8 +644,9 @@ impl Router {
             end: to.opposite(),
         };
         let cs = self.conns.entry(conn).or_default();
-        let epoch = cs.epochs.get(&from).copied().unwrap_or(0);
-        *cs.outstanding.entry(from).or_insert(0) += 1;
+        let sending = cs.sending.entry(from).or_default();
+        let epoch = sending.epoch;
+        sending.outstanding += 1;
         if let Some(c) = self.chans.get_mut(&chan) {
             let route = &mut c.ends[to.index()];
             if let Some(idx) = route.receivers.iter().position(|(r, _)| *r == receiver) {
@@ -638,21 +672,9 @@ impl Router {
             let Some(front) = route.queue.front() else {
                 return;
             };
-            let n = route.receivers.len();
-            let mut pick = None;
-            for i in 0..n {
-                let idx = (route.next + i) % n;
-                let (c, credit) = route.receivers[idx];
-                // A process never receives its own message.
-                if c != front.from && (credit > 0 || closed) {
-                    pick = Some(idx);
-                    break;
-                }
-            }
-            let Some(idx) = pick else { return };
-            route.next = idx + 1;
-            let receiver = route.receivers[idx].0;
-            route.receivers[idx].1 = route.receivers[idx].1.saturating_sub(1);
+            let Some(receiver) = route.take_receiver(front.from, closed) else {
+                return;
+            };
             let q = route.queue.pop_front().expect("front checked above");
             route.last_from = Some(q.from);
             for &k in &q.carried {
@@ -683,16 +705,14 @@ impl Router {
         let Some(cs) = self.conns.get_mut(&conn) else {
             return;
         };
-        if cs.epochs.get(&from).copied().unwrap_or(0) != epoch {
+        let s = cs.sending.entry(from).or_default();
+        if s.epoch != epoch {
             return;
         }
-        let owed = cs.owed.entry(from).or_insert(0);
-        *owed += 1;
-        if *owed >= half {
-            let n = std::mem::take(owed);
-            if let Some(o) = cs.outstanding.get_mut(&from) {
-                *o = o.saturating_sub(n);
-            }
+        s.owed += 1;
+        if s.owed >= half {
+            let n = std::mem::take(&mut s.owed);
+            s.outstanding = s.outstanding.saturating_sub(n);
             out.push((
                 conn,
                 Frame::Credit {

@@ -129,20 +129,22 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
             if p.len() < 7 {
                 return Err(malformed(Kind::Msg, "header shorter than 7 bytes"));
             }
-            let chan = ChanId(p.get_u32_le());
-            let to = End::from_u8(p.get_u8()).ok_or_else(|| malformed(Kind::Msg, "bad end"))?;
-            let n = p.get_u16_le() as usize;
-            if p.len() < n * 5 {
+            let chan = ChanId(u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+            let to = End::from_u8(p[4]).ok_or_else(|| malformed(Kind::Msg, "bad end"))?;
+            let n = u16::from_le_bytes([p[5], p[6]]) as usize;
+            let Some(body_len) = p.len().checked_sub(7 + n * 5) else {
                 return Err(malformed(Kind::Msg, "carried list runs past the frame"));
-            }
-            let mut tail = p.split_off(p.len() - n * 5);
+            };
+            // Slicing, not splitting: a split would touch the buffer's shared count.
             let mut carried = Vec::with_capacity(n);
-            for _ in 0..n {
-                let chan = ChanId(tail.get_u32_le());
-                let end = End::from_u8(tail.get_u8())
-                    .ok_or_else(|| malformed(Kind::Msg, "bad carried end"))?;
+            for raw in p[7 + body_len..].chunks_exact(5) {
+                let chan = ChanId(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
+                let end =
+                    End::from_u8(raw[4]).ok_or_else(|| malformed(Kind::Msg, "bad carried end"))?;
                 carried.push(EndRef { chan, end });
             }
+            p.advance(7);
+            p.truncate(body_len);
             Ok(Frame::Msg(Msg {
                 chan,
                 to,
