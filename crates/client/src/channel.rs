@@ -21,7 +21,7 @@ use crate::value;
 /// Every channel end may have at most `window` messages in flight (sent but not yet
 /// delivered to a receiving process), and every receiving process buffers at most
 /// `window` messages per end; the hub's window is set when the main process starts
-/// (default 1024). Nothing is ever dropped to make room.
+/// (default 4096). Nothing is ever dropped to make room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FullPolicy {
     /// `send` waits for room. It still returns when the channel is closed or the other
