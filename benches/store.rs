@@ -14,7 +14,7 @@
 //!   clients each with one request at a time; 50 clients each with 16 requests in flight.
 //!   GETs read keys that exist, and every value read back is checked;
 //! - publish/subscribe: one publisher (the `client` child) publishes 64-byte messages
-//!   with 64 requests in flight to 1, 8 and 32 subscriber processes; delivered
+//!   in batches of 64 to 1, 8 and 32 subscriber processes; delivered
 //!   messages/s = messages received by all subscribers / time from the first publish to
 //!   the last message received by any subscriber. yukicomm drops what a subscription
 //!   has no room for (1024 buffered by default) and counts it; a publish's reply says
@@ -38,7 +38,7 @@
 //! | 1 client, 1 at a time | blocking `set`/`get` on one thread | blocking connection on one thread | one task with `*_async`; one task on a multiplexed connection |
 //! | 50 clients, 1 at a time | 50 tasks sharing the store handle (so the process's one hub connection), `*_async` | 50 tasks, 50 multiplexed connections | 50 threads with blocking calls; 50 tasks sharing one multiplexed connection |
 //! | 50 clients, 16 in flight | 50 tasks, each keeping 16 `*_async` in flight | 50 tasks, 50 connections, each sending pipelines of 16 | rounds of 16 awaited together; 16 concurrent commands per connection |
-//! | publisher | `publish_async`, 64 in flight | pipelines of 64 `PUBLISH` on a blocking connection | the same; 64 concurrent `PUBLISH` on a multiplexed connection |
+//! | publisher | `publish_many_async` batches of 64, one at a time | pipelines of 64 `PUBLISH` on a blocking connection | `publish_async`, 64 in flight; 64 concurrent `PUBLISH` on a multiplexed connection |
 //! | subscriber | blocking `Subscriber::recv_timeout` | blocking `PubSub::get_message` | the same |
 //!
 //! Run it:
@@ -52,7 +52,7 @@
 //!
 //! `--only` takes a comma-separated list of `kv`, `kv-1`, `kv-50`, `kv-50x16`,
 //! `pubsub`, `pubsub-1`, `pubsub-8`, `pubsub-32`, `memory`. `--no-redis` skips the
-//! comparison. `--rounds N` and `--window N` (publishes in flight) change the plan;
+//! comparison. `--rounds N` and `--window N` (messages per batch) change the plan;
 //! `--verbose` prints every round's figures to stderr. `YUKICOMM_BENCH_QUICK=1`, `YUKICOMM_BENCH_MARKDOWN=1` and
 //! `YUKICOMM_BENCH_ONLY=...` do the same as the flags. Unknown arguments (such as the
 //! `--bench` that `cargo bench` passes) are ignored.
@@ -769,7 +769,14 @@ fn client_command(store: &Store, rt: &tokio::runtime::Handle, m: Msg) -> Result<
             subscribers,
             alt,
         } => match target {
-            Target::Yukicomm => rt.block_on(yuki_publish(
+            Target::Yukicomm if alt => rt.block_on(yuki_publish(
+                store,
+                &topic,
+                count,
+                window as usize,
+                subscribers as usize,
+            )),
+            Target::Yukicomm => rt.block_on(yuki_publish_batches(
                 store,
                 &topic,
                 count,
@@ -1116,6 +1123,70 @@ fn redis_fill(socket: &str, prefix: &str, count: u64, op: KvOp) -> Result<()> {
 
 // --- Publish/subscribe
 
+/// The publisher's pauses when a subscription had no room: 200 µs, doubling while it
+/// keeps happening, at most 3.2 ms, back to 200 µs after `4 * window` messages without.
+struct Pauses {
+    next: Duration,
+    last_at: u64,
+    count: u64,
+}
+
+impl Pauses {
+    const FIRST: Duration = Duration::from_micros(200);
+
+    fn new() -> Pauses {
+        Pauses {
+            next: Self::FIRST,
+            last_at: 0,
+            count: 0,
+        }
+    }
+
+    /// Before publishing message `seq`: pauses if `short` (only this thread sleeps:
+    /// replies are read by the connection's reader).
+    fn at(&mut self, seq: u64, short: bool, window: usize) {
+        if short {
+            std::thread::sleep(self.next);
+            self.count += 1;
+            self.next = (self.next * 2).min(Self::FIRST * 16);
+            self.last_at = seq;
+        } else if seq - self.last_at > 4 * window as u64 {
+            self.next = Self::FIRST;
+        }
+    }
+}
+
+/// Batches of `window` messages with `publish_many_async`, one batch at a time (as
+/// Redis's pipelines). A reply counting fewer than `subscribers` deliveries per message
+/// means a subscription had no room: the publisher then pauses as `yuki_publish` does.
+async fn yuki_publish_batches(
+    store: &Store,
+    topic: &str,
+    count: u64,
+    window: usize,
+    subscribers: usize,
+) -> Result<Msg> {
+    let (mut reached, mut pauses) = (0u64, Pauses::new());
+    let first_ns = now_ns();
+    let mut seq = 0;
+    while seq < count {
+        let end = (seq + window as u64).min(count);
+        let r = store
+            .publish_many_async(topic, (seq..end).map(payload))
+            .await? as u64;
+        reached += r;
+        let short = r < (end - seq) * subscribers as u64;
+        seq = end;
+        pauses.at(seq, short, window);
+    }
+    Ok(Msg::PubDone {
+        first_ns,
+        end_ns: now_ns(),
+        reached,
+        pauses: pauses.count,
+    })
+}
+
 /// `window` `publish_async` in flight. A reply counting fewer than `subscribers`
 /// subscriptions means one had no room and missed the message: the publisher then lets
 /// its requests in flight finish and pauses (200 µs, doubling while it keeps
@@ -1127,10 +1198,8 @@ async fn yuki_publish(
     window: usize,
     subscribers: usize,
 ) -> Result<Msg> {
-    const FIRST_PAUSE: Duration = Duration::from_micros(200);
     let mut inflight = FuturesUnordered::new();
-    let (mut reached, mut pauses, mut short) = (0u64, 0u64, false);
-    let (mut pause, mut paused_at) = (FIRST_PAUSE, 0u64);
+    let (mut reached, mut pauses, mut short) = (0u64, Pauses::new(), false);
     let first_ns = now_ns();
     for seq in 0..count {
         if inflight.len() >= window {
@@ -1144,15 +1213,8 @@ async fn yuki_publish(
             while let Some(r) = inflight.next().await {
                 reached += r? as u64;
             }
-            // Only this thread sleeps: replies are read by the connection's reader.
-            std::thread::sleep(pause);
-            pauses += 1;
-            pause = (pause * 2).min(FIRST_PAUSE * 16);
-            paused_at = seq;
-            short = false;
-        } else if seq - paused_at > 4 * window as u64 {
-            pause = FIRST_PAUSE;
         }
+        pauses.at(seq, std::mem::take(&mut short), window);
         let msg = payload(seq);
         inflight.push(async move { store.publish_async(topic, &msg).await });
     }
@@ -1163,7 +1225,7 @@ async fn yuki_publish(
         first_ns,
         end_ns: now_ns(),
         reached,
-        pauses,
+        pauses: pauses.count,
     })
 }
 
@@ -1932,7 +1994,7 @@ fn settings(r: &Report) -> String {
         "mode: {}{}; {} round(s), rates are the median round; keys {KEY} B, values {VALUE} B \
          ({PAYLOAD}-byte Payload for yukicomm); {} keys in use; ops per measurement: {} (1 client), \
          {} ({CLIENTS} clients), {} ({CLIENTS}x{IN_FLIGHT}); messages published: {} / {} / {} \
-         (1 / 8 / 32 subscribers), {} publishes in flight; all clients, the publisher and \
+         (1 / 8 / 32 subscribers), published in batches of {}; all clients, the publisher and \
          the subscribers are child processes",
         if r.options.quick { "quick" } else { "full" },
         if r.options.alt { ", alternative drivers (--alt)" } else { "" },
@@ -1968,12 +2030,12 @@ fn drivers(r: &Report) -> &'static str {
          Redis: 1 client = one task on a multiplexed connection; 50 clients = 50 tasks \
          sharing one multiplexed connection; 16 in flight = 16 concurrent commands on each \
          of 50 multiplexed connections; publisher = concurrent PUBLISH on a multiplexed \
-         connection."
+         connection. yukicomm's publisher: publish_async calls in flight."
     } else {
         "drivers: yukicomm: 1 client = blocking calls on one thread; 50 clients = 50 tokio \
          tasks sharing the store handle (one hub connection); 16 in flight = 50 tasks each \
-         keeping 16 *_async calls in flight; publisher = publish_async calls in flight, \
-         pausing when a reply shows a subscription without room. Redis (redis crate): \
+         keeping 16 *_async calls in flight; publisher = publish_many_async batches, one at \
+         a time, pausing when a reply shows a subscription without room. Redis (redis crate): \
          1 client = a blocking connection; 50 clients = 50 tasks on 50 multiplexed \
          connections (the (ref.) rows: 50 tasks sharing one multiplexed connection, as \
          yukicomm's tasks share one hub connection); 16 in flight = pipelines of 16 on each of 50 connections; publisher \

@@ -811,6 +811,15 @@ async fn limits_child(ctx: Context) -> yukicomm::Result<()> {
                 "flush" => format!("{:?}", store.flush()),
                 "set empty key" => format!("{:?}", store.set("", &1)),
                 "set long key" => format!("{:?}", store.set(&"k".repeat(1025), &1)),
+                "publish_many" => format!("{:?}", store.publish_many("batch", ["a", "b", "c"])),
+                "publish_many with a big one" => {
+                    format!("{:?}", store.publish_many("batch", ["d", &big]))
+                }
+                // 100 messages of 1000 bytes: more than the 64 KiB frame limit.
+                "publish_many past the frame limit" => format!(
+                    "{:?}",
+                    store.publish_many("batch", vec!["y".repeat(1000); 100])
+                ),
                 other => format!("unknown command {other:?}"),
             };
             answers.send_async(answer).await?;
@@ -830,7 +839,10 @@ fn errors_name_the_key_and_the_store_keeps_working() {
         Duration::from_secs(120),
     );
     let mut app = app("errors_name_the_key_and_the_store_keeps_working");
-    app.hub_config(store_config(|s| s.max_value = 1024));
+    app.hub_config(HubConfig {
+        max_frame: 64 * 1024,
+        ..store_config(|s| s.max_value = 1024)
+    });
     app.add_target("limits", limits_child);
     run_main(app, |ctx| {
         let store = ctx.store();
@@ -887,6 +899,25 @@ fn errors_name_the_key_and_the_store_keeps_working() {
         assert!(answer.starts_with("Err(InvalidKey {"), "{answer}");
         assert_eq!(child.ask("get small"), r#"Ok(Some("fits"))"#);
         assert_eq!(store.get::<String>("big").unwrap(), None);
+
+        // A batch publishes in order, or not at all.
+        let batch = store.subscriber::<String>("batch").unwrap();
+        assert_eq!(child.ask("publish_many"), "Ok(3)");
+        for expected in ["a", "b", "c"] {
+            assert_eq!(batch.recv_timeout(T).unwrap().value, expected);
+        }
+        let answer = child.ask("publish_many with a big one");
+        assert!(
+            answer.starts_with(r#"Err(TooLarge { key: "batch""#),
+            "{answer}"
+        );
+        let answer = child.ask("publish_many past the frame limit");
+        assert!(
+            answer.starts_with(r#"Err(TooLarge { key: "batch""#),
+            "{answer}"
+        );
+        assert_eq!(child.ask("publish_many"), "Ok(3)");
+        assert_eq!(batch.recv_timeout(T).unwrap().value, "a");
     });
 }
 

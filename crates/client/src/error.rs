@@ -14,6 +14,14 @@ pub enum LinkError {
     /// The hub did not answer before the deadline.
     #[error("the hub did not answer in time")]
     Timeout,
+    /// The request would make a frame larger than the hub accepts; it was not sent.
+    #[error("a request of {size} bytes exceeds the hub's frame limit of {max} bytes")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Failure of a registry operation: `get_channel`, `set_channel`, `get_channels`, or

@@ -190,13 +190,26 @@ impl Remote {
             self.ops.lock().remove(&id);
             return Err(LinkError::Disconnected);
         }
-        let pushed = self.outbox.push::<()>(self, |buf| {
+        let pushed = self.outbox.push(self, |buf| {
+            let start = buf.len();
             encode_op(buf, id, quiet, op);
+            // The length prefix does not count.
+            let size = buf.len() - start - 4;
+            if size > self.max_frame {
+                buf.truncate(start);
+                return Err(LinkError::TooLarge {
+                    size,
+                    max: self.max_frame,
+                });
+            }
             Ok(())
         });
-        if pushed.is_err() {
+        if let Err(e) = pushed {
             self.ops.lock().remove(&id);
-            return Err(LinkError::Disconnected);
+            return Err(match e {
+                Push::Encode(e) => e,
+                Push::Broken(_) => LinkError::Disconnected,
+            });
         }
         Ok(id)
     }

@@ -441,6 +441,14 @@ mod tests {
             },
             Op::Credit { sub: 4, n: 2 },
             Op::Sync,
+            Op::PublishMany {
+                topic: k(),
+                bodies: vec![v(), Bytes::new(), v()],
+            },
+            Op::PublishMany {
+                topic: k(),
+                bodies: Vec::new(),
+            },
         ];
         for (i, op) in ops.into_iter().enumerate() {
             roundtrip(Frame::Op {
@@ -500,6 +508,18 @@ mod tests {
         let mut buf = BytesMut::from(&[6u8, 0, 0, 0, 3, 0, 0, 0, 0, 0xc1][..]);
         assert!(matches!(
             dec.decode(&mut buf),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_publish_many_claiming_more_bodies_than_it_holds_is_malformed() {
+        // Op frame: id 1, operation 18, topic "t", then a count of 4 billion bodies.
+        let payload = [7u8, 1, 0, 0, 0, 18, 1, 0, b't', 0xff, 0xff, 0xff, 0xff];
+        let mut buf = BytesMut::from(&(payload.len() as u32).to_le_bytes()[..]);
+        buf.extend_from_slice(&payload);
+        assert!(matches!(
+            Decoder::new(1024).decode(&mut buf),
             Err(FrameError::Malformed { .. })
         ));
     }

@@ -103,6 +103,15 @@ pub enum Op {
         /// The MessagePack message.
         body: Bytes,
     },
+    /// Publishes each of `bodies` in turn, as many `Publish`: replies `Int`, how many
+    /// subscriptions they were given to in all. If one body is too large, none is
+    /// published.
+    PublishMany {
+        /// The topic.
+        topic: Bytes,
+        /// The MessagePack messages, in order.
+        bodies: Vec<Bytes>,
+    },
     /// Starts subscription `sub` (a number the process chooses) to the topics matching
     /// `pattern`, able to take `credit` deliveries: replies `Done`.
     Subscribe {
@@ -161,6 +170,7 @@ impl Op {
             Op::Watch { .. } => 15,
             Op::Credit { .. } => 16,
             Op::Sync => 17,
+            Op::PublishMany { .. } => 18,
         }
     }
 }
@@ -309,6 +319,13 @@ pub fn encode_op(out: &mut Vec<u8>, id: u32, quiet: bool, op: &Op) {
         Op::Publish { topic, body } => {
             put_str(out, topic);
             out.extend_from_slice(body);
+        }
+        Op::PublishMany { topic, bodies } => {
+            put_str(out, topic);
+            out.extend_from_slice(&(bodies.len() as u32).to_le_bytes());
+            for b in bodies {
+                put_blob(out, b);
+            }
         }
         Op::Subscribe {
             sub,
@@ -588,6 +605,17 @@ pub(crate) fn decode_op(p: BytesMut) -> Result<(u32, bool, Op), FrameError> {
             n: f.u32()?,
         },
         17 => Op::Sync,
+        18 => {
+            let topic = f.str()?;
+            let n = f.u32()? as usize;
+            // Each body takes at least its 4-byte length: a count the frame cannot hold
+            // fails below without reserving room for it first.
+            let mut bodies = Vec::with_capacity(n.min(f.p.len() / 4));
+            for _ in 0..n {
+                bodies.push(f.blob()?);
+            }
+            Op::PublishMany { topic, bodies }
+        }
         other => return Err(f.bad(&format!("unknown operation {other}"))),
     };
     f.end()?;

@@ -212,6 +212,10 @@ impl StoreError {
             LinkError::Timeout => StoreError::Timeout {
                 key: key.to_string(),
             },
+            e @ LinkError::TooLarge { .. } => StoreError::TooLarge {
+                key: key.to_string(),
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -868,6 +872,55 @@ impl Store {
         };
         expect!(topic, self.call_async(topic, op).await?, OpReply::Int(n) => n.max(0) as usize)
     }
+
+    /// Publishes `messages` to `topic` in order, in one request: like calling
+    /// [`publish`](Store::publish) for each, without waiting for the hub between them.
+    /// Returns how many subscriptions they were given to in all. If one message does not
+    /// encode or exceeds the limit, none is published.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Store::publish).
+    pub fn publish_many<I>(&self, topic: &str, messages: I) -> Result<usize, StoreError>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        let op = publish_many_op(topic, messages)?;
+        expect!(topic, self.call(topic, op)?, OpReply::Int(n) => n.max(0) as usize)
+    }
+
+    /// Async [`publish_many`](Store::publish_many).
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Store::publish).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future after the request left may still publish.
+    pub async fn publish_many_async<I>(&self, topic: &str, messages: I) -> Result<usize, StoreError>
+    where
+        I: IntoIterator,
+        I::Item: Serialize,
+    {
+        let op = publish_many_op(topic, messages)?;
+        expect!(topic, self.call_async(topic, op).await?, OpReply::Int(n) => n.max(0) as usize)
+    }
+}
+
+fn publish_many_op<I>(topic: &str, messages: I) -> Result<Op, StoreError>
+where
+    I: IntoIterator,
+    I::Item: Serialize,
+{
+    Ok(Op::PublishMany {
+        topic: key_bytes(topic)?,
+        bodies: messages
+            .into_iter()
+            .map(|m| encode(topic, &m))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn set_op<T: Serialize + ?Sized>(

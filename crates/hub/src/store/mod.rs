@@ -367,6 +367,21 @@ impl Store {
         self.table.get(key)
     }
 
+    fn check_message(&self, topic: &[u8], body: &[u8]) -> Result<(), Answer<'static>> {
+        if body.len() > self.config.max_value {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {} bytes for topic {:?} exceeds the limit of {} bytes",
+                    body.len(),
+                    show(topic),
+                    self.config.max_value
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_key(&self, key: &[u8], what: &str) -> Result<(), Answer<'static>> {
         if key.is_empty() {
             return Err(err(ErrorCode::InvalidKey, format!("empty {what}")));
@@ -619,18 +634,16 @@ impl Store {
             }
             Op::Publish { topic, body } => {
                 self.check_key(&topic, "topic")?;
-                if body.len() > self.config.max_value {
-                    return Err(err(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "message of {} bytes for topic {:?} exceeds the limit of {} bytes",
-                            body.len(),
-                            show(&topic),
-                            self.config.max_value
-                        ),
-                    ));
-                }
+                self.check_message(&topic, &body)?;
                 Answer::Int(self.publish(&topic, &body, out) as i64)
+            }
+            Op::PublishMany { topic, bodies } => {
+                self.check_key(&topic, "topic")?;
+                for body in &bodies {
+                    self.check_message(&topic, body)?;
+                }
+                let reached: usize = bodies.iter().map(|b| self.publish(&topic, b, out)).sum();
+                Answer::Int(reached as i64)
             }
             Op::Subscribe {
                 sub,
