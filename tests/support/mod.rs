@@ -144,9 +144,23 @@ pub fn example(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The socket directories (`yukicomm-*`) in the places a hub makes them.
+fn socket_dirs() -> Vec<std::path::PathBuf> {
+    [std::env::temp_dir()]
+        .into_iter()
+        .chain(std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from))
+        .filter_map(|parent| std::fs::read_dir(parent).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("yukicomm-"))
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Runs an example to its end with `args`; returns its standard output, after checking
-/// that it exited 0.
+/// that it exited 0 and removed its socket directory.
 pub fn run_example(name: &str, args: &[&str]) -> String {
+    // A directory left by an earlier process that had the same pid is not this one's.
+    let before = socket_dirs();
     let child = std::process::Command::new(example(name))
         .args(args)
         .env("RUST_LOG", "info")
@@ -154,29 +168,24 @@ pub fn run_example(name: &str, args: &[&str]) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the example runs");
-    let pid = child.id();
+    let prefix = format!("yukicomm-{}-", child.id());
     let out = child.wait_with_output().expect("the example runs");
-    // A clean exit leaves no socket directory behind.
-    let parents = [std::env::temp_dir()]
-        .into_iter()
-        .chain(std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from));
-    for parent in parents {
-        let prefix = format!("yukicomm-{pid}-");
-        if let Ok(entries) = std::fs::read_dir(&parent) {
-            for e in entries.flatten() {
-                assert!(
-                    !e.file_name().to_string_lossy().starts_with(&prefix),
-                    "{name} left {} behind",
-                    e.path().display()
-                );
-            }
-        }
-    }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{name} exited with {}: {stdout}",
-        out.status
+        "{name} exited with {}: {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
+    for dir in socket_dirs() {
+        let ours = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+        assert!(
+            !ours || before.contains(&dir),
+            "{name} left {} behind",
+            dir.display()
+        );
+    }
     stdout
 }
