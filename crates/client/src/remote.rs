@@ -37,7 +37,7 @@ use yukicomm_wire::{
 use crate::error::{ConnectError, LinkError};
 use crate::node::{EncodeFn, Node, Pump, Transport, TransportError};
 use yukicomm_wire::role::{ReadRole, LINGER};
-use yukicomm_wire::sys::{pollfd, read_into, wait_readable};
+use yukicomm_wire::sys::{pollfd, read_into, read_into_nowait, wait_readable};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
@@ -49,6 +49,9 @@ const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
+/// How long a thread waiting for a store reply polls the socket before it blocks (see
+/// [`Remote::read_reply`]).
+const SPIN: Duration = Duration::from_micros(50);
 /// What the hub said in its welcome.
 #[derive(Debug, Clone)]
 pub(crate) struct Welcome {
@@ -100,6 +103,11 @@ pub(crate) struct Remote {
     role: Mutex<ReadState>,
     /// Who may read, and how they hand the role over (see [`ReadRole`]).
     read_role: ReadRole,
+    /// Whether a thread waiting for a store reply polls before it blocks (see
+    /// [`Remote::read_reply`]): never on a single processor, where it would only delay
+    /// the hub.
+    spin_allowed: bool,
+    spin: AtomicBool,
 }
 
 impl OutboxSink for Remote {
@@ -236,19 +244,26 @@ impl Remote {
         result
     }
 
-    /// One read from the socket (it must be readable, or the call blocks).
-    fn read_some(&self, st: &mut ReadState) -> Result<(), String> {
-        match read_into(self.stream.as_raw_fd(), &mut st.buf, READ_SIZE) {
+    /// One read from the socket, which blocks until it has something (or until
+    /// [`READ_TIMEOUT`]) unless `nowait`; whether it read anything.
+    fn read_some(&self, st: &mut ReadState, nowait: bool) -> Result<bool, String> {
+        let fd = self.stream.as_raw_fd();
+        let read = if nowait {
+            read_into_nowait(fd, &mut st.buf, READ_SIZE)
+        } else {
+            read_into(fd, &mut st.buf, READ_SIZE)
+        };
+        match read {
             Ok(0) if st.buf.is_empty() => Err("the hub closed the connection".into()),
             Ok(0) => Err("the hub closed the connection mid-frame".into()),
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
                 ) =>
             {
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(e.to_string()),
         }
@@ -277,11 +292,16 @@ impl Remote {
         tracing::warn!("lost the hub connection: {reason}");
     }
 
-    /// Reads the socket on this thread, with blocking reads, until `ready` holds: for a
-    /// thread waiting for a store reply, which the hub sends at once, so each read
-    /// returns within a round trip (or at the socket's receive timeout). A blocking read
-    /// saves the `poll` before it, and the wake-up that goes with it. Returns `false`
-    /// without reading if another thread holds the role.
+    /// Reads the socket on this thread until `ready` holds: for a thread waiting for a
+    /// store reply, which the hub sends at once. Returns `false` without reading if
+    /// another thread holds the role.
+    ///
+    /// It first polls the socket without blocking, for up to [`SPIN`]: a reply usually
+    /// comes within a round trip, and a thread that stays on its core takes it without
+    /// a wake-up, which is most of the round trip's cost. When the last wait outlasted
+    /// that, it blocks at once instead (a blocking read also saves the `poll` before it,
+    /// and the wake-up that goes with it), and spins again once a reply comes quickly.
+    /// Each blocking read returns within a round trip or at the socket's receive timeout.
     fn read_reply(&self, ready: &dyn Fn() -> bool, deadline: Instant) -> bool {
         self.read_role.want();
         self.read_role.poke_if_polling();
@@ -289,6 +309,8 @@ impl Remote {
             self.read_role.release(0);
             return false;
         };
+        let start = Instant::now();
+        let mut spin_until = self.spin.load(Ordering::Relaxed).then(|| start + SPIN);
         let mut handled = 0;
         loop {
             match self.handle_buffered(&mut st) {
@@ -300,14 +322,28 @@ impl Remote {
                 }
             }
             // Step aside for a receiver that wants the role, as a poller would.
-            if ready() || self.read_role.others_want(1) || Instant::now() >= deadline {
+            if ready() || self.read_role.others_want(1) {
                 break;
             }
-            if let Err(reason) = self.read_some(&mut st) {
-                drop(st);
-                self.lose(&reason);
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
+            let spinning = spin_until.is_some_and(|until| now < until);
+            if !spinning && spin_until.take().is_some() {
+                self.spin.store(false, Ordering::Relaxed);
+            }
+            match self.read_some(&mut st, spinning) {
+                Ok(_) => {}
+                Err(reason) => {
+                    drop(st);
+                    self.lose(&reason);
+                    break;
+                }
+            }
+        }
+        if self.spin_allowed && ready() && start.elapsed() < SPIN {
+            self.spin.store(true, Ordering::Relaxed);
         }
         self.read_role.release(handled);
         true
@@ -336,8 +372,8 @@ impl Remote {
             let result = match ready {
                 Err(e) => Err(e.to_string()),
                 Ok(_) if fds[0].revents != 0 => self
-                    .read_some(&mut st)
-                    .and_then(|()| self.handle_buffered(&mut st).map(drop)),
+                    .read_some(&mut st, false)
+                    .and_then(|_| self.handle_buffered(&mut st).map(drop)),
                 Ok(_) => Ok(()),
             };
             if let Err(reason) = result {
@@ -524,7 +560,7 @@ impl Transport for Remote {
                     }
                 }
                 if fds[0].revents != 0 {
-                    if let Err(reason) = self.read_some(&mut st) {
+                    if let Err(reason) = self.read_some(&mut st, false) {
                         drop(st);
                         self.lose(&reason);
                         break 'outer Pump::Ready;
@@ -618,6 +654,7 @@ pub(crate) fn connect(
     };
 
     let read_role = ReadRole::new().map_err(io)?;
+    let spin_allowed = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
     let node = Node::new(window, runtime, Duration::from_secs(30));
     let remote = Arc::new(Remote {
         stream,
@@ -637,6 +674,8 @@ pub(crate) fn connect(
             frames: Vec::new(),
         }),
         read_role,
+        spin_allowed,
+        spin: AtomicBool::new(spin_allowed),
     });
     let _ = remote.node.set(node.clone());
     node.set_transport(remote.clone());

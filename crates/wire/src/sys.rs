@@ -57,11 +57,39 @@ pub fn wait_readable(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> std
 ///
 /// The error of `read`.
 pub fn read_into(fd: RawFd, buf: &mut bytes::BytesMut, at_least: usize) -> std::io::Result<usize> {
+    recv_into(fd, buf, at_least, 0)
+}
+
+/// As [`read_into`], for a socket, never blocking: `WouldBlock` when it has nothing.
+///
+/// # Errors
+///
+/// The error of `recv`.
+pub fn read_into_nowait(
+    fd: RawFd,
+    buf: &mut bytes::BytesMut,
+    at_least: usize,
+) -> std::io::Result<usize> {
+    recv_into(fd, buf, at_least, libc::MSG_DONTWAIT)
+}
+
+fn recv_into(
+    fd: RawFd,
+    buf: &mut bytes::BytesMut,
+    at_least: usize,
+    flags: libc::c_int,
+) -> std::io::Result<usize> {
     buf.reserve(at_least);
     let spare = buf.spare_capacity_mut();
-    // SAFETY: `read` writes at most `spare.len()` bytes into the uninitialised spare
-    // capacity of `buf`, and only the `n` bytes it reports are marked initialised.
-    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+    // SAFETY: `read`/`recv` write at most `spare.len()` bytes into the uninitialised
+    // spare capacity of `buf`, and only the `n` bytes they report are marked initialised.
+    let n = unsafe {
+        if flags == 0 {
+            libc::read(fd, spare.as_mut_ptr().cast(), spare.len())
+        } else {
+            libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags)
+        }
+    };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
