@@ -52,6 +52,9 @@ const READ_SIZE: usize = 256 * 1024;
 /// How long a thread waiting for a store reply polls the socket before it blocks (see
 /// [`Remote::read_reply`]).
 const SPIN: Duration = Duration::from_micros(50);
+/// With more store operations than this awaiting replies, a task's request is left to
+/// the flusher, to share a write with those that follow (see [`Outbox::push_coalesced`]).
+const COALESCE_IN_FLIGHT: usize = 16;
 /// What the hub said in its welcome.
 #[derive(Debug, Clone)]
 pub(crate) struct Welcome {
@@ -191,14 +194,18 @@ impl Remote {
     fn send_op(&self, op: &Op, waiter: Option<OpWaiter>) -> Result<u32, LinkError> {
         let id = self.next_op.fetch_add(1, Ordering::Relaxed);
         let quiet = waiter.is_none();
+        let mut coalesce = false;
         if let Some(w) = waiter {
-            self.ops.lock().insert(id, w);
+            let task = matches!(w, OpWaiter::Task(..));
+            let mut ops = self.ops.lock();
+            ops.insert(id, w);
+            coalesce = task && ops.len() > COALESCE_IN_FLIGHT;
         }
         if self.lost.load(Ordering::Acquire) {
             self.ops.lock().remove(&id);
             return Err(LinkError::Disconnected);
         }
-        let pushed = self.outbox.push(self, |buf| {
+        let encode = |buf: &mut Vec<u8>| {
             let start = buf.len();
             encode_op(buf, id, quiet, op);
             // The length prefix does not count.
@@ -211,7 +218,12 @@ impl Remote {
                 });
             }
             Ok(())
-        });
+        };
+        let pushed = if coalesce {
+            self.outbox.push_coalesced(self, encode)
+        } else {
+            self.outbox.push(self, encode)
+        };
         if let Err(e) = pushed {
             self.ops.lock().remove(&id);
             return Err(match e {

@@ -6,7 +6,8 @@
 //! - when the connection is idle, the sending thread writes its frame to the socket
 //!   itself: no thread hand-off, one system call;
 //! - when another write is in progress, or frames arrive faster than one per
-//!   `burst_window`, the frame is only appended to the buffer and the connection's
+//!   `burst_window`, or the sender has many requests in flight anyway
+//!   ([`Outbox::push_coalesced`]), the frame is only appended to the buffer and the connection's
 //!   *flusher* (a thread or task owned by the connection) writes everything that has
 //!   accumulated in one system call.
 //!
@@ -105,7 +106,23 @@ impl Outbox {
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), Push<E>> {
         let st = self.append_locked(encode)?;
-        self.kick_locked(st, sink).map_err(Push::Broken)
+        self.kick_locked(st, sink, false).map_err(Push::Broken)
+    }
+
+    /// As [`Outbox::push`], but always leaves the write to the flusher, so that frames
+    /// pushed meanwhile share it: for a sender that has many requests in flight, to
+    /// which one more hand-off adds nothing it would wait for.
+    ///
+    /// # Errors
+    ///
+    /// As [`Outbox::push`].
+    pub fn push_coalesced<E>(
+        &self,
+        sink: &dyn OutboxSink,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), Push<E>> {
+        let st = self.append_locked(encode)?;
+        self.kick_locked(st, sink, true).map_err(Push::Broken)
     }
 
     /// Appends frames written by `encode` without writing anything: the caller must call
@@ -132,7 +149,7 @@ impl Outbox {
         if let Some(kind) = st.broken {
             return Err(kind);
         }
-        self.kick_locked(st, sink)
+        self.kick_locked(st, sink, false)
     }
 
     fn append_locked<E>(
@@ -151,14 +168,16 @@ impl Outbox {
         &self,
         mut st: MutexGuard<'_, State>,
         sink: &dyn OutboxSink,
+        coalesce: bool,
     ) -> Result<(), io::ErrorKind> {
         if st.owner != Owner::Nobody || st.buf.is_empty() {
             return Ok(());
         }
         let now = Instant::now();
-        let burst = st
-            .last_push
-            .is_some_and(|last| now.duration_since(last) < self.burst_window);
+        let burst = coalesce
+            || st
+                .last_push
+                .is_some_and(|last| now.duration_since(last) < self.burst_window);
         st.last_push = Some(now);
         if burst {
             st.owner = Owner::Flusher;
@@ -331,6 +350,26 @@ mod tests {
         s.limit.store(1 << 20, Ordering::SeqCst);
         push(&o, &s, b"g");
         assert_eq!(&*s.written.lock().unwrap(), b"abg");
+    }
+
+    #[test]
+    fn coalesced_pushes_leave_the_write_to_the_flusher() {
+        let o = Outbox::new(Duration::ZERO);
+        let s = Sink::default();
+        s.limit.store(1 << 20, Ordering::SeqCst);
+        let coalesced = |bytes: &'static [u8]| {
+            o.push_coalesced::<()>(&s, |b| {
+                b.extend_from_slice(bytes);
+                Ok(())
+            })
+            .unwrap()
+        };
+        coalesced(b"1");
+        coalesced(b"2");
+        push(&o, &s, b"3"); // the flusher owns the buffer: appended too
+        assert!(s.written.lock().unwrap().is_empty());
+        assert_eq!(s.wakes.load(Ordering::SeqCst), 1);
+        assert_eq!(o.take_for_flush().unwrap(), b"123");
     }
 
     #[test]
