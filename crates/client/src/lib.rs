@@ -38,7 +38,7 @@ pub use error::{
     ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError,
     RegistryError, Result, SendError, SendTimeoutError, TryRecvError,
 };
-pub use node::{EncodeFn, Node, Pump, Transport, TransportError};
+pub use node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
 pub use store::{shared_memory, Store, StoreError};

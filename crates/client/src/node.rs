@@ -84,14 +84,55 @@ pub trait Transport: Send + Sync + 'static {
     fn store_call(&self, op: Op, timeout: Duration) -> Result<OpReply, LinkError>;
     /// Sends a store operation; the future resolves with its reply. Any number may be
     /// in flight.
-    fn store_call_async(
-        &self,
-        op: Op,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<OpReply, LinkError>>;
+    fn store_call_async(&self, op: Op, timeout: Duration) -> OpFuture;
     /// Sends a store operation without waiting. A transport that applies it at once
     /// returns the reply; otherwise a failure reaches the node later.
     fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError>;
+}
+
+/// The reply to a store operation sent with [`Transport::store_call_async`]: a plain
+/// future, so that an operation costs no boxing.
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct OpFuture(OpFutureState);
+
+#[derive(Debug)]
+enum OpFutureState {
+    Ready(Option<Result<OpReply, LinkError>>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<OpReply, LinkError>>),
+}
+
+impl OpFuture {
+    /// A future that resolves with `reply` at once.
+    pub fn ready(reply: Result<OpReply, LinkError>) -> OpFuture {
+        OpFuture(OpFutureState::Ready(Some(reply)))
+    }
+
+    /// A future that resolves with what is sent on `rx`, or `Disconnected` if the
+    /// sender is dropped.
+    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<OpReply, LinkError>>) -> OpFuture {
+        OpFuture(OpFutureState::Waiting(rx))
+    }
+}
+
+impl std::future::Future for OpFuture {
+    type Output = Result<OpReply, LinkError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            OpFutureState::Ready(reply) => std::task::Poll::Ready(
+                reply
+                    .take()
+                    .expect("an OpFuture is not polled after it completed"),
+            ),
+            OpFutureState::Waiting(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(LinkError::Disconnected))),
+        }
+    }
 }
 
 pub(crate) const MODE_UNSET: u8 = 0;

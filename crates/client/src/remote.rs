@@ -35,7 +35,7 @@ use yukicomm_wire::{
 };
 
 use crate::error::{ConnectError, LinkError};
-use crate::node::{EncodeFn, Node, Pump, Transport, TransportError};
+use crate::node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
 use yukicomm_wire::role::{ReadRole, LINGER};
 use yukicomm_wire::sys::{pollfd, read_into, read_into_nowait, wait_readable};
 
@@ -492,19 +492,13 @@ impl Transport for Remote {
         }
     }
 
-    fn store_call_async(
-        &self,
-        op: Op,
-        timeout: Duration,
-    ) -> BoxFuture<'static, Result<OpReply, LinkError>> {
+    fn store_call_async(&self, op: Op, timeout: Duration) -> OpFuture {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = self.send_op(&op, Some(OpWaiter::Task(tx, Instant::now() + timeout)));
         // No timer per operation: the flusher thread fails overdue ones (`expire_ops`).
-        async move {
-            sent?;
-            rx.await.unwrap_or(Err(LinkError::Disconnected))
+        match self.send_op(&op, Some(OpWaiter::Task(tx, Instant::now() + timeout))) {
+            Ok(_) => OpFuture::waiting(rx),
+            Err(e) => OpFuture::ready(Err(e)),
         }
-        .boxed()
     }
 
     fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use yukicomm_client::{EncodeFn, LinkError, Node, Pump, Transport, TransportError};
+use yukicomm_client::{EncodeFn, LinkError, Node, OpFuture, Pump, Transport, TransportError};
 use yukicomm_hub::{Hub, LocalSendError};
 use yukicomm_wire::store::{Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
@@ -90,12 +90,8 @@ impl Transport for Local {
         Ok(self.hub.store_op(op))
     }
 
-    fn store_call_async(
-        &self,
-        op: Op,
-        _timeout: Duration,
-    ) -> BoxFuture<'static, Result<OpReply, LinkError>> {
-        futures::future::ready(Ok(self.hub.store_op(op))).boxed()
+    fn store_call_async(&self, op: Op, _timeout: Duration) -> OpFuture {
+        OpFuture::ready(Ok(self.hub.store_op(op)))
     }
 
     fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError> {

@@ -54,6 +54,20 @@ impl Slot {
         &self.0[HEAD + self.klen() + exp..]
     }
 
+    /// Replaces the expiry and the value of an entry that has room for exactly them:
+    /// a value of the same length, and an expiry if and only if it had one.
+    fn overwrite(&mut self, value: &[u8], expires_at: Option<u64>) {
+        let at = HEAD + self.klen();
+        let rest = &mut self.0[at..];
+        match expires_at {
+            Some(t) => {
+                rest[..8].copy_from_slice(&t.to_le_bytes());
+                rest[8..].copy_from_slice(value);
+            }
+            None => rest.copy_from_slice(value),
+        }
+    }
+
     /// Whether the entry has expired at `now`.
     pub(crate) fn expired(&self, now: u64) -> bool {
         self.expires_at().is_some_and(|t| t <= now)
@@ -96,19 +110,24 @@ impl Table {
     ) -> Option<(Option<u64>, usize)> {
         let hash = self.hash(key);
         let hasher = &self.hasher;
-        let slot = Slot::new(key, value, expires_at);
         match self.map.entry(
             hash,
             |s| s.key() == key,
             |s: &Slot| hasher.hash_one(s.key()),
         ) {
             Entry::Occupied(mut e) => {
-                let old = (e.get().expires_at(), e.get().value().len());
-                *e.get_mut() = slot;
+                let slot = e.get_mut();
+                let old = (slot.expires_at(), slot.value().len());
+                if old.1 == value.len() && old.0.is_some() == expires_at.is_some() {
+                    // Same shape: overwrite in place, no allocation.
+                    slot.overwrite(value, expires_at);
+                } else {
+                    *slot = Slot::new(key, value, expires_at);
+                }
                 Some(old)
             }
             Entry::Vacant(e) => {
-                e.insert(slot);
+                e.insert(Slot::new(key, value, expires_at));
                 None
             }
         }
@@ -142,9 +161,17 @@ mod tests {
             (&b"a"[..], &b"22"[..], Some(7))
         );
         assert!(s.expired(7) && !s.expired(6));
+        // Same shape as before: written in place.
+        assert_eq!(t.insert(b"a", b"33", Some(8)), Some((Some(7), 2)));
+        assert_eq!(t.get(b"a").unwrap().value(), b"33");
+        assert_eq!(t.get(b"a").unwrap().expires_at(), Some(8));
+        assert_eq!(t.insert(b"a", b"44", None), Some((Some(8), 2)));
+        assert_eq!(t.get(b"a").unwrap().expires_at(), None);
+        assert_eq!(t.insert(b"a", b"55", None), Some((None, 2)));
+        assert_eq!(t.get(b"a").unwrap().value(), b"55");
         assert_eq!(t.insert(b"b", b"", None), None);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.remove(b"a").unwrap().value(), b"22");
+        assert_eq!(t.remove(b"a").unwrap().value(), b"55");
         assert!(t.get(b"a").is_none());
         assert_eq!(t.get(b"b").unwrap().value(), b"");
     }
