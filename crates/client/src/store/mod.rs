@@ -7,6 +7,13 @@
 //! process, on any thread) sees it. Many requests may be in flight at once on one
 //! connection: threads and tasks do not wait for each other's round trips.
 //!
+//! A blocking call in a child waits for its reply by reading the connection itself,
+//! polling it for up to 50 µs before it sleeps (a reply usually comes sooner, and a
+//! thread that stays on its core takes it without a wake-up); it stops polling first
+//! while replies take longer, and never polls on a single processor. An async call made
+//! while more than 16 others await replies leaves its request to the connection's
+//! flusher, so that the requests of many tasks share one write.
+//!
 //! Values are any `serde` type, stored as MessagePack; reading one back as a type it does
 //! not decode as is a [`StoreError::Decode`] naming the key and the type.
 //!
