@@ -166,6 +166,73 @@ fn a_returned_write_is_read_by_every_other_process() {
     });
 }
 
+// --- Many requests in flight on one connection ------------------------------------------
+
+const IN_FLIGHT: u64 = 2000;
+
+/// Issues IN_FLIGHT `set_async` calls at once, then as many `get_async` and `incr_async`
+/// calls at once, and checks that each got the reply to its own request; tells main
+/// `true` when they all did.
+async fn in_flight_child(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let store = shared_memory();
+        let sets = (0..IN_FLIGHT).map(|i| {
+            let store = &store;
+            async move { store.set_async(&format!("p:{i}"), &i).await }
+        });
+        futures::future::try_join_all(sets).await?;
+        let gets = (0..IN_FLIGHT).map(|i| {
+            let store = &store;
+            async move { store.get_async::<u64>(&format!("p:{i}")).await }
+        });
+        let got = futures::future::try_join_all(gets).await?;
+        let all_match = got.iter().enumerate().all(|(i, v)| *v == Some(i as u64));
+        let incrs = (0..IN_FLIGHT).map(|_| store.incr_async("in-flight", 1));
+        let mut counts = futures::future::try_join_all(incrs).await?;
+        counts.sort_unstable();
+        let each_once = counts.iter().copied().eq(1..=IN_FLIGHT as i64);
+        ctx.passive_channel::<bool>()
+            .send_async(all_match && each_once)
+            .await?;
+        let _ = ctx.active_channel::<()>().recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Thousands of async calls in flight at once on one connection (their requests share
+/// writes): every call gets the reply to its own request, and every write is applied.
+#[test]
+fn many_async_calls_in_flight_each_get_their_own_reply() {
+    let _shared = ONE_APP.read();
+    let _w = watchdog(
+        "many_async_calls_in_flight_each_get_their_own_reply",
+        Duration::from_secs(120),
+    );
+    let mut app = app("many_async_calls_in_flight_each_get_their_own_reply");
+    app.add_target("flight", in_flight_child);
+    run_main(app, |ctx| {
+        let ok = ctx.get_channel::<bool>("flight-passive").unwrap();
+        assert!(
+            ok.recv_timeout(T).unwrap(),
+            "a call got another call's reply"
+        );
+        let store = ctx.store();
+        assert_eq!(
+            store.get::<i64>("in-flight").unwrap(),
+            Some(IN_FLIGHT as i64)
+        );
+        for i in [0, 1, IN_FLIGHT / 2, IN_FLIGHT - 1] {
+            assert_eq!(store.get::<u64>(&format!("p:{i}")).unwrap(), Some(i));
+        }
+        assert_eq!(store.len().unwrap(), IN_FLIGHT as usize + 1);
+        ctx.get_channel::<()>("flight-active")
+            .unwrap()
+            .send(())
+            .unwrap();
+    });
+}
+
 // --- Atomic counter under contention -----------------------------------------------------
 
 const COUNTER_CHILDREN: usize = 8;
