@@ -642,3 +642,88 @@ fn a_child_registers_a_channel_and_everyone_can_list_it() {
             .unwrap();
     });
 }
+
+/// Waits for main's word, then receives on its active channel until it is told the peer
+/// has gone, and reports what it received.
+async fn late_receiver(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let control = ctx.passive_channel::<Vec<u32>>();
+        control.recv_async().await?;
+        let active = ctx.active_channel::<u32>();
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(T, active.recv_async()).await {
+                Ok(Ok(n)) => got.push(n),
+                Ok(Err(RecvError::Disconnected { .. })) => break,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    got.push(u32::MAX); // never told that the peer went
+                    break;
+                }
+            }
+        }
+        control.send_async(got).await?;
+        let _ = control.recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Messages a process sent before it let go of its end arrive before the news that it
+/// went, even when the receiver starts receiving only afterwards (they waited in the
+/// hub for its credit).
+#[test]
+fn what_a_departed_peer_sent_arrives_before_its_departure() {
+    let _w = watchdog(
+        "what_a_departed_peer_sent_arrives_before_its_departure",
+        Duration::from_secs(60),
+    );
+    let mut app = app("what_a_departed_peer_sent_arrives_before_its_departure");
+    app.add_target("late", late_receiver);
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("late-active").unwrap();
+        for n in 0..3 {
+            active.send(n).unwrap();
+        }
+        drop(active);
+        let control = ctx.get_channel::<Vec<u32>>("late-passive").unwrap();
+        control.send(Vec::new()).unwrap();
+        assert_eq!(control.recv_timeout(T).unwrap(), vec![0, 1, 2]);
+        control.send(Vec::new()).unwrap();
+    });
+}
+
+const AT_EXIT: u32 = 500;
+
+/// Sends AT_EXIT messages without waiting, and ends at once.
+async fn send_and_exit(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let passive = ctx.passive_channel::<u32>();
+        for n in 0..AT_EXIT {
+            passive.send(n)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What a child sent just before its target returned is not lost when it exits.
+#[test]
+fn what_a_child_sent_before_it_ended_is_delivered() {
+    let _w = watchdog(
+        "what_a_child_sent_before_it_ended_is_delivered",
+        Duration::from_secs(60),
+    );
+    let mut app = app("what_a_child_sent_before_it_ended_is_delivered");
+    app.add_target("brief", send_and_exit);
+    run_main(app, |ctx| {
+        let passive = ctx.get_channel::<u32>("brief-passive").unwrap();
+        for n in 0..AT_EXIT {
+            assert_eq!(passive.recv_timeout(T).unwrap(), n);
+        }
+        assert!(matches!(
+            passive.recv_timeout(T),
+            Err(RecvTimeoutError::Recv(RecvError::Disconnected { .. }))
+        ));
+    });
+}

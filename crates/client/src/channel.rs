@@ -398,7 +398,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             Some(RecvError::Closed {
                 channel: self.name(),
             })
-        } else if st.peer_gone.load(Ordering::Acquire) {
+        } else if st.peer_gone.load(Ordering::Acquire) && !st.peer_queued.load(Ordering::Acquire) {
             Some(RecvError::Disconnected {
                 channel: self.name(),
             })

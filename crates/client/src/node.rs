@@ -165,6 +165,9 @@ pub(crate) struct EndState {
     /// Messages consumed since credit was last returned.
     consumed: AtomicU32,
     pub(crate) peer_gone: AtomicBool,
+    /// With `peer_gone`: what the peer sent before it went is still on its way here,
+    /// so receivers are not told yet (see [`Event::PeerGone`]).
+    pub(crate) peer_queued: AtomicBool,
     pub(crate) closed: AtomicBool,
     pub(crate) waiters: AtomicUsize,
     /// Live handles (channels, guards) in this process.
@@ -393,6 +396,7 @@ impl Node {
                     credit_notify: tokio::sync::Notify::new(),
                     consumed: AtomicU32::new(0),
                     peer_gone: AtomicBool::new(self.inner.lost.load(Ordering::Acquire)),
+                    peer_queued: AtomicBool::new(false),
                     closed: AtomicBool::new(false),
                     waiters: AtomicUsize::new(0),
                     handles: AtomicUsize::new(0),
@@ -482,18 +486,20 @@ impl Node {
                     s.add_credits(n);
                 }
             }
-            Frame::Event(Event::PeerGone { chan, end }) => self.set_peer_gone(
+            Frame::Event(Event::PeerGone { chan, end, queued }) => self.set_peer_gone(
                 EndRef {
                     chan,
                     end: end.opposite(),
                 },
                 true,
+                queued,
             ),
             Frame::Event(Event::PeerBack { chan, end }) => self.set_peer_gone(
                 EndRef {
                     chan,
                     end: end.opposite(),
                 },
+                false,
                 false,
             ),
             Frame::Event(Event::Closed { chan }) => {
@@ -548,10 +554,11 @@ impl Node {
         self.inner.ends.lock().get(&key).cloned()
     }
 
-    fn set_peer_gone(&self, key: EndRef, gone: bool) {
+    fn set_peer_gone(&self, key: EndRef, gone: bool, queued: bool) {
         if let Some(s) = self.state(key) {
+            s.peer_queued.store(queued, Ordering::Release);
             s.peer_gone.store(gone, Ordering::Release);
-            if gone {
+            if gone && !queued {
                 s.wake_receivers();
             }
         }
@@ -563,6 +570,7 @@ impl Node {
         self.inner.subs.lock().clear();
         let states: Vec<_> = self.inner.ends.lock().values().cloned().collect();
         for s in states {
+            s.peer_queued.store(false, Ordering::Release);
             s.peer_gone.store(true, Ordering::Release);
             s.wake_receivers();
         }
@@ -571,6 +579,23 @@ impl Node {
     /// Whether the hub connection is gone.
     pub fn is_lost(&self) -> bool {
         self.inner.lost.load(Ordering::Acquire)
+    }
+
+    /// Waits until everything this process sent before the call has reached the hub,
+    /// which then delivers it, or holds it for its receiver, whatever this process does
+    /// next. `send` does not wait, so a process that exits right after sending should
+    /// call this first: what is still in its buffer when it exits is lost. The
+    /// supervisor calls it when a child's target returns.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError::Timeout`] when the hub has not confirmed within `timeout`, or
+    /// [`LinkError::Disconnected`].
+    pub fn flush(&self, timeout: Duration) -> Result<(), LinkError> {
+        let t = self.inner.transport().ok_or(LinkError::Disconnected)?;
+        // The hub handles a connection's frames in order: its answer to this request
+        // comes after it has routed everything sent before.
+        t.store_call(Op::Sync, timeout).map(drop)
     }
 }
 

@@ -194,6 +194,7 @@ impl Node {
                 chan,
                 end,
                 peer_gone,
+                peer_queued,
                 type_name,
             } => {
                 let guard = self.acquire(EndRef { chan, end }, true, Some(name.as_str()));
@@ -206,8 +207,11 @@ impl Node {
                     });
                 }
                 if peer_gone {
-                    guard
-                        .state
+                    let state = &guard.state;
+                    state
+                        .peer_queued
+                        .store(peer_queued, std::sync::atomic::Ordering::Release);
+                    state
                         .peer_gone
                         .store(true, std::sync::atomic::Ordering::Release);
                 }

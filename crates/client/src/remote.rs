@@ -257,8 +257,8 @@ impl Remote {
     }
 
     /// One read from the socket, which blocks until it has something (or until
-    /// [`READ_TIMEOUT`]) unless `nowait`; whether it read anything.
-    fn read_some(&self, st: &mut ReadState, nowait: bool) -> Result<bool, String> {
+    /// [`READ_TIMEOUT`]) unless `nowait`.
+    fn read_some(&self, st: &mut ReadState, nowait: bool) -> Result<(), String> {
         let fd = self.stream.as_raw_fd();
         let read = if nowait {
             read_into_nowait(fd, &mut st.buf, READ_SIZE)
@@ -268,14 +268,14 @@ impl Remote {
         match read {
             Ok(0) if st.buf.is_empty() => Err("the hub closed the connection".into()),
             Ok(0) => Err("the hub closed the connection mid-frame".into()),
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(()),
             Err(e)
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
                 ) =>
             {
-                Ok(false)
+                Ok(())
             }
             Err(e) => Err(e.to_string()),
         }
@@ -345,13 +345,10 @@ impl Remote {
             if !spinning && spin_until.take().is_some() {
                 self.spin.store(false, Ordering::Relaxed);
             }
-            match self.read_some(&mut st, spinning) {
-                Ok(_) => {}
-                Err(reason) => {
-                    drop(st);
-                    self.lose(&reason);
-                    break;
-                }
+            if let Err(reason) = self.read_some(&mut st, spinning) {
+                drop(st);
+                self.lose(&reason);
+                break;
             }
         }
         if self.spin_allowed && ready() && start.elapsed() < SPIN {
@@ -385,7 +382,7 @@ impl Remote {
                 Err(e) => Err(e.to_string()),
                 Ok(_) if fds[0].revents != 0 => self
                     .read_some(&mut st, false)
-                    .and_then(|_| self.handle_buffered(&mut st).map(drop)),
+                    .and_then(|()| self.handle_buffered(&mut st).map(drop)),
                 Ok(_) => Ok(()),
             };
             if let Err(reason) = result {

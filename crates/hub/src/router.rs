@@ -67,6 +67,9 @@ struct EndRoute {
     queue: VecDeque<Queued>,
     /// The connection whose message was delivered here last.
     last_from: Option<ConnId>,
+    /// The other end's holders are gone while messages they sent are still queued
+    /// here: once the queue is empty, the holders of this end get a final `PeerGone`.
+    peer_gone_queued: bool,
 }
 
 impl EndRoute {
@@ -350,6 +353,7 @@ impl Router {
         let came_back = was_empty && route.ever_held;
         route.ever_held = true;
         if came_back {
+            chan.ends[key.end.opposite().index()].peer_gone_queued = false;
             tell_other_end(
                 chan,
                 key,
@@ -390,14 +394,19 @@ impl Router {
             s.outstanding = 0;
             s.owed = 0;
         }
-        let route = &chan.ends[key.end.index()];
-        if route.holders.is_empty() {
+        if chan.ends[key.end.index()].holders.is_empty() {
+            // What the gone holders sent is delivered before the last word that they
+            // are gone (see `drain`).
+            let to = &mut chan.ends[key.end.opposite().index()];
+            let queued = !to.queue.is_empty();
+            to.peer_gone_queued = queued;
             tell_other_end(
                 chan,
                 key,
                 Event::PeerGone {
                     chan: key.chan,
                     end: key.end,
+                    queued,
                 },
                 out,
             );
@@ -670,6 +679,18 @@ impl Router {
             let closed = chan.closed;
             let route = &mut chan.ends[end.index()];
             let Some(front) = route.queue.front() else {
+                if std::mem::take(&mut route.peer_gone_queued) {
+                    let gone = EndRef {
+                        chan: id,
+                        end: end.opposite(),
+                    };
+                    let event = Event::PeerGone {
+                        chan: id,
+                        end: gone.end,
+                        queued: false,
+                    };
+                    tell_other_end(chan, gone, event, out);
+                }
                 return;
             };
             let Some(receiver) = route.take_receiver(front.from, closed) else {
@@ -875,12 +896,14 @@ impl Router {
                 let end = if chan.creator == me { End::A } else { End::B };
                 let other = &chan.ends[end.opposite().index()];
                 let peer_gone = other.ever_held && other.holders.is_empty();
+                let peer_queued = peer_gone && !chan.ends[end.index()].queue.is_empty();
                 let type_name = chan.type_name.clone();
                 self.add_hold(conn, EndRef { chan: id, end }, 1, out);
                 Reply::Found {
                     chan: id,
                     end,
                     peer_gone,
+                    peer_queued,
                     type_name,
                 }
             }

@@ -57,6 +57,9 @@ use child::{Cmd, Supervised};
 use hooks::Hooks;
 use spec::Launch;
 
+/// How long a child whose target returned waits for the hub to confirm what it sent.
+const FLUSH_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A yukicomm program: its children, hooks and settings.
 pub struct App {
     children: Vec<ChildSpec>,
@@ -244,7 +247,14 @@ impl App {
         };
         let result = rt.block_on(async move {
             let ctx = yukicomm_client::connect_in(tokio::runtime::Handle::current())?;
-            f(ctx).await
+            let result = f(ctx.clone()).await;
+            // What the target sent last reaches the hub before the process exits.
+            if let Err(e) = ctx.flush(FLUSH_AT_EXIT) {
+                eprintln!(
+                    "yukicomm: target '{target}' ended, but what it sent last may be lost: {e}"
+                );
+            }
+            result
         });
         match result {
             Ok(()) => std::process::exit(0),

@@ -371,6 +371,7 @@ mod tests {
         roundtrip(Frame::Event(Event::PeerGone {
             chan: ChanId(2),
             end: End::A,
+            queued: true,
         }));
     }
 

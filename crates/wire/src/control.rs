@@ -96,6 +96,10 @@ pub enum Reply {
         end: End,
         /// True when the other end was held and every holder has gone.
         peer_gone: bool,
+        /// With `peer_gone`: messages from the other end are still queued for this one,
+        /// as for [`Event::PeerGone`]'s `queued`.
+        #[serde(default)]
+        peer_queued: bool,
         /// The type the channel carries (recorded at creation, or by the first typed
         /// lookup of a child's own channel).
         type_name: String,
@@ -205,6 +209,11 @@ pub enum Event {
         chan: ChanId,
         /// The end that has no holder any more.
         end: End,
+        /// Messages sent from `end` before its holders went are still queued in the hub
+        /// for the opposite end. They are delivered first; once none is left, the hub
+        /// sends `PeerGone` again with `queued` false.
+        #[serde(default)]
+        queued: bool,
     },
     /// `end` has a holder again.
     PeerBack {

@@ -7,9 +7,9 @@
 //!   itself: no thread hand-off, one system call;
 //! - when another write is in progress, or frames arrive faster than one per
 //!   `burst_window`, or the sender has many requests in flight anyway
-//!   ([`Outbox::push_coalesced`]), the frame is only appended to the buffer and the connection's
-//!   *flusher* (a thread or task owned by the connection) writes everything that has
-//!   accumulated in one system call.
+//!   ([`Outbox::push_coalesced`]), the frame is only appended to the buffer, and the
+//!   connection's *flusher* (a thread or task owned by the connection) writes
+//!   everything that has accumulated in one system call.
 //!
 //! Exactly one party owns the socket's write side at any time, so frames are never
 //! interleaved. The buffer is bounded by the protocol's credit windows, not here.
