@@ -669,6 +669,55 @@ async fn late_receiver(ctx: Context) -> yukicomm::Result<()> {
     .await
 }
 
+/// Waits for main's word, then receives on its active channel until it is closed, and
+/// reports what it received.
+async fn receiver_after_close(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let control = ctx.passive_channel::<Vec<u32>>();
+        control.recv_async().await?;
+        let active = ctx.active_channel::<u32>();
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(T, active.recv_async()).await {
+                Ok(Ok(n)) => got.push(n),
+                Ok(Err(RecvError::Closed { .. })) => break,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    got.push(u32::MAX); // never told of the close
+                    break;
+                }
+            }
+        }
+        control.send_async(got).await?;
+        let _ = control.recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Messages sent before a close arrive before the close, even when the receiver starts
+/// receiving only after it.
+#[test]
+fn what_was_sent_before_a_close_arrives_before_it() {
+    let _w = watchdog(
+        "what_was_sent_before_a_close_arrives_before_it",
+        Duration::from_secs(60),
+    );
+    let mut app = app("what_was_sent_before_a_close_arrives_before_it");
+    app.add_target("closing", receiver_after_close);
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("closing-active").unwrap();
+        for n in 0..3 {
+            active.send(n).unwrap();
+        }
+        active.close();
+        let control = ctx.get_channel::<Vec<u32>>("closing-passive").unwrap();
+        control.send(Vec::new()).unwrap();
+        assert_eq!(control.recv_timeout(T).unwrap(), vec![0, 1, 2]);
+        control.send(Vec::new()).unwrap();
+    });
+}
+
 /// Messages a process sent before it let go of its end arrive before the news that it
 /// went, even when the receiver starts receiving only afterwards (they waited in the
 /// hub for its credit).

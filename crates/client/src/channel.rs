@@ -138,7 +138,7 @@ impl<T> Channel<T> {
             if let Ok(item) = st.rx.try_recv() {
                 return Some(item);
             }
-            if st.closed.load(Ordering::Acquire) {
+            if st.closed_for_receivers() {
                 return None;
             }
             if let Some(t) = self.guard.node.transport() {
@@ -394,7 +394,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// The error a receiver gets when its queue is empty, if the end is finished.
     pub(crate) fn finished(&self) -> Option<RecvError> {
         let st = self.state();
-        if st.closed.load(Ordering::Acquire) {
+        if st.closed_for_receivers() {
             Some(RecvError::Closed {
                 channel: self.name(),
             })

@@ -169,6 +169,9 @@ pub(crate) struct EndState {
     /// so receivers are not told yet (see [`Event::PeerGone`]).
     pub(crate) peer_queued: AtomicBool,
     pub(crate) closed: AtomicBool,
+    /// With `closed`: what was sent before the close is still on its way here, so
+    /// receivers are not told yet (see [`Event::Closed`]).
+    pub(crate) close_queued: AtomicBool,
     pub(crate) waiters: AtomicUsize,
     /// Live handles (channels, guards) in this process.
     handles: AtomicUsize,
@@ -240,6 +243,12 @@ impl EndState {
                 None => self.credit_cv.wait(&mut guard),
             }
         }
+    }
+
+    /// Whether the channel is closed and nothing sent before the close is still on its
+    /// way here: receivers, once their queue is empty, get `Closed`.
+    pub(crate) fn closed_for_receivers(&self) -> bool {
+        self.closed.load(Ordering::Acquire) && !self.close_queued.load(Ordering::Acquire)
     }
 
     /// Why this end cannot send at all, if it cannot.
@@ -397,6 +406,7 @@ impl Node {
                     consumed: AtomicU32::new(0),
                     peer_gone: AtomicBool::new(self.inner.lost.load(Ordering::Acquire)),
                     peer_queued: AtomicBool::new(false),
+                    close_queued: AtomicBool::new(false),
                     closed: AtomicBool::new(false),
                     waiters: AtomicUsize::new(0),
                     handles: AtomicUsize::new(0),
@@ -502,11 +512,14 @@ impl Node {
                 false,
                 false,
             ),
-            Frame::Event(Event::Closed { chan }) => {
+            Frame::Event(Event::Closed { chan, queued }) => {
                 for end in [End::A, End::B] {
                     if let Some(s) = self.state(EndRef { chan, end }) {
+                        s.close_queued.store(queued, Ordering::Release);
                         s.closed.store(true, Ordering::Release);
-                        s.wake_receivers();
+                        if !queued {
+                            s.wake_receivers();
+                        }
                     }
                 }
             }

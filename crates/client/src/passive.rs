@@ -274,7 +274,7 @@ fn dispatch<T>(channel: Channel<T>) {
         };
         match item {
             Item::Wake => {
-                if st.closed.load(Ordering::Acquire) && st.rx.is_empty() {
+                if st.closed_for_receivers() && st.rx.is_empty() {
                     tracing::debug!(channel = %channel.name(), "passive channel closed");
                     return;
                 }

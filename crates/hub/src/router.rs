@@ -70,6 +70,9 @@ struct EndRoute {
     /// The other end's holders are gone while messages they sent are still queued
     /// here: once the queue is empty, the holders of this end get a final `PeerGone`.
     peer_gone_queued: bool,
+    /// The channel closed while messages were still queued here: once the queue is
+    /// empty, the holders of this end get a final `Closed`.
+    close_queued: bool,
 }
 
 impl EndRoute {
@@ -679,6 +682,17 @@ impl Router {
             let closed = chan.closed;
             let route = &mut chan.ends[end.index()];
             let Some(front) = route.queue.front() else {
+                if std::mem::take(&mut route.close_queued) {
+                    for &c in route.holders.keys() {
+                        out.push((
+                            c,
+                            Frame::Event(Event::Closed {
+                                chan: id,
+                                queued: false,
+                            }),
+                        ));
+                    }
+                }
                 if std::mem::take(&mut route.peer_gone_queued) {
                     let gone = EndRef {
                         chan: id,
@@ -786,21 +800,30 @@ impl Router {
             }
         }
         // Deliver what is queued to whoever receives, regardless of credit, so that the
-        // close is seen after every message.
+        // close is seen after every message. What is left has no receiver yet: it goes
+        // to the first to receive, and its end's holders hear of the close twice (see
+        // `drain`).
         self.drain(id, End::A, out);
         self.drain(id, End::B, out);
-        let Some(chan) = self.chans.get(&id) else {
+        let Some(chan) = self.chans.get_mut(&id) else {
             return;
         };
-        let mut all: Vec<ConnId> = chan
-            .ends
-            .iter()
-            .flat_map(|r| r.holders.keys().copied())
-            .collect();
+        let mut all: Vec<(ConnId, bool)> = Vec::new();
+        for route in &mut chan.ends {
+            route.close_queued = !route.queue.is_empty();
+            all.extend(route.holders.keys().map(|&c| (c, route.close_queued)));
+        }
+        // One `Closed` per process; `queued` if any end it holds has messages waiting.
         all.sort();
-        all.dedup();
-        for c in all {
-            out.push((c, Frame::Event(Event::Closed { chan: id })));
+        all.dedup_by(|later, first| {
+            let same = later.0 == first.0;
+            if same {
+                first.1 |= later.1;
+            }
+            same
+        });
+        for (c, queued) in all {
+            out.push((c, Frame::Event(Event::Closed { chan: id, queued })));
         }
     }
 

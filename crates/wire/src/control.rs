@@ -226,6 +226,12 @@ pub enum Event {
     Closed {
         /// The channel.
         chan: ChanId,
+        /// Messages sent before the close are still queued in the hub for an end this
+        /// process holds (no process was receiving there). They are delivered once it
+        /// receives; once none is left, the hub sends `Closed` again with `queued`
+        /// false.
+        #[serde(default)]
+        queued: bool,
     },
     /// The hub refused a frame from this process; the connection stays open.
     Refused {
