@@ -669,9 +669,10 @@ async fn late_receiver(ctx: Context) -> yukicomm::Result<()> {
     .await
 }
 
-/// Waits for main's word, then receives on its active channel until it is closed, and
-/// reports what it received.
-async fn receiver_after_close(ctx: Context) -> yukicomm::Result<()> {
+/// Waits for main's word on its passive channel, then receives on its active channel
+/// until `last` says a receive error ends it, and reports what it received (`u32::MAX`
+/// last if no such error came in time).
+async fn receive_after_word(ctx: Context, last: fn(&RecvError) -> bool) -> yukicomm::Result<()> {
     child(async move {
         let control = ctx.passive_channel::<Vec<u32>>();
         control.recv_async().await?;
@@ -680,10 +681,10 @@ async fn receiver_after_close(ctx: Context) -> yukicomm::Result<()> {
         loop {
             match tokio::time::timeout(T, active.recv_async()).await {
                 Ok(Ok(n)) => got.push(n),
-                Ok(Err(RecvError::Closed { .. })) => break,
+                Ok(Err(e)) if last(&e) => break,
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => {
-                    got.push(u32::MAX); // never told of the close
+                    got.push(u32::MAX);
                     break;
                 }
             }
@@ -693,6 +694,10 @@ async fn receiver_after_close(ctx: Context) -> yukicomm::Result<()> {
         Ok(())
     })
     .await
+}
+
+async fn receiver_after_close(ctx: Context) -> yukicomm::Result<()> {
+    receive_after_word(ctx, |e| matches!(e, RecvError::Closed { .. })).await
 }
 
 /// Messages sent before a close arrive before the close, even when the receiver starts
