@@ -453,9 +453,9 @@ fn private_dir(parent: Option<PathBuf>) -> std::io::Result<PathBuf> {
 }
 
 /// Removes the socket directories that main processes killed before they could clean up
-/// left in `parent`: a directory `yukicomm-PID-XXXXXXXX` of this user whose process is
-/// gone and whose socket refuses connections. Anything else is left alone, and failures
-/// are ignored: this is tidying, not a condition for starting.
+/// left in `parent`: a directory `yukicomm-<pid>-<8 hex digits>` of this user whose
+/// process is gone and whose socket refuses connections. Anything else is left alone,
+/// and failures are ignored: this is tidying, not a condition for starting.
 fn remove_stale_dirs(parent: &std::path::Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(parent) else {
