@@ -203,9 +203,15 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 value,
             });
         }
-        if st.try_take_credit() {
-            return self.transmit(value);
-        }
+        let value = if st.try_take_credit(self.guard.node.window_bytes) {
+            // `Full` here: another sender used up the window in bytes meanwhile.
+            match self.transmit(value) {
+                Err(SendError::Full { value, .. }) => value,
+                done => return done,
+            }
+        } else {
+            value
+        };
         match st.send_block() {
             Some(b) => Err(self.blocked(b, value)),
             None => Err(SendError::Full {
@@ -227,40 +233,49 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
 
     fn send_deadline(
         &self,
-        value: T,
+        mut value: T,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<T>> {
         let st = self.state();
-        if st.closed.load(Ordering::Acquire) {
-            return Err(SendTimeoutError::Send(SendError::Closed {
-                channel: self.name(),
-                value,
-            }));
-        }
-        if !st.try_take_credit() {
-            // Credit comes back in frames from the hub: read them on this thread rather
-            // than wait for another to.
-            if let Some(t) = self.guard.node.transport() {
-                let ready = || st.has_credit() || st.send_block().is_some();
-                if t.pump(st.key, &ready, deadline) == Pump::Timeout && !st.has_credit() {
-                    return Err(SendTimeoutError::Timeout {
-                        channel: self.name(),
-                        value,
-                    });
+        let window_bytes = self.guard.node.window_bytes;
+        loop {
+            if st.closed.load(Ordering::Acquire) {
+                return Err(SendTimeoutError::Send(SendError::Closed {
+                    channel: self.name(),
+                    value,
+                }));
+            }
+            if !st.try_take_credit(window_bytes) {
+                // Credit comes back in frames from the hub: read them on this thread
+                // rather than wait for another to.
+                if let Some(t) = self.guard.node.transport() {
+                    let ready = || st.has_credit(window_bytes) || st.send_block().is_some();
+                    if t.pump(st.key, &ready, deadline) == Pump::Timeout
+                        && !st.has_credit(window_bytes)
+                    {
+                        return Err(SendTimeoutError::Timeout {
+                            channel: self.name(),
+                            value,
+                        });
+                    }
+                }
+                match st.wait_credit(deadline, window_bytes) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(SendTimeoutError::Timeout {
+                            channel: self.name(),
+                            value,
+                        })
+                    }
+                    Err(b) => return Err(SendTimeoutError::Send(self.blocked(b, value))),
                 }
             }
-            match st.wait_credit(deadline) {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(SendTimeoutError::Timeout {
-                        channel: self.name(),
-                        value,
-                    })
-                }
-                Err(b) => return Err(SendTimeoutError::Send(self.blocked(b, value))),
+            match self.transmit(value) {
+                // Another sender used up the window in bytes meanwhile: wait again.
+                Err(SendError::Full { value: v, .. }) => value = v,
+                done => return done.map_err(SendTimeoutError::Send),
             }
         }
-        self.transmit(value).map_err(SendTimeoutError::Send)
     }
 
     /// Sends `value`, awaiting room if the window is used up (whatever the policy).
@@ -272,7 +287,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// # Cancel safety
     ///
     /// Cancel safe: if the future is dropped before it completes, the value was not sent.
-    pub async fn send_async(&self, value: T) -> Result<(), SendError<T>> {
+    pub async fn send_async(&self, mut value: T) -> Result<(), SendError<T>> {
         let st = self.state();
         loop {
             if st.closed.load(Ordering::Acquire) {
@@ -284,8 +299,15 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             let notified = st.credit_notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if st.try_take_credit() {
-                return self.transmit(value);
+            if st.try_take_credit(self.guard.node.window_bytes) {
+                match self.transmit(value) {
+                    // Another sender used up the window in bytes meanwhile: wait again.
+                    Err(SendError::Full { value: v, .. }) => {
+                        value = v;
+                        continue;
+                    }
+                    done => return done,
+                }
             }
             if let Some(b) = st.send_block() {
                 return Err(self.blocked(b, value));
@@ -307,23 +329,42 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         }
     }
 
-    /// Encodes and hands the message to the transport; a credit is already taken.
+    /// Encodes and hands the message to the transport; a credit is already taken, and
+    /// the message's bytes are taken as it is encoded. `SendError::Full` when another
+    /// sender used up the window in bytes meanwhile.
     fn transmit(&self, value: T) -> Result<(), SendError<T>> {
         let st = self.state();
         let Some(t) = self.guard.node.transport() else {
-            st.return_credit();
+            st.return_credit(0);
             return Err(SendError::Disconnected {
                 channel: self.name(),
                 value,
             });
         };
+        let window_bytes = self.guard.node.window_bytes;
+        let mut taken = 0u64;
         let result = t.send_msg(st.key.chan, st.key.end.opposite(), &mut |buf| {
-            value::encode(buf, &value)
+            let start = buf.len();
+            let carried = value::encode(buf, &value).map_err(TransportError::Encode)?;
+            let size = buf.len() - start;
+            if !st.take_bytes(size, window_bytes) {
+                buf.truncate(start);
+                return Err(TransportError::NoRoom);
+            }
+            taken = size as u64;
+            Ok(carried)
         });
         match result {
             Ok(()) => Ok(()),
+            Err(TransportError::NoRoom) => {
+                st.return_credit(0);
+                Err(SendError::Full {
+                    channel: self.name(),
+                    value,
+                })
+            }
             Err(TransportError::Encode(reason)) => {
-                st.return_credit();
+                st.return_credit(taken);
                 Err(SendError::Encode {
                     channel: self.name(),
                     type_name: std::any::type_name::<T>(),
@@ -332,7 +373,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 })
             }
             Err(TransportError::TooLarge { size, max }) => {
-                st.return_credit();
+                st.return_credit(taken);
                 Err(SendError::TooLarge {
                     channel: self.name(),
                     size,
@@ -363,6 +404,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                         chan: st.key.chan,
                         end: st.key.end,
                         credit: self.guard.node.window,
+                        bytes: self.guard.node.window_bytes,
                     });
                 }
                 Ok(())
@@ -381,7 +423,7 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             Item::Msg { body, _carried } => {
                 let result = value::decode::<T>(&self.guard.node, &body);
                 drop(_carried);
-                self.state().consumed(&self.guard.node);
+                self.state().consumed(&self.guard.node, body.len());
                 Some(result.map_err(|reason| RecvError::Decode {
                     channel: self.name(),
                     type_name: std::any::type_name::<T>(),

@@ -5,7 +5,7 @@
 //! ([`crate::remote`]); in the main process, direct calls into the hub. Channel handles,
 //! the registry functions and the child [`Context`](crate::Context) all go through it.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub enum TransportError {
         /// The largest frame the hub accepts.
         max: usize,
     },
+    /// The end's window in bytes is used up; nothing was sent.
+    NoRoom,
 }
 
 /// What [`Transport::pump`] did.
@@ -46,7 +48,11 @@ pub enum Pump {
 }
 
 /// Writes a message body in place and returns the channel ends it encoded.
-pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<EndRef>, String>;
+///
+/// A transport calls it at the point where the message takes its place in the
+/// connection's order (so that the window in bytes it checks is the one the hub sees);
+/// on an error it leaves the buffer as it found it.
+pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<EndRef>, TransportError>;
 
 /// How a process's frames reach the hub.
 ///
@@ -56,8 +62,9 @@ pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<EndRef>, S
 pub trait Transport: Send + Sync + 'static {
     /// Sends a message on `chan` to end `to`; `encode` writes the body.
     fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError>;
-    /// Grants the hub `n` more messages for `end`, where this process receives.
-    fn send_credit(&self, chan: ChanId, end: End, n: u32);
+    /// Grants the hub `n` more messages and `bytes` more bytes for `end`, where this
+    /// process receives.
+    fn send_credit(&self, chan: ChanId, end: End, n: u32, bytes: u64);
     /// Sends a one-way notice.
     fn notice(&self, notice: Notice);
     /// Sends a request and waits for its reply.
@@ -159,11 +166,16 @@ pub(crate) struct EndState {
     pub(crate) mode: AtomicU8,
     /// Messages this process may still send from this end.
     credits: AtomicU32,
+    /// Bytes sent from this end that the hub has not credited back yet. A message may
+    /// be sent while this is below the window in bytes.
+    bytes_out: AtomicU64,
     credit_lock: Mutex<()>,
     credit_cv: Condvar,
     pub(crate) credit_notify: tokio::sync::Notify,
     /// Messages consumed since credit was last returned.
     consumed: AtomicU32,
+    /// Bytes of the messages consumed since credit was last returned.
+    consumed_bytes: AtomicU64,
     pub(crate) peer_gone: AtomicBool,
     /// With `peer_gone`: what the peer sent before it went is still on its way here,
     /// so receivers are not told yet (see [`Event::PeerGone`]).
@@ -192,25 +204,47 @@ impl EndState {
         *self.label.lock() = Arc::from(name);
     }
 
-    /// Takes one send credit without waiting.
-    pub(crate) fn try_take_credit(&self) -> bool {
-        self.credits
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
-            .is_ok()
+    /// Takes one send credit without waiting. The bytes are taken when the message is
+    /// encoded ([`EndState::take_bytes`]).
+    pub(crate) fn try_take_credit(&self, window_bytes: u64) -> bool {
+        self.bytes_out.load(Ordering::Acquire) < window_bytes
+            && self
+                .credits
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1))
+                .is_ok()
     }
 
     /// Whether a send could take a credit now.
-    pub(crate) fn has_credit(&self) -> bool {
+    pub(crate) fn has_credit(&self, window_bytes: u64) -> bool {
         self.credits.load(Ordering::Acquire) > 0
+            && self.bytes_out.load(Ordering::Acquire) < window_bytes
     }
 
-    /// Gives back a credit taken for a message that was not sent.
-    pub(crate) fn return_credit(&self) {
-        self.add_credits(1);
+    /// Counts `size` bytes in flight if fewer than `window_bytes` are; called as the
+    /// message is encoded into its place on the connection.
+    pub(crate) fn take_bytes(&self, size: usize, window_bytes: u64) -> bool {
+        self.bytes_out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b < window_bytes).then(|| b.saturating_add(size as u64))
+            })
+            .is_ok()
     }
 
-    fn add_credits(&self, n: u32) {
+    /// Gives back the credit taken for a message that was not sent: one message, and
+    /// `bytes` bytes if they were taken.
+    pub(crate) fn return_credit(&self, bytes: u64) {
+        self.add_credits(1, bytes);
+    }
+
+    fn add_credits(&self, n: u32, bytes: u64) {
         self.credits.fetch_add(n, Ordering::AcqRel);
+        if bytes > 0 {
+            let _ = self
+                .bytes_out
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some(b.saturating_sub(bytes))
+                });
+        }
         self.wake_senders();
     }
 
@@ -225,10 +259,11 @@ impl EndState {
     pub(crate) fn wait_credit(
         &self,
         deadline: Option<std::time::Instant>,
+        window_bytes: u64,
     ) -> Result<bool, SendBlock> {
         let mut guard = self.credit_lock.lock();
         loop {
-            if self.try_take_credit() {
+            if self.try_take_credit(window_bytes) {
                 return Ok(true);
             }
             if let Some(b) = self.send_block() {
@@ -237,7 +272,7 @@ impl EndState {
             match deadline {
                 Some(d) => {
                     if self.credit_cv.wait_until(&mut guard, d).timed_out() {
-                        return Ok(self.try_take_credit());
+                        return Ok(self.try_take_credit(window_bytes));
                     }
                 }
                 None => self.credit_cv.wait(&mut guard),
@@ -262,15 +297,19 @@ impl EndState {
         }
     }
 
-    /// Counts a consumed message and returns credit to the hub in batches.
-    pub(crate) fn consumed(&self, node: &NodeInner) {
+    /// Counts a consumed message of `size` bytes and returns credit to the hub in
+    /// batches of half a window (in messages or in bytes).
+    pub(crate) fn consumed(&self, node: &NodeInner, size: usize) {
         let half = (node.window / 2).max(1);
+        let half_bytes = (node.window_bytes / 2).max(1);
+        let b = self.consumed_bytes.fetch_add(size as u64, Ordering::AcqRel) + size as u64;
         let c = self.consumed.fetch_add(1, Ordering::AcqRel) + 1;
-        if c >= half {
+        if c >= half || b >= half_bytes {
             let n = self.consumed.swap(0, Ordering::AcqRel);
-            if n > 0 {
+            let bytes = self.consumed_bytes.swap(0, Ordering::AcqRel);
+            if n > 0 || bytes > 0 {
                 if let Some(t) = node.transport.get() {
-                    t.send_credit(self.key.chan, self.key.end, n);
+                    t.send_credit(self.key.chan, self.key.end, n, bytes);
                 }
             }
         }
@@ -323,6 +362,7 @@ pub struct NodeInner {
     transport: OnceLock<Arc<dyn Transport>>,
     ends: Mutex<rustc_hash::FxHashMap<EndRef, Arc<EndState>>>,
     pub(crate) window: u32,
+    pub(crate) window_bytes: u64,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) request_timeout: Duration,
     lost: AtomicBool,
@@ -354,14 +394,21 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// A node without a transport yet; see [`Node::set_transport`].
     ///
-    /// `window` is the hub's credit window, `runtime` runs passive handlers, and
-    /// `request_timeout` bounds every request to the hub.
-    pub fn new(window: u32, runtime: tokio::runtime::Handle, request_timeout: Duration) -> Node {
+    /// `window` and `window_bytes` are the hub's credit windows (in messages and in
+    /// bytes), `runtime` runs passive handlers, and `request_timeout` bounds every
+    /// request to the hub.
+    pub fn new(
+        window: u32,
+        window_bytes: u64,
+        runtime: tokio::runtime::Handle,
+        request_timeout: Duration,
+    ) -> Node {
         Node {
             inner: Arc::new(NodeInner {
                 transport: OnceLock::new(),
                 ends: Mutex::new(rustc_hash::FxHashMap::default()),
                 window: window.max(1),
+                window_bytes: window_bytes.max(1),
                 runtime,
                 request_timeout,
                 lost: AtomicBool::new(false),
@@ -400,10 +447,12 @@ impl Node {
                     rx,
                     mode: AtomicU8::new(MODE_UNSET),
                     credits: AtomicU32::new(self.inner.window),
+                    bytes_out: AtomicU64::new(0),
                     credit_lock: Mutex::new(()),
                     credit_cv: Condvar::new(),
                     credit_notify: tokio::sync::Notify::new(),
                     consumed: AtomicU32::new(0),
+                    consumed_bytes: AtomicU64::new(0),
                     peer_gone: AtomicBool::new(self.inner.lost.load(Ordering::Acquire)),
                     peer_queued: AtomicBool::new(false),
                     close_queued: AtomicBool::new(false),
@@ -491,9 +540,14 @@ impl Node {
                 let state = self.inner.ends.lock().get(&key).cloned();
                 self.deliver(m, state.as_deref());
             }
-            Frame::Credit { chan, end, n } => {
+            Frame::Credit {
+                chan,
+                end,
+                n,
+                bytes,
+            } => {
                 if let Some(s) = self.state(EndRef { chan, end }) {
-                    s.add_credits(n);
+                    s.add_credits(n, bytes);
                 }
             }
             Frame::Event(Event::PeerGone { chan, end, queued }) => self.set_peer_gone(

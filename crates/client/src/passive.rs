@@ -253,6 +253,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
                     chan: st.key.chan,
                     end: st.key.end,
                     credit: node.inner.window,
+                    bytes: node.inner.window_bytes,
                 });
             }
         }
@@ -292,7 +293,7 @@ fn dispatch<T>(channel: Channel<T>) {
                     }
                 }
                 drop(_carried);
-                st.consumed(&node.inner);
+                st.consumed(&node.inner, body.len());
             }
         }
     }

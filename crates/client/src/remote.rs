@@ -400,7 +400,7 @@ impl Transport for Remote {
         self.outbox
             .push(self, |buf| {
                 let start = buf.len();
-                encode_msg(buf, chan, to, encode).map_err(TransportError::Encode)?;
+                encode_msg(buf, chan, to, encode)?;
                 let size = buf.len() - start - 4;
                 if size > max {
                     buf.truncate(start);
@@ -414,9 +414,9 @@ impl Transport for Remote {
             })
     }
 
-    fn send_credit(&self, chan: ChanId, end: End, n: u32) {
+    fn send_credit(&self, chan: ChanId, end: End, n: u32, bytes: u64) {
         let _ = self.outbox.push::<()>(self, |buf| {
-            encode_credit(buf, chan, end, n);
+            encode_credit(buf, chan, end, n, bytes);
             Ok(())
         });
     }
@@ -629,12 +629,13 @@ pub(crate) fn connect(
     };
     // Reads that block (see `Remote::read_reply`) come back at least this often.
     stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(io)?;
-    let (window, max_frame, welcome) = match reply {
+    let (window, window_bytes, max_frame, welcome) = match reply {
         Frame::Reply {
             body:
                 Reply::Welcome {
                     name,
                     window,
+                    window_bytes,
                     max_frame,
                     active,
                     passive,
@@ -642,6 +643,7 @@ pub(crate) fn connect(
             ..
         } => (
             window,
+            window_bytes,
             max_frame,
             Welcome {
                 name,
@@ -658,7 +660,7 @@ pub(crate) fn connect(
 
     let read_role = ReadRole::new().map_err(io)?;
     let spin_allowed = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-    let node = Node::new(window, runtime, Duration::from_secs(30));
+    let node = Node::new(window, window_bytes, runtime, Duration::from_secs(30));
     let remote = Arc::new(Remote {
         stream,
         ops: Mutex::new(rustc_hash::FxHashMap::default()),

@@ -31,10 +31,23 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
     value: &T,
 ) -> Result<Vec<EndRef>, String> {
+    let start = buf.len();
     let outer = ENCODING.with(|e| e.borrow_mut().replace(Vec::new()));
-    let result = rmp_serde::encode::write_named(buf, value);
+    // The value's `Serialize` is user code: a panic in it must leave `buf` as it was
+    // (it may be a connection's write buffer) and reach the sender as an error.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rmp_serde::encode::write_named(buf, value)
+    }));
     let carried = ENCODING.with(|e| std::mem::replace(&mut *e.borrow_mut(), outer));
-    result.map_err(|e| e.to_string())?;
+    let failure = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(panic) => Some(format!("its Serialize panicked: {}", panic_message(&*panic))),
+    };
+    if let Some(reason) = failure {
+        buf.truncate(start);
+        return Err(reason);
+    }
     let carried = carried.unwrap_or_default();
     if carried.len() > u16::MAX as usize {
         return Err(format!(
@@ -44,6 +57,17 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
         ));
     }
     Ok(carried)
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
+    }
 }
 
 /// Decodes a `T` from `body`, binding any channel handles in it to `node`.
@@ -258,7 +282,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let node = Node::new(8, rt.handle().clone(), std::time::Duration::from_secs(1));
+        let node = Node::new(8, 1 << 20, rt.handle().clone(), std::time::Duration::from_secs(1));
         let mut body = Vec::new();
         let sent = Payload::from(vec![7u8; 1000]);
         assert!(encode(&mut body, &("tag", &sent)).unwrap().is_empty());

@@ -35,11 +35,6 @@ use crate::Inner;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
-/// Bytes a connection may have waiting to be written before the hub gives up on the peer.
-/// Credit bounds what the hub sends a process that reads; a process that stops reading
-/// while others keep sending to it, or keeps making requests without reading the
-/// replies, reaches this and is disconnected instead of growing the hub's memory.
-const MAX_BUFFERED: usize = 1 << 30;
 /// The socket send buffer asked for (see [`yukicomm_wire::sys::set_send_buffer`]).
 const SEND_BUFFER: usize = 1 << 20;
 /// Bytes read from the socket at a time.
@@ -50,6 +45,9 @@ pub(crate) struct Conn {
     /// The socket, non-blocking.
     stream: UnixStream,
     outbox: Outbox,
+    /// Bytes this connection may have waiting to be written before the hub gives up on
+    /// the peer ([`crate::HubConfig::max_unread`]).
+    max_buffered: usize,
     flush: Notify,
     closed: AtomicBool,
     /// The read role: the bytes read and not yet decoded.
@@ -97,7 +95,12 @@ impl Conn {
             for f in frames {
                 match f {
                     Frame::Msg(m) => encode_msg_raw(buf, m.chan, m.to, &m.carried, &m.body),
-                    Frame::Credit { chan, end, n } => encode_credit(buf, *chan, *end, *n),
+                    Frame::Credit {
+                        chan,
+                        end,
+                        n,
+                        bytes,
+                    } => encode_credit(buf, *chan, *end, *n, *bytes),
                     other => encode_control(buf, other),
                 }
             }
@@ -105,7 +108,7 @@ impl Conn {
         });
         if r.is_err() {
             self.shut();
-        } else if self.outbox.buffered() > MAX_BUFFERED {
+        } else if self.outbox.buffered() > self.max_buffered {
             tracing::warn!(
                 conn = self.id.0,
                 "the peer does not read; closing its connection"
@@ -409,35 +412,61 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
             return;
         }
     };
-    yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
-    let role = match ReadRole::new() {
-        Ok(r) => r,
+    let conn = match Conn::new(inner.next_conn_id(), stream, inner.max_frame, inner.max_unread) {
+        Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::warn!("cannot serve a connection: {e}");
             return;
         }
     };
-    let id = inner.next_conn_id();
-    let conn = Arc::new(Conn {
-        id,
-        stream,
-        outbox: Outbox::new(BURST_WINDOW),
-        flush: Notify::new(),
-        closed: AtomicBool::new(false),
-        read: Mutex::new(ReadSide {
-            buf: BytesMut::with_capacity(READ_SIZE),
-            frames: Vec::new(),
-            failure: None,
-        }),
-        decoder: Decoder::new(inner.max_frame),
-        role,
+    start(conn, move |conn| {
+        std::thread::Builder::new()
+            .name(format!("yukicomm-conn-{}", conn.id.0))
+            .spawn(move || serve(inner, conn))
+            .map(drop)
     });
+}
+
+impl Conn {
+    fn new(
+        id: ConnId,
+        stream: UnixStream,
+        max_frame: u32,
+        max_buffered: usize,
+    ) -> std::io::Result<Conn> {
+        yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
+        Ok(Conn {
+            id,
+            stream,
+            outbox: Outbox::new(BURST_WINDOW),
+            max_buffered,
+            flush: Notify::new(),
+            closed: AtomicBool::new(false),
+            read: Mutex::new(ReadSide {
+                buf: BytesMut::with_capacity(READ_SIZE),
+                frames: Vec::new(),
+                failure: None,
+            }),
+            decoder: Decoder::new(max_frame),
+            role: ReadRole::new()?,
+        })
+    }
+}
+
+/// Starts a connection's flusher, then its reader with `spawn_reader`. A connection
+/// whose reader cannot start is closed (its socket with the last reference to it), never
+/// left open with nobody reading it.
+fn start(
+    conn: Arc<Conn>,
+    spawn_reader: impl FnOnce(Arc<Conn>) -> std::io::Result<()>,
+) {
     tokio::spawn(flusher(conn.clone()));
-    let spawned = std::thread::Builder::new()
-        .name(format!("yukicomm-conn-{}", id.0))
-        .spawn(move || serve(inner, conn));
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start a connection's reader: {e}");
+    if let Err(e) = spawn_reader(conn.clone()) {
+        tracing::warn!(
+            conn = conn.id.0,
+            "cannot start a connection's reader thread, closing the connection: {e}"
+        );
+        conn.shut();
     }
 }
 
@@ -481,4 +510,27 @@ fn serve(inner: Arc<Inner>, conn: Arc<Conn>) {
     }
     conn.shut();
     inner.disconnected(id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[tokio::test]
+    async fn a_connection_whose_reader_cannot_start_is_closed() {
+        let (ours, mut peer) = UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let conn = Arc::new(Conn::new(ConnId(1), ours, 1 << 20, 1 << 20).expect("a connection"));
+        start(conn, |_| Err(std::io::Error::other("no threads left")));
+        // The peer sees the connection end instead of waiting on it for good.
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a read timeout");
+        let mut buf = [0u8; 16];
+        let n = tokio::task::spawn_blocking(move || peer.read(&mut buf))
+            .await
+            .expect("the read task")
+            .expect("the peer reads end of file, not a timeout");
+        assert_eq!(n, 0);
+    }
 }

@@ -33,7 +33,7 @@ use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
-use yukicomm_wire::{ChanId, End, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
+use yukicomm_wire::{ChanId, End, EndRef, Frame, ProcessName, Reply, Request, DEFAULT_MAX_FRAME};
 
 use conn::Conn;
 use store::Store;
@@ -54,18 +54,31 @@ thread_local! {
 pub use router::{ConnId, HubEvent, LOCAL};
 use router::{Out, Router};
 
+/// The default of [`HubConfig::window_bytes`]: 32 MiB.
+pub const DEFAULT_WINDOW_BYTES: u64 = 32 << 20;
+
 /// Settings of a hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
-    /// Credit window per channel end: the most messages a process may have in flight
-    /// from one end, and the most a receiving process buffers for one end. Default 4096.
+    /// Credit window per channel end, in messages: the most messages a process may have
+    /// in flight from one end, and the most a receiving process buffers for one end.
+    /// Default 4096.
     ///
     /// A sender that has used up its window waits for credit, which comes back in
     /// batches of half a window; a smaller window means more of those waits in a
     /// stream of small messages (1024 costs about a fifth of the throughput of 64-byte
-    /// messages here). It counts messages, not bytes: with large messages, lower it
-    /// (or `max_frame`) to bound memory.
+    /// messages here).
     pub window: u32,
+    /// Credit window per channel end, in bytes of message bodies. Default 32 MiB.
+    ///
+    /// A process may send from an end only while fewer than this many bytes it sent
+    /// from there are undelivered, and the hub delivers to a receiving process only
+    /// while fewer than this many bytes wait there unread. So one sending process holds
+    /// at most `window_bytes` plus one message in the hub per channel end (also while
+    /// the receiver is a child being restarted, or stopped), and a receiving process
+    /// buffers at most as much per end. What happens when a sender's window is used up
+    /// is the channel's `FullPolicy`: wait, or fail at once.
+    pub window_bytes: u64,
     /// Largest frame accepted, in bytes. Default 16 MiB. A larger frame closes the
     /// connection that sent it.
     pub max_frame: u32,
@@ -74,6 +87,14 @@ pub struct HubConfig {
     /// directory when it shuts down; at start, it also removes the ones left there by
     /// main processes that were killed (their process gone, their socket dead).
     pub socket_parent: Option<PathBuf>,
+    /// Bytes that may wait in the hub to be written to one process before the hub
+    /// gives up on it and closes its connection. Default 256 MiB.
+    ///
+    /// Credit bounds what the hub sends a process that reads its connection; a process
+    /// that stops reading it while others keep sending to it, or keeps making requests
+    /// without reading the replies, reaches this and is disconnected (its channels see
+    /// it leave, as when it dies) instead of growing the main process's memory.
+    pub max_unread: usize,
     /// The shared store's settings.
     pub store: StoreConfig,
 }
@@ -82,8 +103,10 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             window: 4096,
+            window_bytes: DEFAULT_WINDOW_BYTES,
             max_frame: DEFAULT_MAX_FRAME,
             socket_parent: None,
+            max_unread: 256 << 20,
             store: StoreConfig::default(),
         }
     }
@@ -97,24 +120,6 @@ enum First {
     Kick(Arc<Conn>),
 }
 
-/// Why [`Hub::local_send`] did not send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LocalSendError {
-    /// The encoder failed; nothing was sent.
-    Encode(String),
-    /// The encoded message exceeds the largest frame.
-    TooLarge {
-        /// Its size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-}
-
-/// Writes a message body in place and returns the channel ends it encoded.
-pub type Encoder<'a> =
-    &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<yukicomm_wire::EndRef>, String>;
-
 /// Receives the frames the hub sends to the main process, a run at a time.
 pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
 
@@ -123,6 +128,7 @@ const TAKEN: Frame = Frame::Credit {
     chan: ChanId(0),
     end: End::A,
     n: 0,
+    bytes: 0,
 };
 
 pub(crate) struct Inner {
@@ -139,6 +145,7 @@ pub(crate) struct Inner {
     events: mpsc::UnboundedSender<HubEvent>,
     next_conn: AtomicU64,
     pub(crate) max_frame: u32,
+    pub(crate) max_unread: usize,
 }
 
 impl Inner {
@@ -513,13 +520,14 @@ impl Hub {
         let inner = Arc::new(Inner {
             pumping: std::sync::atomic::AtomicBool::new(false),
             pump_wake: yukicomm_wire::sys::pipe()?,
-            router: Mutex::new(Router::new(config.window)),
+            router: Mutex::new(Router::new(config.window, config.window_bytes)),
             store: Mutex::new(store),
             conns: RwLock::new(FxHashMap::default()),
             local: OnceLock::new(),
             events: tx,
             next_conn: AtomicU64::new(1),
             max_frame: config.max_frame,
+            max_unread: config.max_unread,
         });
         let accept_inner = inner.clone();
         let accept = tokio::spawn(async move {
@@ -564,9 +572,14 @@ impl Hub {
         self.inner.max_frame
     }
 
-    /// The credit window.
+    /// The credit window, in messages.
     pub fn window(&self) -> u32 {
         self.inner.router.lock().window()
+    }
+
+    /// The credit window, in bytes.
+    pub fn window_bytes(&self) -> u64 {
+        self.inner.router.lock().window_bytes()
     }
 
     /// Events for the supervisor. Can be taken once.
@@ -643,61 +656,41 @@ impl Hub {
         }
     }
 
-    /// Sends a message from the main process straight into the receiving child's
-    /// connection buffer when nothing is queued ahead of it (`Ok(true)`): no
-    /// intermediate copy. `Ok(false)` when that does not apply, before `encode` is
-    /// called: send it with [`Hub::local_frames`] then.
-    ///
-    /// # Errors
-    ///
-    /// When `encode` fails or the message is too large; nothing was sent.
-    pub fn local_send(
-        &self,
-        chan: ChanId,
-        to: yukicomm_wire::End,
-        encode: Encoder<'_>,
-    ) -> Result<bool, LocalSendError> {
+    /// Sends a message from the main process, already encoded (so that no user code
+    /// runs while the router is locked). When nothing is queued ahead of it and a child
+    /// receives at `to` with credit, the message goes straight into that child's
+    /// connection buffer; otherwise it is routed like any other.
+    pub fn local_send(&self, chan: ChanId, to: End, body: bytes::Bytes, carried: Vec<EndRef>) {
+        let m = yukicomm_wire::Msg {
+            chan,
+            to,
+            carried,
+            body,
+        };
         if IN_ROUTER.with(|f| f.get()) {
-            return Ok(false);
+            DEFERRED.with(|d| d.borrow_mut().push(Frame::Msg(m)));
+            return;
         }
-        let max = self.inner.max_frame as usize;
         self.inner.with_router_then(|r, out| {
-            let Some(target) = r.direct_target(LOCAL, chan, to) else {
-                return (Ok(false), None);
-            };
-            let Some(conn) = self.inner.conns.read().get(&target).cloned() else {
-                return (Ok(false), None);
-            };
-            let mut carried = Vec::new();
-            let appended = conn.append_with(|buf| {
-                let start = buf.len();
-                yukicomm_wire::encode_msg(buf, chan, to, |b| {
-                    let c = encode(b).map_err(LocalSendError::Encode)?;
-                    if let Some(k) = c.iter().find(|k| !r.holds_end(LOCAL, **k)) {
-                        return Err(LocalSendError::Encode(format!(
-                            "the message carries channel {} which this process does not hold",
-                            k.chan
-                        )));
-                    }
-                    carried.clone_from(&c);
-                    Ok(c)
-                })?;
-                let size = buf.len() - start - 4;
-                if size > max {
-                    buf.truncate(start);
-                    return Err(LocalSendError::TooLarge { size, max });
+            let direct = r
+                .direct_target(LOCAL, chan, to)
+                .filter(|_| m.carried.iter().all(|&k| r.holds_end(LOCAL, k)))
+                .and_then(|target| Some((target, self.inner.conns.read().get(&target).cloned()?)));
+            if let Some((target, conn)) = direct {
+                let appended = conn.append_with(|buf| {
+                    yukicomm_wire::encode_msg_raw(buf, chan, to, &m.carried, &m.body);
+                    Ok::<(), ()>(())
+                });
+                if appended.is_ok() {
+                    r.delivered_direct(LOCAL, chan, to, target, &m.carried, m.body.len(), out);
+                    return ((), Some(First::Kick(conn)));
                 }
-                Ok(())
-            });
-            match appended {
-                Ok(()) => {
-                    r.delivered_direct(LOCAL, chan, to, target, &carried, out);
-                    (Ok(true), Some(First::Kick(conn)))
-                }
-                Err(Some(e)) => (Err(e), None),
                 // The connection is broken: let the ordinary path deal with it.
-                Err(None) => (Ok(false), None),
             }
+            if let Err(e) = r.frame(LOCAL, Frame::Msg(m), out) {
+                tracing::error!("the main process broke the protocol: {e}");
+            }
+            ((), None)
         })
     }
 

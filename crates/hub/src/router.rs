@@ -4,11 +4,16 @@
 //! with the lock held, never blocks, and returns the frames to send (with their connections) so that
 //! nothing is written while the lock is held.
 //!
-//! Flow control: a process may have at most `window` messages per channel end that the
-//! hub has not yet delivered (the hub returns credit as it delivers, in batches of half
-//! a window), and a receiving process grants the hub at most `window` messages per end
-//! at a time. So the hub holds at most `window` queued messages per sending process and
-//! channel end, whatever the processes do.
+//! Flow control counts messages and bytes (of message bodies). A process may have at
+//! most `window` messages per channel end that the hub has not yet delivered, and may
+//! send another only while fewer than `window_bytes` bytes are undelivered (the hub
+//! returns credit as it delivers, in batches of half a window). A receiving process
+//! grants the hub at most `window` messages and `window_bytes` bytes per end at a time,
+//! and the hub delivers there only while the bytes it has delivered and not been
+//! credited for are fewer than the grant. So the hub holds, per sending process and
+//! channel end, at most `window` queued messages and `window_bytes` bytes plus one
+//! message, whatever the processes do; that includes what waits for a child that is
+//! being restarted.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -55,13 +60,24 @@ struct Queued {
     carried: Vec<EndRef>,
 }
 
+/// A process receiving at an end, with the credit it has granted.
+#[derive(Debug, Clone, Copy)]
+struct Receiver {
+    conn: ConnId,
+    /// Messages the hub may still deliver.
+    msgs: u32,
+    /// Bytes the hub may still deliver: it delivers while this is positive, so one
+    /// message may take it below zero.
+    bytes: i64,
+}
+
 #[derive(Default)]
 struct EndRoute {
     /// Processes holding this end, with how many grants each has not released.
     holders: FxHashMap<ConnId, u32>,
     ever_held: bool,
-    /// Processes receiving at this end, with the credit each has granted.
-    receivers: Vec<(ConnId, u32)>,
+    /// Processes receiving at this end.
+    receivers: Vec<Receiver>,
     next: usize,
     /// Messages to this end waiting for a receiver with credit.
     queue: VecDeque<Queued>,
@@ -76,18 +92,30 @@ struct EndRoute {
 }
 
 impl EndRoute {
-    /// The next receiver, round robin, for a message from `from` (a process never
-    /// receives its own message), taking one of its credits; once the channel is
-    /// closed, credit is not needed.
-    fn take_receiver(&mut self, from: ConnId, closed: bool) -> Option<ConnId> {
+    /// The index of the next receiver, round robin, for a message from `from` (a
+    /// process never receives its own message) that has credit for it; once the
+    /// channel is closed, credit is not needed.
+    fn next_receiver(&self, from: ConnId, closed: bool) -> Option<usize> {
         let n = self.receivers.len();
-        let idx = (0..n)
-            .map(|i| (self.next + i) % n)
-            .find(|&i| self.receivers[i].0 != from && (self.receivers[i].1 > 0 || closed))?;
+        (0..n).map(|i| (self.next + i) % n).find(|&i| {
+            let r = &self.receivers[i];
+            r.conn != from && ((r.msgs > 0 && r.bytes > 0) || closed)
+        })
+    }
+
+    /// Takes the credit of a message of `size` bytes from receiver `idx`.
+    fn take_credit(&mut self, idx: usize, size: usize) -> ConnId {
         self.next = idx + 1;
         let r = &mut self.receivers[idx];
-        r.1 = r.1.saturating_sub(1);
-        Some(r.0)
+        r.msgs = r.msgs.saturating_sub(1);
+        r.bytes = r.bytes.saturating_sub(size as i64);
+        r.conn
+    }
+
+    /// The next receiver for a message of `size` bytes from `from`, taking its credit.
+    fn take_receiver(&mut self, from: ConnId, closed: bool, size: usize) -> Option<ConnId> {
+        let idx = self.next_receiver(from, closed)?;
+        Some(self.take_credit(idx, size))
     }
 }
 
@@ -126,8 +154,12 @@ struct Sending {
     epoch: u32,
     /// Messages received and not yet credited back.
     outstanding: u32,
+    /// Bytes received and not yet credited back.
+    outstanding_bytes: u64,
     /// Delivered messages whose credit is not yet returned.
     owed: u32,
+    /// Bytes of delivered messages whose credit is not yet returned.
+    owed_bytes: u64,
 }
 
 /// A child the supervisor announced.
@@ -167,6 +199,7 @@ pub enum HubEvent {
 
 pub(crate) struct Router {
     window: u32,
+    window_bytes: u64,
     chans: FxHashMap<ChanId, Chan>,
     next_chan: u32,
     names: HashMap<String, ChanId>,
@@ -190,12 +223,13 @@ fn tell_other_end(chan: &Chan, key: EndRef, event: Event, out: &mut Vec<Out>) {
     }
 }
 
-/// Returns the credit of a message the hub refused before counting it.
-fn give_back(from: EndRef) -> Frame {
+/// Returns the credit of a message of `size` bytes the hub refused before counting it.
+fn give_back(from: EndRef, size: usize) -> Frame {
     Frame::Credit {
         chan: from.chan,
         end: from.end,
         n: 1,
+        bytes: size as u64,
     }
 }
 
@@ -204,9 +238,10 @@ fn error(code: ErrorCode, message: String) -> Reply {
 }
 
 impl Router {
-    pub(crate) fn new(window: u32) -> Router {
+    pub(crate) fn new(window: u32, window_bytes: u64) -> Router {
         let mut r = Router {
             window: window.max(1),
+            window_bytes: window_bytes.clamp(1, i64::MAX as u64),
             chans: FxHashMap::default(),
             next_chan: 1,
             names: HashMap::new(),
@@ -220,6 +255,10 @@ impl Router {
 
     pub(crate) fn window(&self) -> u32 {
         self.window
+    }
+
+    pub(crate) fn window_bytes(&self) -> u64 {
+        self.window_bytes
     }
 
     fn new_chan(&mut self, type_name: String, creator: Creator) -> ChanId {
@@ -338,6 +377,7 @@ impl Router {
             Reply::Welcome {
                 name: name.to_string(),
                 window: self.window,
+                window_bytes: self.window_bytes,
                 max_frame,
                 active,
                 passive,
@@ -389,13 +429,15 @@ impl Router {
             _ => {}
         }
         route.holders.remove(&conn);
-        route.receivers.retain(|(c, _)| *c != conn);
+        route.receivers.retain(|r| r.conn != conn);
         if let Some(cs) = self.conns.get_mut(&conn) {
             cs.holds.remove(&key);
             let s = cs.sending.entry(key).or_default();
             s.epoch += 1;
             s.outstanding = 0;
+            s.outstanding_bytes = 0;
             s.owed = 0;
+            s.owed_bytes = 0;
         }
         if chan.ends[key.end.index()].holders.is_empty() {
             // What the gone holders sent is delivered before the last word that they
@@ -495,11 +537,23 @@ impl Router {
     ) -> Result<(), String> {
         match frame {
             Frame::Msg(m) => self.msg(conn, m, out),
-            Frame::Credit { chan, end, n } => {
+            Frame::Credit {
+                chan,
+                end,
+                n,
+                bytes,
+            } => {
                 if let Some(c) = self.chans.get_mut(&chan) {
                     let route = &mut c.ends[end.index()];
-                    if let Some(r) = route.receivers.iter_mut().find(|(c, _)| *c == conn) {
-                        r.1 = r.1.saturating_add(n).min(self.window.saturating_mul(2));
+                    if let Some(r) = route.receivers.iter_mut().find(|r| r.conn == conn) {
+                        // A receiver never has more room than a window: more is a
+                        // miscount, and must not let it be flooded.
+                        r.msgs = r.msgs.saturating_add(n).min(self.window);
+                        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+                        r.bytes = r
+                            .bytes
+                            .saturating_add(bytes)
+                            .min(self.window_bytes as i64);
                     }
                     self.drain(chan, end, out);
                 }
@@ -526,6 +580,7 @@ impl Router {
             chan: m.chan,
             end: m.to.opposite(),
         };
+        let size = m.body.len();
         let Some(chan) = self.chans.get(&m.chan) else {
             out.push((
                 conn,
@@ -535,7 +590,7 @@ impl Router {
                     format!("no channel {}", m.chan),
                 ),
             ));
-            out.push((conn, give_back(from)));
+            out.push((conn, give_back(from, size)));
             return Ok(());
         };
         if !chan.ends[from.end.index()].holders.contains_key(&conn) {
@@ -548,14 +603,23 @@ impl Router {
                     format!("channel '{label}': this process does not hold the sending end"),
                 ),
             ));
-            out.push((conn, give_back(from)));
+            out.push((conn, give_back(from, size)));
             return Ok(());
         }
-        let window = self.window;
+        let (window, window_bytes) = (self.window, self.window_bytes);
         let cs = self.conns.entry(conn).or_default();
         let sending = cs.sending.entry(from).or_default();
         let epoch = sending.epoch;
-        sending.outstanding += 1;
+        // The main process accounts for its own window; a child that overruns its
+        // window breaks the protocol.
+        if conn != LOCAL && sending.outstanding_bytes >= window_bytes {
+            return Err(format!(
+                "channel {}: a message sent with {} bytes in flight (the window is {window_bytes})",
+                m.chan, sending.outstanding_bytes
+            ));
+        }
+        sending.outstanding = sending.outstanding.saturating_add(1);
+        sending.outstanding_bytes = sending.outstanding_bytes.saturating_add(size as u64);
         if sending.outstanding > window {
             return Err(format!(
                 "channel {}: more than {window} messages in flight",
@@ -574,7 +638,7 @@ impl Router {
                     ),
                 ),
             ));
-            self.credit_back(conn, from, epoch, out);
+            self.credit_back(conn, from, epoch, size, out);
             return Ok(());
         }
         let chan = self.chans.get_mut(&m.chan).expect("checked above");
@@ -588,16 +652,16 @@ impl Router {
                     format!("channel '{label}' is closed"),
                 ),
             ));
-            self.credit_back(conn, from, epoch, out);
+            self.credit_back(conn, from, epoch, size, out);
             return Ok(());
         }
         let route = &mut chan.ends[m.to.index()];
         // Nothing queued ahead of it and a receiver with credit: no need to queue it.
         if route.queue.is_empty() && m.carried.is_empty() {
-            if let Some(receiver) = route.take_receiver(conn, false) {
+            if let Some(receiver) = route.take_receiver(conn, false, size) {
                 route.last_from = Some(conn);
                 out.push((receiver, Frame::Msg(m)));
-                self.credit_back(conn, from, epoch, out);
+                self.credit_back(conn, from, epoch, size, out);
                 return Ok(());
             }
         }
@@ -627,12 +691,8 @@ impl Router {
         if !route.queue.is_empty() {
             return None;
         }
-        let n = route.receivers.len();
-        (0..n)
-            .map(|i| route.receivers[(route.next + i) % n])
-            .find(|&(r, credit)| r != conn && credit > 0)
-            .map(|(r, _)| r)
-            .filter(|&r| r != LOCAL)
+        let idx = route.next_receiver(conn, false)?;
+        Some(route.receivers[idx].conn).filter(|&r| r != LOCAL)
     }
 
     /// Whether `conn` holds `key`.
@@ -649,6 +709,7 @@ impl Router {
         to: End,
         receiver: ConnId,
         carried: &[EndRef],
+        size: usize,
         out: &mut Vec<Out>,
     ) {
         let from = EndRef {
@@ -658,19 +719,19 @@ impl Router {
         let cs = self.conns.entry(conn).or_default();
         let sending = cs.sending.entry(from).or_default();
         let epoch = sending.epoch;
-        sending.outstanding += 1;
+        sending.outstanding = sending.outstanding.saturating_add(1);
+        sending.outstanding_bytes = sending.outstanding_bytes.saturating_add(size as u64);
         if let Some(c) = self.chans.get_mut(&chan) {
             let route = &mut c.ends[to.index()];
-            if let Some(idx) = route.receivers.iter().position(|(r, _)| *r == receiver) {
-                route.next = idx + 1;
-                route.receivers[idx].1 = route.receivers[idx].1.saturating_sub(1);
+            if let Some(idx) = route.receivers.iter().position(|r| r.conn == receiver) {
+                route.take_credit(idx, size);
             }
             route.last_from = Some(conn);
         }
         for &k in carried {
             self.add_hold(receiver, k, 1, out);
         }
-        self.credit_back(conn, from, epoch, out);
+        self.credit_back(conn, from, epoch, size, out);
     }
 
     /// Delivers queued messages for `end` to receivers with credit, round robin.
@@ -707,10 +768,11 @@ impl Router {
                 }
                 return;
             };
-            let Some(receiver) = route.take_receiver(front.from, closed) else {
+            let Some(receiver) = route.take_receiver(front.from, closed, front.body.len()) else {
                 return;
             };
             let q = route.queue.pop_front().expect("front checked above");
+            let size = q.body.len();
             route.last_from = Some(q.from);
             for &k in &q.carried {
                 self.add_hold(receiver, k, 1, out);
@@ -729,14 +791,22 @@ impl Router {
                     body: q.body,
                 }),
             ));
-            self.credit_back(q.from, from, q.epoch, out);
+            self.credit_back(q.from, from, q.epoch, size, out);
         }
     }
 
-    /// Counts one delivered message of `conn` sent from `from`, returning credit in
-    /// batches of half a window.
-    fn credit_back(&mut self, conn: ConnId, from: EndRef, epoch: u32, out: &mut Vec<Out>) {
+    /// Counts one delivered message of `size` bytes of `conn` sent from `from`,
+    /// returning credit in batches of half a window (in messages or in bytes).
+    fn credit_back(
+        &mut self,
+        conn: ConnId,
+        from: EndRef,
+        epoch: u32,
+        size: usize,
+        out: &mut Vec<Out>,
+    ) {
         let half = (self.window / 2).max(1);
+        let half_bytes = (self.window_bytes / 2).max(1);
         let Some(cs) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -744,16 +814,20 @@ impl Router {
         if s.epoch != epoch {
             return;
         }
-        s.owed += 1;
-        if s.owed >= half {
+        s.owed = s.owed.saturating_add(1);
+        s.owed_bytes = s.owed_bytes.saturating_add(size as u64);
+        if s.owed >= half || s.owed_bytes >= half_bytes {
             let n = std::mem::take(&mut s.owed);
+            let bytes = std::mem::take(&mut s.owed_bytes);
             s.outstanding = s.outstanding.saturating_sub(n);
+            s.outstanding_bytes = s.outstanding_bytes.saturating_sub(bytes);
             out.push((
                 conn,
                 Frame::Credit {
                     chan: from.chan,
                     end: from.end,
                     n,
+                    bytes,
                 },
             ));
         }
@@ -761,7 +835,12 @@ impl Router {
 
     fn notice(&mut self, conn: ConnId, notice: Notice, out: &mut Vec<Out>) {
         match notice {
-            Notice::Attach { chan, end, credit } => {
+            Notice::Attach {
+                chan,
+                end,
+                credit,
+                bytes,
+            } => {
                 let Some(c) = self.chans.get_mut(&chan) else {
                     return;
                 };
@@ -769,10 +848,14 @@ impl Router {
                 if !route.holders.contains_key(&conn) {
                     return;
                 }
-                let credit = credit.min(self.window);
-                match route.receivers.iter_mut().find(|(c, _)| *c == conn) {
-                    Some(r) => r.1 = credit,
-                    None => route.receivers.push((conn, credit)),
+                let msgs = credit.min(self.window);
+                let bytes = bytes.min(self.window_bytes) as i64;
+                match route.receivers.iter_mut().find(|r| r.conn == conn) {
+                    Some(r) => {
+                        r.msgs = msgs;
+                        r.bytes = bytes;
+                    }
+                    None => route.receivers.push(Receiver { conn, msgs, bytes }),
                 }
                 self.drain(chan, end, out);
             }

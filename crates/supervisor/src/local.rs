@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use yukicomm_client::{EncodeFn, LinkError, Node, OpFuture, Pump, Transport, TransportError};
-use yukicomm_hub::{Hub, LocalSendError};
+use yukicomm_hub::Hub;
 use yukicomm_wire::store::{Op, OpReply};
-use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
+use yukicomm_wire::{ChanId, End, EndRef, Frame, Notice, Reply, Request};
 
 thread_local! {
     /// The size of the last body encoded on this thread, to allocate the next one once.
@@ -23,16 +23,10 @@ pub(crate) struct Local {
 
 impl Transport for Local {
     fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError> {
-        match self.hub.local_send(chan, to, encode) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(LocalSendError::Encode(e)) => return Err(TransportError::Encode(e)),
-            Err(LocalSendError::TooLarge { size, max }) => {
-                return Err(TransportError::TooLarge { size, max })
-            }
-        }
+        // Encoded here, before the hub is entered: the value's `Serialize` is user code,
+        // and no user code runs under a hub lock.
         let mut body = Vec::with_capacity(LAST_LEN.with(Cell::get));
-        let carried = encode(&mut body).map_err(TransportError::Encode)?;
+        let carried = encode(&mut body)?;
         // Header (7 bytes after the kind byte) and the carried list count too.
         let size = body.len() + 8 + carried.len() * 5;
         if size > self.max_frame {
@@ -43,18 +37,17 @@ impl Transport for Local {
         }
         LAST_LEN.with(|l| l.set(body.len().max(16)));
         // The buffer moves into `Bytes` without a copy.
-        let body = Bytes::from(body);
-        self.hub.local_frames([Frame::Msg(Msg {
-            chan,
-            to,
-            carried,
-            body,
-        })]);
+        self.hub.local_send(chan, to, Bytes::from(body), carried);
         Ok(())
     }
 
-    fn send_credit(&self, chan: ChanId, end: End, n: u32) {
-        self.hub.local_frames([Frame::Credit { chan, end, n }]);
+    fn send_credit(&self, chan: ChanId, end: End, n: u32, bytes: u64) {
+        self.hub.local_frames([Frame::Credit {
+            chan,
+            end,
+            n,
+            bytes,
+        }]);
     }
 
     fn notice(&self, notice: Notice) {
@@ -101,7 +94,12 @@ impl Transport for Local {
 
 /// Makes the main process's node and wires it to the hub in both directions.
 pub(crate) fn local_node(hub: Arc<Hub>, runtime: tokio::runtime::Handle) -> Node {
-    let node = Node::new(hub.window(), runtime, Duration::from_secs(30));
+    let node = Node::new(
+        hub.window(),
+        hub.window_bytes(),
+        runtime,
+        Duration::from_secs(30),
+    );
     node.set_transport(Arc::new(Local {
         hub: hub.clone(),
         max_frame: hub.max_frame() as usize,

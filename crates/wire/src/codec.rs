@@ -153,13 +153,19 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
             }))
         }
         2 => {
-            if p.len() != 9 {
-                return Err(malformed(Kind::Credit, "payload is not 9 bytes"));
+            if p.len() != 17 {
+                return Err(malformed(Kind::Credit, "payload is not 17 bytes"));
             }
             let chan = ChanId(p.get_u32_le());
             let end = End::from_u8(p.get_u8()).ok_or_else(|| malformed(Kind::Credit, "bad end"))?;
             let n = p.get_u32_le();
-            Ok(Frame::Credit { chan, end, n })
+            let bytes = p.get_u64_le();
+            Ok(Frame::Credit {
+                chan,
+                end,
+                n,
+                bytes,
+            })
         }
         3 | 4 => {
             let k = if kind == 3 {
@@ -198,7 +204,12 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
 pub fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
     match frame {
         Frame::Msg(m) => encode_msg_raw(out, m.chan, m.to, &m.carried, &m.body),
-        Frame::Credit { chan, end, n } => encode_credit(out, *chan, *end, *n),
+        Frame::Credit {
+            chan,
+            end,
+            n,
+            bytes,
+        } => encode_credit(out, *chan, *end, *n, *bytes),
         Frame::Op { id, quiet, op } => crate::store::encode_op(out, *id, *quiet, op),
         Frame::OpReply { id, reply } => crate::store::encode_op_reply(out, *id, reply),
         Frame::Delivery(d) => crate::store::encode_delivery(out, d),
@@ -254,13 +265,14 @@ pub fn encode_msg_raw(out: &mut Vec<u8>, chan: ChanId, to: End, carried: &[EndRe
     let _ = r;
 }
 
-/// Appends a `Credit` frame.
-pub fn encode_credit(out: &mut Vec<u8>, chan: ChanId, end: End, n: u32) {
-    out.extend_from_slice(&10u32.to_le_bytes());
+/// Appends a `Credit` frame: `n` messages and `bytes` bytes of message bodies.
+pub fn encode_credit(out: &mut Vec<u8>, chan: ChanId, end: End, n: u32, bytes: u64) {
+    out.extend_from_slice(&18u32.to_le_bytes());
     out.push(Kind::Credit as u8);
     out.extend_from_slice(&chan.0.to_le_bytes());
     out.push(end as u8);
     out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&bytes.to_le_bytes());
 }
 
 /// Appends a control frame (`Request`, `Reply`, `Notice` or `Event`) for `frame`.
@@ -347,6 +359,7 @@ mod tests {
             chan: ChanId(1),
             end: End::B,
             n: 77,
+            bytes: 1 << 40,
         });
         roundtrip(Frame::Request {
             id: 5,

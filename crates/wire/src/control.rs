@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ChanId, End};
 
 /// The protocol version a process announces in [`Request::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a process asks the hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,8 +74,11 @@ pub enum Reply {
     Welcome {
         /// The child name the hub knows this process by.
         name: String,
-        /// Credit window per channel end, for sending and receiving.
+        /// Credit window per channel end, for sending and receiving, in messages.
         window: u32,
+        /// Credit window per channel end, for sending and receiving, in bytes of
+        /// message bodies.
+        window_bytes: u64,
         /// Largest frame the hub accepts.
         max_frame: u32,
         /// The child's `NAME-active` channel; the child holds end `A`.
@@ -181,6 +184,8 @@ pub enum Notice {
         end: End,
         /// How many messages it can take now.
         credit: u32,
+        /// How many bytes of message bodies it can take now.
+        bytes: u64,
     },
     /// The process dropped its last handle to `end`.
     Release {

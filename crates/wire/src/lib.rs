@@ -134,8 +134,8 @@ pub enum Frame {
     /// Flow-control credit for one channel end.
     ///
     /// From a process to the hub: the process, receiving at `end`, can take `n` more
-    /// messages. From the hub to a process: the process may send `n` more messages from
-    /// `end`.
+    /// messages and `bytes` more bytes. From the hub to a process: the process may send
+    /// `n` more messages and `bytes` more bytes from `end`.
     Credit {
         /// The channel.
         chan: ChanId,
@@ -143,6 +143,8 @@ pub enum Frame {
         end: End,
         /// How many messages.
         n: u32,
+        /// How many bytes of message bodies.
+        bytes: u64,
     },
     /// A request that expects exactly one [`Frame::Reply`] with the same `id`.
     Request {

@@ -89,8 +89,8 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding this lock except an encoder, and the state stays
-        // consistent if one does (its partial frame is never written: `encode` errors
-        // truncate, and a panic unwinds past `push` before the owner changes).
+        // consistent if one does: `append_locked` cuts its partial frame off while
+        // unwinding, before the lock is released, and the owner has not changed yet.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -160,7 +160,15 @@ impl Outbox {
         if let Some(kind) = st.broken {
             return Err(Push::Broken(kind));
         }
-        encode(&mut st.buf).map_err(Push::Encode)?;
+        let start = st.buf.len();
+        // Whatever `encode` does, failing or panicking, no part of its frame stays.
+        let cut = CutOnUnwind { buf: &mut st.buf, start };
+        let result = encode(cut.buf);
+        std::mem::forget(cut);
+        if let Err(e) = result {
+            st.buf.truncate(start);
+            return Err(Push::Encode(e));
+        }
         Ok(st)
     }
 
@@ -282,6 +290,19 @@ impl Outbox {
     }
 }
 
+/// Cuts a buffer back to `start` when dropped, which only happens if an encoder panics
+/// (`append_locked` forgets it otherwise).
+struct CutOnUnwind<'a> {
+    buf: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl Drop for CutOnUnwind<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.start);
+    }
+}
+
 fn clear(mut v: Vec<u8>) -> Vec<u8> {
     v.clear();
     v
@@ -370,6 +391,29 @@ mod tests {
         assert!(s.written.lock().unwrap().is_empty());
         assert_eq!(s.wakes.load(Ordering::SeqCst), 1);
         assert_eq!(o.take_for_flush().unwrap(), b"123");
+    }
+
+    #[test]
+    fn a_failing_or_panicking_encoder_leaves_nothing() {
+        let o = Outbox::new(Duration::from_secs(60));
+        let s = Sink::default();
+        s.limit.store(1 << 20, Ordering::SeqCst);
+        push(&o, &s, b"1");
+        push(&o, &s, b"2"); // in a burst: stays in the buffer
+        let failed = o.push(&s, |b| {
+            b.extend_from_slice(b"half a frame");
+            Err("no")
+        });
+        assert!(matches!(failed, Err(Push::Encode("no"))));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = o.push::<()>(&s, |b| {
+                b.extend_from_slice(b"half a frame");
+                panic!("a user's Serialize panics");
+            });
+        }));
+        assert!(panicked.is_err());
+        push(&o, &s, b"3");
+        assert_eq!(o.take_for_flush().unwrap(), b"23");
     }
 
     #[test]
