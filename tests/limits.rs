@@ -55,7 +55,8 @@ fn a_panicking_serialize_leaves_nothing_half_sent_in_child_or_main() {
     let name = "a_panicking_serialize_leaves_nothing_half_sent_in_child_or_main";
     let _w = watchdog(name, Duration::from_secs(60));
     let mut app = app(name);
-    app.add_target("bomber", bomber).restart(RestartPolicy::Never);
+    app.add_target("bomber", bomber)
+        .restart(RestartPolicy::Never);
     run_main(app, |ctx| {
         let passive = ctx.get_channel::<Bomb>("bomber-passive").unwrap();
         // The child's panicking send became an error, and its next message arrived
@@ -117,11 +118,13 @@ fn a_slow_serialize_in_the_main_process_does_not_stall_routing() {
             // straight to this child), and ticking on the passive one.
             let got = ctx.passive_channel::<u32>();
             let tick = got.clone();
-            ctx.active_channel::<Slow>()
-                .on_receive(|_: &Slow| true, move |s: Slow| {
+            ctx.active_channel::<Slow>().on_receive(
+                |_: &Slow| true,
+                move |s: Slow| {
                     let _ = got.send(1_000_000 + s.0);
                     async {}
-                })?;
+                },
+            )?;
             for i in 0.. {
                 tick.send_async(i).await?;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -146,7 +149,10 @@ fn a_slow_serialize_in_the_main_process_does_not_stall_routing() {
         });
         RELEASE.store(true, Ordering::SeqCst);
         sender.join().unwrap().unwrap();
-        assert!(routed, "routing stalled while the main process encoded a value");
+        assert!(
+            routed,
+            "routing stalled while the main process encoded a value"
+        );
         // And the slow value arrived once encoded.
         let seen = (0..500).any(|_| ticks.recv_timeout(T).unwrap() == 1_000_007);
         assert!(seen);
@@ -206,7 +212,9 @@ fn a_child_waiting_for_its_restart_queues_at_most_its_byte_window() {
             .unwrap()
             .with_full_policy(yukicomm::FullPolicy::Fail);
         let first = passive.recv_timeout(T).unwrap();
-        assert!(support::eventually(T, || support::process_gone(first as i32)));
+        assert!(support::eventually(T, || support::process_gone(
+            first as i32
+        )));
 
         // The child now waits ten minutes for its restart: its messages queue in the
         // main process, until the window in bytes is used up.
@@ -239,4 +247,3 @@ fn a_child_waiting_for_its_restart_queues_at_most_its_byte_window() {
         }
     });
 }
-

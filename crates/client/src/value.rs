@@ -42,7 +42,10 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     let failure = match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
-        Err(panic) => Some(format!("its Serialize panicked: {}", panic_message(&*panic))),
+        Err(panic) => Some(format!(
+            "its Serialize panicked: {}",
+            panic_message(&*panic)
+        )),
     };
     if let Some(reason) = failure {
         buf.truncate(start);
@@ -282,7 +285,12 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let node = Node::new(8, 1 << 20, rt.handle().clone(), std::time::Duration::from_secs(1));
+        let node = Node::new(
+            8,
+            1 << 20,
+            rt.handle().clone(),
+            std::time::Duration::from_secs(1),
+        );
         let mut body = Vec::new();
         let sent = Payload::from(vec![7u8; 1000]);
         assert!(encode(&mut body, &("tag", &sent)).unwrap().is_empty());

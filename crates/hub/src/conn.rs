@@ -412,7 +412,12 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
             return;
         }
     };
-    let conn = match Conn::new(inner.next_conn_id(), stream, inner.max_frame, inner.max_unread) {
+    let conn = match Conn::new(
+        inner.next_conn_id(),
+        stream,
+        inner.max_frame,
+        inner.max_unread,
+    ) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::warn!("cannot serve a connection: {e}");
@@ -456,10 +461,7 @@ impl Conn {
 /// Starts a connection's flusher, then its reader with `spawn_reader`. A connection
 /// whose reader cannot start is closed (its socket with the last reference to it), never
 /// left open with nobody reading it.
-fn start(
-    conn: Arc<Conn>,
-    spawn_reader: impl FnOnce(Arc<Conn>) -> std::io::Result<()>,
-) {
+fn start(conn: Arc<Conn>, spawn_reader: impl FnOnce(Arc<Conn>) -> std::io::Result<()>) {
     tokio::spawn(flusher(conn.clone()));
     if let Err(e) = spawn_reader(conn.clone()) {
         tracing::warn!(

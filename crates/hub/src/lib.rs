@@ -682,7 +682,7 @@ impl Hub {
                     Ok::<(), ()>(())
                 });
                 if appended.is_ok() {
-                    r.delivered_direct(LOCAL, chan, to, target, &m.carried, m.body.len(), out);
+                    r.delivered_direct(LOCAL, &m, target, out);
                     return ((), Some(First::Kick(conn)));
                 }
                 // The connection is broken: let the ordinary path deal with it.

@@ -550,10 +550,7 @@ impl Router {
                         // miscount, and must not let it be flooded.
                         r.msgs = r.msgs.saturating_add(n).min(self.window);
                         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-                        r.bytes = r
-                            .bytes
-                            .saturating_add(bytes)
-                            .min(self.window_bytes as i64);
+                        r.bytes = r.bytes.saturating_add(bytes).min(self.window_bytes as i64);
                     }
                     self.drain(chan, end, out);
                 }
@@ -700,18 +697,16 @@ impl Router {
         self.holds(conn, key)
     }
 
-    /// Accounts for a message from `conn` that was written straight to `receiver` (as
-    /// [`Router::direct_target`] chose), carrying `carried`.
+    /// Accounts for message `m` from `conn` that was written straight to `receiver` (as
+    /// [`Router::direct_target`] chose).
     pub(crate) fn delivered_direct(
         &mut self,
         conn: ConnId,
-        chan: ChanId,
-        to: End,
+        m: &Msg,
         receiver: ConnId,
-        carried: &[EndRef],
-        size: usize,
         out: &mut Vec<Out>,
     ) {
+        let (chan, to, size) = (m.chan, m.to, m.body.len());
         let from = EndRef {
             chan,
             end: to.opposite(),
@@ -728,7 +723,7 @@ impl Router {
             }
             route.last_from = Some(conn);
         }
-        for &k in carried {
+        for &k in &m.carried {
             self.add_hold(receiver, k, 1, out);
         }
         self.credit_back(conn, from, epoch, size, out);

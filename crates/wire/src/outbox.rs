@@ -162,7 +162,10 @@ impl Outbox {
         }
         let start = st.buf.len();
         // Whatever `encode` does, failing or panicking, no part of its frame stays.
-        let cut = CutOnUnwind { buf: &mut st.buf, start };
+        let cut = CutOnUnwind {
+            buf: &mut st.buf,
+            start,
+        };
         let result = encode(cut.buf);
         std::mem::forget(cut);
         if let Err(e) = result {
