@@ -1065,3 +1065,6 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
