@@ -39,7 +39,7 @@ pub mod sys;
 
 pub use codec::{
     encode_control, encode_credit, encode_frame, encode_msg, encode_msg_raw, Decoder, FrameError,
-    Kind, HEADER_LEN,
+    Kind, HEADER_LEN, MAX_CONTROL_DEPTH,
 };
 pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
