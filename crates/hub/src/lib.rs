@@ -294,7 +294,10 @@ impl Inner {
                 true
             }
             Err(refusal) => {
-                tracing::warn!(child = name, "refused a connection: {refusal:?}");
+                tracing::warn!(
+                    child = %yukicomm_wire::abbreviate(name),
+                    "refused a connection: {refusal:?}"
+                );
                 false
             }
         }

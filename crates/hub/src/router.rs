@@ -21,8 +21,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use bytes::Bytes;
 use yukicomm_wire::{
-    ChanId, ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Event, Frame, Msg,
-    Notice, Reply, Request,
+    abbreviate, ChanId, ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Event,
+    Frame, Msg, Notice, Reply, Request, MAX_TYPE_NAME,
 };
 
 /// A connection's number in the hub. [`LOCAL`] is the main process itself.
@@ -237,6 +237,28 @@ fn error(code: ErrorCode, message: String) -> Reply {
     Reply::Error { code, message }
 }
 
+/// Channel numbers kept for the children the supervisor announces: `create` stops short
+/// of them, so numbers never wrap around to channels in use.
+const RESERVED_CHANS: u32 = 1 << 16;
+
+/// Refuses a request whose fields are beyond what the hub keeps, before it is handled.
+fn check_request(req: &Request) -> Result<(), Reply> {
+    match req {
+        Request::Create { type_name, .. } | Request::Lookup { type_name, .. }
+            if type_name.len() > MAX_TYPE_NAME =>
+        {
+            Err(error(
+                ErrorCode::BadRequest,
+                format!(
+                    "type name of {} bytes exceeds the limit of {MAX_TYPE_NAME} bytes",
+                    type_name.len()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Router {
     pub(crate) fn new(window: u32, window_bytes: u64) -> Router {
         let mut r = Router {
@@ -263,7 +285,8 @@ impl Router {
 
     fn new_chan(&mut self, type_name: String, creator: Creator) -> ChanId {
         let id = ChanId(self.next_chan);
-        self.next_chan += 1;
+        // `create` stops RESERVED_CHANS short of the end (see `request`).
+        self.next_chan = self.next_chan.saturating_add(1);
         self.chans.insert(
             id,
             Chan {
@@ -340,7 +363,7 @@ impl Router {
         let Some(child) = self.children.get_mut(name) else {
             return Err(error(
                 ErrorCode::Unauthorized,
-                format!("no child process named '{name}'"),
+                format!("no child process named '{}'", abbreviate(name)),
             ));
         };
         if child.token.is_empty() || child.token != token {
@@ -392,7 +415,8 @@ impl Router {
         };
         let route = &mut chan.ends[key.end.index()];
         let was_empty = route.holders.is_empty();
-        *route.holders.entry(conn).or_insert(0) += grants;
+        let held = route.holders.entry(conn).or_insert(0);
+        *held = held.saturating_add(grants);
         let came_back = was_empty && route.ever_held;
         route.ever_held = true;
         if came_back {
@@ -433,7 +457,7 @@ impl Router {
         if let Some(cs) = self.conns.get_mut(&conn) {
             cs.holds.remove(&key);
             let s = cs.sending.entry(key).or_default();
-            s.epoch += 1;
+            s.epoch = s.epoch.wrapping_add(1);
             s.outstanding = 0;
             s.outstanding_bytes = 0;
             s.owed = 0;
@@ -557,7 +581,10 @@ impl Router {
                 Ok(())
             }
             Frame::Request { id, body } => {
-                let reply = self.request(conn, body, out);
+                let reply = match check_request(&body) {
+                    Ok(()) => self.request(conn, body, out),
+                    Err(refusal) => refusal,
+                };
                 out.push((conn, Frame::Reply { id, body: reply }));
                 Ok(())
             }
@@ -930,6 +957,12 @@ impl Router {
                 "hello is only valid as the first frame".into(),
             ),
             Request::Create { type_name, pair } => {
+                if self.next_chan > u32::MAX - RESERVED_CHANS {
+                    return error(
+                        ErrorCode::BadRequest,
+                        "the hub has no channel numbers left".into(),
+                    );
+                }
                 let creator = self.creator_of(conn);
                 let chan = self.new_chan(type_name, creator);
                 self.add_hold(conn, EndRef { chan, end: End::A }, 1, out);
@@ -978,7 +1011,7 @@ impl Router {
                 let Some(&id) = self.names.get(&name) else {
                     return error(
                         ErrorCode::UnknownChannel,
-                        format!("no channel named '{name}'"),
+                        format!("no channel named '{}'", abbreviate(&name)),
                     );
                 };
                 let me = self.creator_of(conn);
@@ -1040,7 +1073,7 @@ impl Router {
                 if !self.children.contains_key(&name) {
                     return error(
                         ErrorCode::UnknownProcess,
-                        format!("no child process named '{name}'"),
+                        format!("no child process named '{}'", abbreviate(&name)),
                     );
                 }
                 if action == ControlAction::Restart {

@@ -39,12 +39,12 @@ pub mod sys;
 
 pub use codec::{
     encode_control, encode_credit, encode_frame, encode_msg, encode_msg_raw, Decoder, FrameError,
-    Kind, HEADER_LEN,
+    Kind, HEADER_LEN, MAX_CONTROL_DEPTH,
 };
 pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
 };
-pub use names::{ChannelName, NameError, ProcessName};
+pub use names::{abbreviate, ChannelName, NameError, ProcessName};
 pub use outbox::{Outbox, OutboxSink, Push};
 
 use bytes::Bytes;
@@ -52,6 +52,10 @@ use serde::{Deserialize, Serialize};
 
 /// Default largest frame a peer accepts, in bytes (length prefix excluded): 16 MiB.
 pub const DEFAULT_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// Longest `type_name` a `create` or `lookup` request may carry, in bytes; the hub
+/// answers a longer one with `bad_request`.
+pub const MAX_TYPE_NAME: usize = 4096;
 
 /// The MessagePack extension type that carries a channel handle inside a message.
 pub const CHANNEL_EXT_TYPE: i8 = 1;

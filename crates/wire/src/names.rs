@@ -1,10 +1,11 @@
 //! Validated names: channel names and process (child) names.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} {name:?}: {reason}")]
+#[error("invalid {what} {:?}: {reason}", abbreviate(.name))]
 pub struct NameError {
     /// "channel name" or "process name".
     pub what: &'static str,
@@ -12,6 +13,20 @@ pub struct NameError {
     pub name: String,
     /// What is wrong with it.
     pub reason: &'static str,
+}
+
+/// Longest name, key or type name quoted whole in an error message, in bytes.
+const SHOWN: usize = 128;
+
+/// `text` as an error message may quote it: whole up to 128 bytes (every valid name
+/// fits), otherwise its first 64 characters and its length, so that a message about a
+/// huge name stays small.
+pub fn abbreviate(text: &str) -> Cow<'_, str> {
+    if text.len() <= SHOWN {
+        return Cow::Borrowed(text);
+    }
+    let head: String = text.chars().take(SHOWN / 2).collect();
+    Cow::Owned(format!("{head}… ({} bytes)", text.len()))
 }
 
 fn check(what: &'static str, name: &str, max: usize, extra: &[char]) -> Result<(), NameError> {
@@ -122,5 +137,17 @@ mod tests {
         assert!(ProcessName::new("a.b").is_err());
         let p = ProcessName::new("nonebot").unwrap();
         assert_eq!(p.active_channel().as_str(), "nonebot-active");
+    }
+
+    #[test]
+    fn long_names_are_abbreviated_in_messages() {
+        let valid = "x".repeat(128);
+        assert_eq!(abbreviate(&valid), valid.as_str());
+        let huge = "é".repeat(1 << 20);
+        let shown = abbreviate(&huge);
+        assert_eq!(shown, format!("{}… (2097152 bytes)", "é".repeat(64)));
+        let e = ChannelName::new(&huge).unwrap_err().to_string();
+        assert!(e.len() < 256, "{e}");
+        assert!(e.ends_with("(2097152 bytes)\": it is too long"), "{e}");
     }
 }

@@ -74,7 +74,9 @@ pub enum Op {
     Expire {
         /// The key.
         key: Bytes,
-        /// Milliseconds from now.
+        /// Milliseconds from now. On the wire `u64::MAX` stands for `None`, so
+        /// `Some(u64::MAX)` arrives as `None`: no expiry, which is what so long a time
+        /// to live amounts to.
         ttl_ms: Option<u64>,
     },
     /// Replies `Int`: the time to live of `key` in milliseconds, `-1` if it has none,
@@ -658,7 +660,12 @@ pub(crate) fn decode_op_reply(p: BytesMut) -> Result<(u32, OpReply), FrameError>
                 code: ErrorCode,
                 message: String,
             }
-            let e: E = rmp_serde::from_slice(&f.rest()).map_err(|e| FrameError::Malformed {
+            let rest = f.rest();
+            crate::codec::check_msgpack(&rest).map_err(|e| FrameError::Malformed {
+                kind: Kind::OpReply,
+                reason: e.into(),
+            })?;
+            let e: E = rmp_serde::from_slice(&rest).map_err(|e| FrameError::Malformed {
                 kind: Kind::OpReply,
                 reason: e.to_string(),
             })?;
