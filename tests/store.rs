@@ -658,6 +658,10 @@ async fn slow_child(ctx: Context) -> yukicomm::Result<()> {
                         Err(_) => "nothing arrived".into(),
                     }
                 }
+                "try" => {
+                    let s = sub.as_ref().expect("subscribed");
+                    format!("{:?}", s.try_recv().map(|p| p.value))
+                }
                 "flush" => format!("{:?}", store.flush()),
                 "missed" => sub.as_ref().expect("subscribed").missed().to_string(),
                 other => format!("unknown command {other:?}"),
@@ -704,6 +708,40 @@ fn a_slow_subscriber_misses_messages_and_is_told_how_many() {
         );
         assert_eq!(child.ask("recv"), "Ok(10)");
         assert_eq!(child.ask("missed"), "6");
+    });
+}
+
+/// Issue 8: a subscriber that fell behind is told what it missed once it has room
+/// again, even when nothing more is ever published.
+#[test]
+fn a_slow_subscriber_is_told_what_it_missed_without_more_traffic() {
+    let _shared = ONE_APP.read();
+    let _w = watchdog(
+        "a_slow_subscriber_is_told_what_it_missed_without_more_traffic",
+        Duration::from_secs(120),
+    );
+    let mut app = app("a_slow_subscriber_is_told_what_it_missed_without_more_traffic");
+    app.hub_config(store_config(|s| s.subscription_buffer = 4));
+    app.add_target("slow", slow_child);
+    run_main(app, |ctx| {
+        let store = ctx.store();
+        let child = Remote::new(&ctx, "slow");
+        assert_eq!(child.ask("subscribe"), "subscribed");
+        let reached: usize = (0..10u32)
+            .map(|i| store.publish("slow", &i).unwrap())
+            .sum();
+        assert_eq!(reached, 4, "the buffer of 4 fills, the other 6 are dropped");
+        // Publishing has stopped for good. The subscriber drains its buffer ...
+        for i in 0..4 {
+            assert_eq!(child.ask("recv"), format!("Ok({i})"));
+        }
+        // ... and is told of the 6 it missed, with no further publication.
+        assert_eq!(
+            child.ask("recv"),
+            r#"Err(Missed { pattern: "slow", count: 6 })"#
+        );
+        assert_eq!(child.ask("missed"), "6");
+        assert_eq!(child.ask("try"), r#"Err(Empty { pattern: "slow" })"#);
     });
 }
 

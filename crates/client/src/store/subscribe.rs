@@ -3,7 +3,10 @@
 //!
 //! Each has a buffer in this process, bounded by the credit it grants the hub (the
 //! hub's `subscription_buffer`, 1024 by default). When the buffer is full the hub drops
-//! what comes next for it and counts; the count arrives before the next delivery, as
+//! what comes next for it and counts. A subscription hands credit back each time it has
+//! taken half its buffer; the hub then sends the count at once, so it takes its place
+//! right after the messages that were buffered before the loss and before any message
+//! published after it, whether or not anything more is ever published. It arrives as
 //! [`SubscriberError::Missed`] from a receive, or as a warning and
 //! [`Subscription::missed`] for a callback. A slow subscriber misses messages; it never
 //! slows the publisher or grows anyone's memory.
@@ -67,8 +70,11 @@ pub struct Change {
 /// Why a receive from a [`Subscriber`] or [`Watch`] returned no message.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SubscriberError {
-    /// The buffer was full and `count` messages were dropped before the next one.
-    /// The next receive continues with the messages that followed.
+    /// The buffer was full and `count` messages were dropped at this point of the
+    /// stream: after the messages received before this error, before those received
+    /// after it. It comes as soon as the messages buffered before the loss have been
+    /// received, without waiting for more to be published. The next receive continues
+    /// with the messages that followed.
     #[error("subscription {pattern:?} missed {count} message(s): it did not keep up")]
     Missed {
         /// The subscription's pattern (or watched key).
