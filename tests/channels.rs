@@ -781,3 +781,123 @@ fn what_a_child_sent_before_it_ended_is_delivered() {
         ));
     });
 }
+
+/// Issue 8: dropping the only handle on an end got from `get_channel` counts as that
+/// process leaving the channel for good, so the other end is disconnected while the
+/// process lives; a selector arm on it is then always ready, yet a selector still picks
+/// the other ready arms.
+#[test]
+fn an_always_ready_arm_does_not_starve_the_others() {
+    let _w = watchdog(
+        "an_always_ready_arm_does_not_starve_the_others",
+        Duration::from_secs(60),
+    );
+    let mut app = app("an_always_ready_arm_does_not_starve_the_others");
+    app.on_before_start(|ctx| async move {
+        let kept = ctx.channel::<u32>()?;
+        ctx.set_channel("dropped-by-child", &kept)?;
+        // The main process keeps end A for the whole run.
+        std::mem::forget(kept);
+        Ok(())
+    });
+    app.add_target("dropper", |ctx: Context| async move {
+        child(async move {
+            let taken = ctx.get_channel_async::<u32>("dropped-by-child").await?;
+            drop(taken);
+            let active = ctx.active_channel::<u32>();
+            for n in 0..200 {
+                active.send_async(n).await?;
+            }
+            let _ = ctx.passive_channel::<()>().recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let gone = ctx.get_channel::<u32>("dropped-by-child").unwrap();
+        let active = ctx.get_channel::<u32>("dropper-active").unwrap();
+        assert_eq!(active.recv_timeout(T).unwrap(), 0, "the child is running");
+        match gone.recv_timeout(T) {
+            Err(RecvTimeoutError::Recv(RecvError::Disconnected { channel })) => {
+                assert_eq!(channel, "dropped-by-child")
+            }
+            other => panic!("expected disconnected, got {other:?}"),
+        }
+        // The child's messages arrive while the loop runs: go on until 50 of them were
+        // chosen over the always-ready arm.
+        let (mut next, mut disconnected) = (1, 0);
+        let start = Instant::now();
+        while next <= 50 && start.elapsed() < T {
+            let got = Selector::new()
+                .recv(&gone, |_| None)
+                .recv(&active, |r| Some(r.unwrap()))
+                .wait_timeout(T)
+                .expect("the disconnected arm is always ready");
+            match got {
+                Some(n) => {
+                    assert_eq!(n, next);
+                    next += 1;
+                }
+                None => disconnected += 1,
+            }
+        }
+        assert!(
+            next > 50,
+            "the other arm was chosen {} times in {T:?}; the always-ready arm {disconnected}",
+            next - 1
+        );
+        assert!(disconnected > 0, "the ready disconnected arm was never chosen");
+        ctx.get_channel::<()>("dropper-passive")
+            .unwrap()
+            .send(())
+            .unwrap();
+    });
+}
+
+/// Issue 8: `Selector::wait_async` can be spawned on a multi-threaded runtime.
+#[test]
+fn a_selector_future_is_send_and_can_be_spawned() {
+    fn assert_send<F: Send>(f: F) -> F {
+        f
+    }
+    let _w = watchdog(
+        "a_selector_future_is_send_and_can_be_spawned",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_selector_future_is_send_and_can_be_spawned");
+    app.add_target("pinger", |ctx: Context| async move {
+        child(async move {
+            ctx.passive_channel::<String>()
+                .send_async("ping".into())
+                .await?;
+            let _ = ctx.active_channel::<u32>().recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("pinger-active").unwrap();
+        let passive = ctx.get_channel::<String>("pinger-passive").unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let task = rt.spawn(assert_send(async move {
+            Selector::new()
+                .recv(&active, |r| format!("active {r:?}"))
+                .recv(&passive, |r| format!("passive {}", r.unwrap()))
+                .wait_async()
+                .await
+        }));
+        let got = rt
+            .block_on(async { tokio::time::timeout(T, task).await })
+            .expect("the selector answers in time")
+            .expect("the task did not panic");
+        assert_eq!(got, "passive ping");
+        ctx.get_channel::<u32>("pinger-active")
+            .unwrap()
+            .send(1)
+            .unwrap();
+    });
+}

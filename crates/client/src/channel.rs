@@ -43,6 +43,22 @@ pub enum FullPolicy {
 /// An end receives in one mode per process: actively ([`recv`](Channel::recv) and
 /// friends) or passively ([`on_receive`](Channel::on_receive)); mixing them is an error.
 ///
+/// # Holding an end
+///
+/// A process holds an end as long as it has a handle on it (clones included). When the
+/// last handle in a process is dropped, the process lets go of that end, as it does when
+/// it exits: if no other process holds the end, the other side's receives return
+/// [`RecvError::Disconnected`] once they have taken what was sent before, although the
+/// process that dropped it is alive, and it stays so until some process takes the end
+/// again with [`get_channel`](crate::Node::get_channel). So keep the handle from
+/// `get_channel` for as long as you use the channel, rather than looking the channel up
+/// for each message. A [`Selector`](crate::Selector) arm on a disconnected channel is
+/// always ready; the selector still picks among ready arms at random, but a loop should
+/// drop such a channel from its selector. A child's own
+/// [`active_channel`](crate::Context::active_channel) and
+/// [`passive_channel`](crate::Context::passive_channel) ends are never let go while it
+/// runs.
+///
 /// # Examples
 ///
 /// ```no_run
