@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use support::{app, child, run_main, watchdog};
-use yukicomm::store::{ChangeKind, Publication, SubscriberError, Ttl};
+// Issue 8: the store's types a user names are at the crate root.
 use yukicomm::{
-    shared_memory, Channel, Clock, Context, Fsync, HubConfig, MainContext, ManualClock, Store,
-    StoreConfig, StoreError,
+    shared_memory, ChangeKind, Channel, Clock, Context, Fsync, HubConfig, MainContext,
+    ManualClock, Publication, Store, StoreConfig, StoreError, SubscriberError, Ttl,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -630,6 +630,51 @@ fn publications_reach_exactly_the_matching_subscribers_in_order() {
             other => panic!("expected the subscriber's report, got {other:?}"),
         }
         assert!(rx.try_recv().is_err(), "main's callback got one too many");
+    });
+}
+
+/// A child hands a subscriber to a handler, naming the message type once.
+async fn handing_child(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let store = shared_memory();
+        let report = ctx.passive_channel::<String>();
+        let forward = report.clone();
+        // Issue 8: one type parameter is enough for a callback subscription.
+        let sub = store.subscriber::<String>("greetings")?.handle(move |p| {
+            let forward = forward.clone();
+            async move { forward.send_async(format!("{}: {}", p.topic, p.value)).await }
+        });
+        report.send_async("ready".into()).await?;
+        let _ = ctx.active_channel::<()>().recv_async().await;
+        report.send_async(format!("missed {}", sub.missed())).await?;
+        let _ = ctx.active_channel::<()>().recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn a_subscriber_handed_to_a_handler_keeps_receiving() {
+    let _shared = ONE_APP.read();
+    let _w = watchdog(
+        "a_subscriber_handed_to_a_handler_keeps_receiving",
+        Duration::from_secs(120),
+    );
+    let mut app = app("a_subscriber_handed_to_a_handler_keeps_receiving");
+    app.add_target("handing", handing_child);
+    run_main(app, |ctx| {
+        let store = ctx.store();
+        let report = ctx.get_channel::<String>("handing-passive").unwrap();
+        assert_eq!(report.recv_timeout(T).unwrap(), "ready");
+        for word in ["hello", "again"] {
+            assert_eq!(store.publish("greetings", &word).unwrap(), 1);
+        }
+        assert_eq!(report.recv_timeout(T).unwrap(), "greetings: hello");
+        assert_eq!(report.recv_timeout(T).unwrap(), "greetings: again");
+        let go = ctx.get_channel::<()>("handing-active").unwrap();
+        go.send(()).unwrap();
+        assert_eq!(report.recv_timeout(T).unwrap(), "missed 0");
+        go.send(()).unwrap();
     });
 }
 

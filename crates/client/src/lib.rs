@@ -41,6 +41,9 @@ pub use error::{
 pub use node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
-pub use store::{shared_memory, Store, StoreError};
+pub use store::{
+    shared_memory, Change, ChangeKind, Publication, Store, StoreError, StoredValue, Subscriber,
+    SubscriberError, Subscription, Ttl, Watch,
+};
 pub use value::Payload;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};
