@@ -449,10 +449,15 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// message that is not a `T` (it is consumed), [`RecvError::ModeConflict`] if this end
     /// receives with `on_receive`.
     pub fn recv(&self) -> Result<T, RecvError> {
-        self.recv_until(None).map_err(|e| match e {
-            RecvTimeoutError::Recv(e) => e,
-            RecvTimeoutError::Timeout { channel } => RecvError::Disconnected { channel },
-        })
+        loop {
+            match self.recv_until(None) {
+                Ok(v) => return Ok(v),
+                Err(RecvTimeoutError::Recv(e)) => return Err(e),
+                // Without a deadline there is no timeout to report, and a live peer is
+                // not a disconnected one: should a wait end early, wait again.
+                Err(RecvTimeoutError::Timeout { .. }) => continue,
+            }
+        }
     }
 
     /// Waits at most `timeout` for the next message.
@@ -500,12 +505,14 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             if let Some(t) = self.guard.node.transport() {
                 match t.pump(st.key, &|| !st.rx.is_empty(), deadline) {
                     Pump::Ready => continue,
-                    Pump::Timeout => {
+                    Pump::Timeout if deadline.is_some() => {
                         return Err(RecvTimeoutError::Timeout {
                             channel: self.name(),
                         })
                     }
-                    Pump::Unavailable => {}
+                    // A transport that gives up reading without a deadline: wait on
+                    // the queue, which whoever reads fills.
+                    Pump::Timeout | Pump::Unavailable => {}
                 }
             }
             st.waiters.fetch_add(1, Ordering::AcqRel);
@@ -622,5 +629,86 @@ impl<'de, T> Deserialize<'de> for Channel<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Channel<T>, D::Error> {
         let (node, key) = value::deserialize_end(d)?;
         Ok(Channel::from_guard(node.acquire(key, false, None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+    use yukicomm_wire::store::{Op, OpReply};
+    use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
+
+    use crate::error::LinkError;
+    use crate::node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
+
+    /// A transport whose `pump` gives up at once, deadline or not, and tells the test
+    /// each time it did.
+    struct GivesUp(flume::Sender<()>);
+
+    impl Transport for GivesUp {
+        fn send_msg(&self, _: ChanId, _: End, _: EncodeFn<'_>) -> Result<(), TransportError> {
+            Err(TransportError::Broken)
+        }
+        fn send_credit(&self, _: ChanId, _: End, _: u32) {}
+        fn notice(&self, _: Notice) {}
+        fn request(&self, _: Request, _: Duration) -> Result<Reply, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+        fn pump(&self, _: EndRef, _: &dyn Fn() -> bool, _: Option<Instant>) -> Pump {
+            let _ = self.0.send(());
+            Pump::Timeout
+        }
+        fn request_async(
+            &self,
+            _: Request,
+            _: Duration,
+        ) -> BoxFuture<'static, Result<Reply, LinkError>> {
+            Box::pin(async { Err(LinkError::Disconnected) })
+        }
+        fn store_call(&self, _: Op, _: Duration) -> Result<OpReply, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+        fn store_call_async(&self, _: Op, _: Duration) -> OpFuture {
+            OpFuture::ready(Err(LinkError::Disconnected))
+        }
+        fn store_send(&self, _: Op) -> Result<Option<OpReply>, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+    }
+
+    /// Issue 8: a blocking `recv` whose transport stops reading without a deadline waits
+    /// for the message instead of reporting a live peer as disconnected.
+    #[test]
+    fn recv_without_deadline_never_turns_a_wait_into_disconnected() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let node = Node::new(16, rt.handle().clone(), Duration::from_secs(5));
+        let (pumped, gave_up) = flume::unbounded();
+        node.set_transport(Arc::new(GivesUp(pumped)));
+        let key = EndRef {
+            chan: ChanId(7),
+            end: End::B,
+        };
+        let channel = super::Channel::<u32>::from_guard(node.acquire(key, true, Some("seven")));
+        let sender = node.clone();
+        let delivery = std::thread::spawn(move || {
+            // Only once the receiver's transport gave up does the message come.
+            gave_up.recv().unwrap();
+            let mut body = Vec::new();
+            crate::value::encode(&mut body, &42u32).unwrap();
+            sender.dispatch(Frame::Msg(Msg {
+                chan: key.chan,
+                to: key.end,
+                carried: Vec::new(),
+                body: Bytes::from(body),
+            }));
+        });
+        assert_eq!(channel.recv(), Ok(42));
+        delivery.join().unwrap();
     }
 }
