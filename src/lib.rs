@@ -56,7 +56,7 @@ pub use yukicomm_client::{
     accept_all, connect, error, registry, ChanId, Channel, ChannelInfo, ConnectError, Context,
     ControlError, End, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
     OnReceiveError, Payload, RecvError, RecvTimeoutError, RegistryError, Result, Selector,
-    SendError, SendTimeoutError, TryRecvError, Verdict,
+    SendError, SendFailure, SendFailureKind, SendTimeoutError, TryRecvError, Verdict,
 };
 pub use yukicomm_client::{
     shared_memory, store, Change, ChangeKind, Publication, Store, StoreError, StoredValue,

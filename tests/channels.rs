@@ -901,3 +901,57 @@ fn a_selector_future_is_send_and_can_be_spawned() {
             .unwrap();
     });
 }
+
+/// Issue 8: a send failure turned into `yukicomm::Error` by `?` keeps what went wrong,
+/// the channel's name and the value, which comes back under its own type.
+#[test]
+fn a_send_error_in_the_crate_error_keeps_the_value() {
+    use yukicomm::{Error, SendFailureKind};
+    fn is_send_sync<E: Send + Sync + 'static>() {}
+    is_send_sync::<Error>();
+    fn send_all(ch: &Channel<String>, words: &[&str]) -> yukicomm::Result<()> {
+        for w in words {
+            ch.send(w.to_string())?;
+        }
+        Ok(())
+    }
+    fn send_late(ch: &Channel<String>) -> yukicomm::Result<()> {
+        ch.send_timeout("late".into(), Duration::from_millis(10))?;
+        Ok(())
+    }
+    let _w = watchdog(
+        "a_send_error_in_the_crate_error_keeps_the_value",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_send_error_in_the_crate_error_keeps_the_value");
+    app.hub_config(yukicomm::HubConfig {
+        window: 2,
+        ..Default::default()
+    });
+    run_main(app, |ctx| {
+        let (mine, _theirs) = ctx.channel_pair::<String>().unwrap();
+        ctx.set_channel("two-words", &mine).unwrap();
+        // The window of 2 fills; the third waits until its deadline.
+        send_all(&mine, &["one", "two"]).unwrap();
+        match send_late(&mine) {
+            Err(Error::Send(f)) => {
+                assert_eq!(f.kind(), SendFailureKind::Timeout);
+                assert_eq!(f.channel(), "two-words");
+                assert_eq!(f.into_value::<String>().unwrap(), "late");
+            }
+            other => panic!("expected a send failure, got {other:?}"),
+        }
+        mine.close();
+        match send_all(&mine, &["after close"]) {
+            Err(Error::Send(f)) => {
+                assert_eq!(f.kind(), SendFailureKind::Closed);
+                assert_eq!(f.to_string(), "channel 'two-words' is closed");
+                assert!(f.value_type().contains("String"));
+                // Asked for the wrong type, the failure comes back whole.
+                let f = f.into_value::<u32>().unwrap_err();
+                assert_eq!(f.into_value::<String>().unwrap(), "after close");
+            }
+            other => panic!("expected a send failure, got {other:?}"),
+        }
+    });
+}
