@@ -107,6 +107,22 @@ fn order_is_kept_per_sender_with_four_concurrent_senders() {
     });
 }
 
+/// A number that decodes only when it is even: what a sender can send and its receiver
+/// refuses, with one type on both sides.
+#[derive(Debug, PartialEq, Serialize)]
+struct Even(u32);
+
+impl<'de> Deserialize<'de> for Even {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Even, D::Error> {
+        let n = u32::deserialize(d)?;
+        if n % 2 == 0 {
+            Ok(Even(n))
+        } else {
+            Err(serde::de::Error::custom(format!("{n} is odd")))
+        }
+    }
+}
+
 async fn mistyped(ctx: Context) -> yukicomm::Result<()> {
     child(async move {
         let report = ctx.active_channel::<String>();
@@ -120,11 +136,10 @@ async fn mistyped(ctx: Context) -> yukicomm::Result<()> {
             .await
             .expect_err("unknown must fail");
         report.send_async(err.to_string()).await?;
-        // A value that is not what the main process expects, then one that is.
-        ctx.passive_channel::<u64>().send_async(42).await?;
-        ctx.passive_channel::<String>()
-            .send_async("fine".into())
-            .await?;
+        // A value the main process cannot decode, then one it can.
+        let passive = ctx.passive_channel::<Even>();
+        passive.send_async(Even(3)).await?;
+        passive.send_async(Even(4)).await?;
         let _ = report.recv_async().await;
         Ok(())
     })
@@ -190,17 +205,20 @@ fn type_mismatch_and_unknown_names_are_clear_errors() {
 
         // A message that does not decode is an error naming the channel and the type,
         // and the next message is received normally.
-        let passive = ctx.get_channel::<String>("typed-passive").unwrap();
+        let passive = ctx.get_channel::<Even>("typed-passive").unwrap();
         match passive.recv_timeout(T) {
             Err(RecvTimeoutError::Recv(RecvError::Decode {
-                channel, type_name, ..
+                channel,
+                type_name,
+                reason,
             })) => {
                 assert_eq!(channel, "typed-passive");
-                assert!(type_name.contains("String"));
+                assert!(type_name.contains("Even"));
+                assert!(reason.contains("3 is odd"), "{reason}");
             }
             other => panic!("expected a decode error, got {other:?}"),
         }
-        assert_eq!(passive.recv_timeout(T).unwrap(), "fine");
+        assert_eq!(passive.recv_timeout(T).unwrap(), Even(4));
         report.send("bye".into()).unwrap();
     });
 }
@@ -953,5 +971,75 @@ fn a_send_error_in_the_crate_error_keeps_the_value() {
             }
             other => panic!("expected a send failure, got {other:?}"),
         }
+    });
+}
+
+/// Tries every operation on a child's own channel through a handle of the wrong type,
+/// and reports each error.
+async fn own_mistyped(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let report = ctx.passive_channel::<String>();
+        report.send_async("ready".into()).await?;
+        // The main process has looked `NAME-active` up as String by now.
+        report.recv_async().await?;
+        let wrong = ctx.active_channel::<u64>();
+        let mut seen = vec![
+            match wrong.send_async(7).await {
+                Err(e @ SendError::TypeMismatch { value: 7, .. }) => e.to_string(),
+                other => format!("send: {other:?}"),
+            },
+            match wrong.recv_timeout(Duration::from_millis(10)) {
+                Err(RecvTimeoutError::Recv(e @ RecvError::TypeMismatch { .. })) => e.to_string(),
+                other => format!("recv: {other:?}"),
+            },
+            match wrong.on_receive(accept_all, |_| ()) {
+                Err(e @ yukicomm::OnReceiveError::TypeMismatch { .. }) => e.to_string(),
+                other => format!("on_receive: {other:?}"),
+            },
+        ];
+        // The same for the passive channel, whose type this process already knows.
+        seen.push(match ctx.passive_channel::<u32>().try_send(1) {
+            Err(e @ SendError::TypeMismatch { .. }) => e.to_string(),
+            other => format!("passive send: {other:?}"),
+        });
+        for line in seen {
+            report.send_async(line).await?;
+        }
+        // The right type works, and nothing went out through the wrong one.
+        ctx.active_channel::<String>()
+            .send_async("right type".into())
+            .await?;
+        let _ = report.recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 8: `active_channel::<T>()` and `passive_channel::<T>()` check `T` against the
+/// type the channel was first used with, as `get_channel` does.
+#[test]
+fn a_childs_own_channels_check_their_type() {
+    let _w = watchdog(
+        "a_childs_own_channels_check_their_type",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_childs_own_channels_check_their_type");
+    app.add_target("own", own_mistyped);
+    run_main(app, |ctx| {
+        let report = ctx.get_channel::<String>("own-passive").unwrap();
+        assert_eq!(report.recv_timeout(T).unwrap(), "ready");
+        let active = ctx.get_channel::<String>("own-active").unwrap();
+        report.send("go".into()).unwrap();
+        let string = std::any::type_name::<String>();
+        let lines: Vec<String> = (0..4).map(|_| report.recv_timeout(T).unwrap()).collect();
+        let expected = format!("channel 'own-active' carries {string}, not u64");
+        assert_eq!(lines[..3], [expected.clone(), expected.clone(), expected]);
+        assert_eq!(
+            lines[3],
+            format!("channel 'own-passive' carries {string}, not u32")
+        );
+        assert_eq!(active.recv_timeout(T).unwrap(), "right type");
+        assert!(active.try_recv().is_err(), "the mistyped handle sent something");
+        report.send("bye".into()).unwrap();
     });
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -73,6 +74,9 @@ pub enum FullPolicy {
 pub struct Channel<T> {
     pub(crate) guard: EndGuard,
     policy: FullPolicy,
+    /// The type the channel carries, when it is not `T`: every send and receive on this
+    /// handle fails with a `TypeMismatch` naming both types.
+    mismatch: Option<Arc<str>>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -81,6 +85,7 @@ impl<T> Clone for Channel<T> {
         Channel {
             guard: self.guard.clone(),
             policy: self.policy,
+            mismatch: self.mismatch.clone(),
             _type: PhantomData,
         }
     }
@@ -101,7 +106,33 @@ impl<T> Channel<T> {
         Channel {
             guard,
             policy: FullPolicy::default(),
+            mismatch: None,
             _type: PhantomData,
+        }
+    }
+
+    /// This handle, marked as being of another type than the channel's, `found`.
+    pub(crate) fn mistyped(mut self, found: &str) -> Channel<T> {
+        self.mismatch = Some(Arc::from(found));
+        self
+    }
+
+    /// `(expected, found)` when this handle's type is not the channel's.
+    pub(crate) fn type_mismatch(&self) -> Option<(String, String)> {
+        self.mismatch
+            .as_ref()
+            .map(|found| (std::any::type_name::<T>().to_string(), found.to_string()))
+    }
+
+    fn send_mismatch(&self, value: T) -> Result<(), SendError<T>> {
+        match self.type_mismatch() {
+            None => Ok(()),
+            Some((expected, found)) => Err(SendError::TypeMismatch {
+                channel: self.name(),
+                expected,
+                found,
+                value,
+            }),
         }
     }
 
@@ -212,6 +243,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     ///
     /// As [`send`](Channel::send), with [`SendError::Full`] when there is no room.
     pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
+        if self.mismatch.is_some() {
+            return self.send_mismatch(value);
+        }
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
             return Err(SendError::Closed {
@@ -246,6 +280,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         value: T,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<T>> {
+        if self.mismatch.is_some() {
+            return self.send_mismatch(value).map_err(SendTimeoutError::Send);
+        }
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
             return Err(SendTimeoutError::Send(SendError::Closed {
@@ -289,6 +326,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     ///
     /// Cancel safe: if the future is dropped before it completes, the value was not sent.
     pub async fn send_async(&self, value: T) -> Result<(), SendError<T>> {
+        if self.mismatch.is_some() {
+            return self.send_mismatch(value);
+        }
         let st = self.state();
         loop {
             if st.closed.load(Ordering::Acquire) {
@@ -365,6 +405,13 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
 
     /// Makes this end receive actively in this process.
     pub(crate) fn ensure_active(&self) -> Result<(), RecvError> {
+        if let Some((expected, found)) = self.type_mismatch() {
+            return Err(RecvError::TypeMismatch {
+                channel: self.name(),
+                expected,
+                found,
+            });
+        }
         let st = self.state();
         if st.mode.load(Ordering::Acquire) == MODE_ACTIVE {
             return Ok(());

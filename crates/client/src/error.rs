@@ -124,6 +124,20 @@ pub enum SendError<T> {
         /// The value that was not sent.
         value: T,
     },
+    /// The channel carries another type than this handle's (a child's own channel,
+    /// see [`Context::active_channel`](crate::Context::active_channel)). Nothing was
+    /// sent.
+    #[error("channel '{channel}' carries {found}, not {expected}")]
+    TypeMismatch {
+        /// The channel's name.
+        channel: String,
+        /// This handle's type.
+        expected: String,
+        /// The type the channel carries.
+        found: String,
+        /// The value that was not sent.
+        value: T,
+    },
 }
 
 impl<T> SendError<T> {
@@ -134,7 +148,8 @@ impl<T> SendError<T> {
             | SendError::Closed { value, .. }
             | SendError::Disconnected { value, .. }
             | SendError::TooLarge { value, .. }
-            | SendError::Encode { value, .. } => value,
+            | SendError::Encode { value, .. }
+            | SendError::TypeMismatch { value, .. } => value,
         }
     }
 }
@@ -210,6 +225,18 @@ pub enum RecvError {
         /// The channel's name.
         channel: String,
     },
+    /// The channel carries another type than this handle's (a child's own channel,
+    /// see [`Context::active_channel`](crate::Context::active_channel)). Nothing was
+    /// received.
+    #[error("channel '{channel}' carries {found}, not {expected}")]
+    TypeMismatch {
+        /// The channel's name.
+        channel: String,
+        /// This handle's type.
+        expected: String,
+        /// The type the channel carries.
+        found: String,
+    },
 }
 
 /// Failure of `try_recv`.
@@ -254,6 +281,18 @@ pub enum OnReceiveError {
     Closed {
         /// The channel's name.
         channel: String,
+    },
+    /// The channel carries another type than this handle's (a child's own channel,
+    /// see [`Context::active_channel`](crate::Context::active_channel)). No handler
+    /// was registered.
+    #[error("channel '{channel}' carries {found}, not {expected}")]
+    TypeMismatch {
+        /// The channel's name.
+        channel: String,
+        /// This handle's type.
+        expected: String,
+        /// The type the channel carries.
+        found: String,
     },
 }
 
@@ -388,6 +427,8 @@ pub enum SendFailureKind {
     Encode,
     /// [`SendTimeoutError::Timeout`].
     Timeout,
+    /// [`SendError::TypeMismatch`].
+    TypeMismatch,
 }
 
 /// A failed send inside [`Error::Send`]: what went wrong, on which channel, and the
@@ -508,6 +549,9 @@ impl<T: Send + 'static> From<SendError<T>> for SendFailure {
                 (SendFailureKind::TooLarge, channel, value)
             }
             SendError::Encode { channel, value, .. } => (SendFailureKind::Encode, channel, value),
+            SendError::TypeMismatch { channel, value, .. } => {
+                (SendFailureKind::TypeMismatch, channel, value)
+            }
         };
         SendFailure::new(kind, channel, message, value)
     }
