@@ -71,7 +71,7 @@ pub use yukicomm_wire as wire;
 /// The names most programs need: `use yukicomm::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        accept_all, shared_memory, App, Channel, ChangeKind, Context, FullPolicy, MainContext,
+        accept_all, shared_memory, App, ChangeKind, Channel, Context, FullPolicy, MainContext,
         Publication, RecvError, RestartPolicy, Selector, SendError, Store, StoreError,
         SubscriberError, Ttl,
     };

@@ -864,7 +864,10 @@ fn an_always_ready_arm_does_not_starve_the_others() {
             "the other arm was chosen {} times in {T:?}; the always-ready arm {disconnected}",
             next - 1
         );
-        assert!(disconnected > 0, "the ready disconnected arm was never chosen");
+        assert!(
+            disconnected > 0,
+            "the ready disconnected arm was never chosen"
+        );
         ctx.get_channel::<()>("dropper-passive")
             .unwrap()
             .send(())
@@ -1039,7 +1042,10 @@ fn a_childs_own_channels_check_their_type() {
             format!("channel 'own-passive' carries {string}, not u32")
         );
         assert_eq!(active.recv_timeout(T).unwrap(), "right type");
-        assert!(active.try_recv().is_err(), "the mistyped handle sent something");
+        assert!(
+            active.try_recv().is_err(),
+            "the mistyped handle sent something"
+        );
         report.send("bye".into()).unwrap();
     });
 }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use support::{app, child, run_main, watchdog};
 // Issue 8: the store's types a user names are at the crate root.
 use yukicomm::{
-    shared_memory, ChangeKind, Channel, Clock, Context, Fsync, HubConfig, MainContext,
-    ManualClock, Publication, Store, StoreConfig, StoreError, SubscriberError, Ttl,
+    shared_memory, ChangeKind, Channel, Clock, Context, Fsync, HubConfig, MainContext, ManualClock,
+    Publication, Store, StoreConfig, StoreError, SubscriberError, Ttl,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -642,11 +642,17 @@ async fn handing_child(ctx: Context) -> yukicomm::Result<()> {
         // Issue 8: one type parameter is enough for a callback subscription.
         let sub = store.subscriber::<String>("greetings")?.handle(move |p| {
             let forward = forward.clone();
-            async move { forward.send_async(format!("{}: {}", p.topic, p.value)).await }
+            async move {
+                forward
+                    .send_async(format!("{}: {}", p.topic, p.value))
+                    .await
+            }
         });
         report.send_async("ready".into()).await?;
         let _ = ctx.active_channel::<()>().recv_async().await;
-        report.send_async(format!("missed {}", sub.missed())).await?;
+        report
+            .send_async(format!("missed {}", sub.missed()))
+            .await?;
         let _ = ctx.active_channel::<()>().recv_async().await;
         Ok(())
     })
@@ -772,9 +778,7 @@ fn a_slow_subscriber_is_told_what_it_missed_without_more_traffic() {
         let store = ctx.store();
         let child = Remote::new(&ctx, "slow");
         assert_eq!(child.ask("subscribe"), "subscribed");
-        let reached: usize = (0..10u32)
-            .map(|i| store.publish("slow", &i).unwrap())
-            .sum();
+        let reached: usize = (0..10u32).map(|i| store.publish("slow", &i).unwrap()).sum();
         assert_eq!(reached, 4, "the buffer of 4 fills, the other 6 are dropped");
         // Publishing has stopped for good. The subscriber drains its buffer ...
         for i in 0..4 {

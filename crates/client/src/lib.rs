@@ -36,8 +36,7 @@ pub use channel::{Channel, FullPolicy, Iter};
 pub use context::{connect, connect_in, Context};
 pub use error::{
     ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError,
-    RegistryError, Result, SendError, SendFailure, SendFailureKind, SendTimeoutError,
-    TryRecvError,
+    RegistryError, Result, SendError, SendFailure, SendFailureKind, SendTimeoutError, TryRecvError,
 };
 pub use node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};

@@ -492,7 +492,10 @@ where
                             "a subscription handler failed: {failure}"
                         ),
                         Err(_) => {
-                            tracing::error!(pattern = task.pattern, "a subscription handler panicked")
+                            tracing::error!(
+                                pattern = task.pattern,
+                                "a subscription handler panicked"
+                            )
                         }
                     }
                 }
