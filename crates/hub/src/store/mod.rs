@@ -16,8 +16,8 @@
 //!   [`StoreConfig::subscription_buffer`]), which the process returns as it consumes
 //!   them. A delivery to a subscription without credit is dropped and counted; the
 //!   count is sent to the subscriber as soon as it returns credit (it has room again),
-//!   or before its next delivery if that comes first. A slow subscriber misses
-//!   messages, it never makes the hub's memory grow.
+//!   ahead of any later delivery. A slow subscriber misses messages, it never makes
+//!   the hub's memory grow.
 //! - **Durability**, optional: with a journal file every write is appended to it before
 //!   it is acknowledged (the `journal` module describes its format).
 
