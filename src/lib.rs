@@ -56,19 +56,23 @@ pub use yukicomm_client::{
     accept_all, connect, error, registry, ChanId, Channel, ChannelInfo, ConnectError, Context,
     ControlError, End, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
     OnReceiveError, Payload, RecvError, RecvTimeoutError, RegistryError, Result, Selector,
-    SendError, SendTimeoutError, TryRecvError, Verdict,
+    SendError, SendFailure, SendFailureKind, SendTimeoutError, TryRecvError, Verdict,
 };
-pub use yukicomm_client::{shared_memory, store, Store, StoreError};
+pub use yukicomm_client::{
+    shared_memory, store, Change, ChangeKind, Publication, Store, StoreError, StoredValue,
+    Subscriber, SubscriberError, Subscription, Ttl, Watch,
+};
 pub use yukicomm_hub::{Clock, Fsync, HubConfig, ManualClock, StoreConfig};
 pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RestartPolicy};
 
 /// The wire format, for tools and other-language clients.
 pub use yukicomm_wire as wire;
 
-/// The names most programs need.
+/// The names most programs need: `use yukicomm::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        accept_all, shared_memory, App, Channel, Context, FullPolicy, MainContext, RestartPolicy,
-        Selector, Store,
+        accept_all, shared_memory, App, ChangeKind, Channel, Context, FullPolicy, MainContext,
+        Publication, RecvError, RestartPolicy, Selector, SendError, Store, StoreError,
+        SubscriberError, Ttl,
     };
 }

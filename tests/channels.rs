@@ -107,6 +107,22 @@ fn order_is_kept_per_sender_with_four_concurrent_senders() {
     });
 }
 
+/// A number that decodes only when it is even: what a sender can send and its receiver
+/// refuses, with one type on both sides.
+#[derive(Debug, PartialEq, Serialize)]
+struct Even(u32);
+
+impl<'de> Deserialize<'de> for Even {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Even, D::Error> {
+        let n = u32::deserialize(d)?;
+        if n % 2 == 0 {
+            Ok(Even(n))
+        } else {
+            Err(serde::de::Error::custom(format!("{n} is odd")))
+        }
+    }
+}
+
 async fn mistyped(ctx: Context) -> yukicomm::Result<()> {
     child(async move {
         let report = ctx.active_channel::<String>();
@@ -120,11 +136,10 @@ async fn mistyped(ctx: Context) -> yukicomm::Result<()> {
             .await
             .expect_err("unknown must fail");
         report.send_async(err.to_string()).await?;
-        // A value that is not what the main process expects, then one that is.
-        ctx.passive_channel::<u64>().send_async(42).await?;
-        ctx.passive_channel::<String>()
-            .send_async("fine".into())
-            .await?;
+        // A value the main process cannot decode, then one it can.
+        let passive = ctx.passive_channel::<Even>();
+        passive.send_async(Even(3)).await?;
+        passive.send_async(Even(4)).await?;
         let _ = report.recv_async().await;
         Ok(())
     })
@@ -190,17 +205,20 @@ fn type_mismatch_and_unknown_names_are_clear_errors() {
 
         // A message that does not decode is an error naming the channel and the type,
         // and the next message is received normally.
-        let passive = ctx.get_channel::<String>("typed-passive").unwrap();
+        let passive = ctx.get_channel::<Even>("typed-passive").unwrap();
         match passive.recv_timeout(T) {
             Err(RecvTimeoutError::Recv(RecvError::Decode {
-                channel, type_name, ..
+                channel,
+                type_name,
+                reason,
             })) => {
                 assert_eq!(channel, "typed-passive");
-                assert!(type_name.contains("String"));
+                assert!(type_name.contains("Even"));
+                assert!(reason.contains("3 is odd"), "{reason}");
             }
             other => panic!("expected a decode error, got {other:?}"),
         }
-        assert_eq!(passive.recv_timeout(T).unwrap(), "fine");
+        assert_eq!(passive.recv_timeout(T).unwrap(), Even(4));
         report.send("bye".into()).unwrap();
     });
 }
@@ -779,5 +797,255 @@ fn what_a_child_sent_before_it_ended_is_delivered() {
             passive.recv_timeout(T),
             Err(RecvTimeoutError::Recv(RecvError::Disconnected { .. }))
         ));
+    });
+}
+
+/// Issue 8: dropping the only handle on an end got from `get_channel` counts as that
+/// process leaving the channel for good, so the other end is disconnected while the
+/// process lives; a selector arm on it is then always ready, yet a selector still picks
+/// the other ready arms.
+#[test]
+fn an_always_ready_arm_does_not_starve_the_others() {
+    let _w = watchdog(
+        "an_always_ready_arm_does_not_starve_the_others",
+        Duration::from_secs(60),
+    );
+    let mut app = app("an_always_ready_arm_does_not_starve_the_others");
+    app.on_before_start(|ctx| async move {
+        let kept = ctx.channel::<u32>()?;
+        ctx.set_channel("dropped-by-child", &kept)?;
+        // The main process keeps end A for the whole run.
+        std::mem::forget(kept);
+        Ok(())
+    });
+    app.add_target("dropper", |ctx: Context| async move {
+        child(async move {
+            let taken = ctx.get_channel_async::<u32>("dropped-by-child").await?;
+            drop(taken);
+            let active = ctx.active_channel::<u32>();
+            for n in 0..200 {
+                active.send_async(n).await?;
+            }
+            let _ = ctx.passive_channel::<()>().recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let gone = ctx.get_channel::<u32>("dropped-by-child").unwrap();
+        let active = ctx.get_channel::<u32>("dropper-active").unwrap();
+        assert_eq!(active.recv_timeout(T).unwrap(), 0, "the child is running");
+        match gone.recv_timeout(T) {
+            Err(RecvTimeoutError::Recv(RecvError::Disconnected { channel })) => {
+                assert_eq!(channel, "dropped-by-child")
+            }
+            other => panic!("expected disconnected, got {other:?}"),
+        }
+        // The child's messages arrive while the loop runs: go on until 50 of them were
+        // chosen over the always-ready arm.
+        let (mut next, mut disconnected) = (1, 0);
+        let start = Instant::now();
+        while next <= 50 && start.elapsed() < T {
+            let got = Selector::new()
+                .recv(&gone, |_| None)
+                .recv(&active, |r| Some(r.unwrap()))
+                .wait_timeout(T)
+                .expect("the disconnected arm is always ready");
+            match got {
+                Some(n) => {
+                    assert_eq!(n, next);
+                    next += 1;
+                }
+                None => disconnected += 1,
+            }
+        }
+        assert!(
+            next > 50,
+            "the other arm was chosen {} times in {T:?}; the always-ready arm {disconnected}",
+            next - 1
+        );
+        assert!(
+            disconnected > 0,
+            "the ready disconnected arm was never chosen"
+        );
+        ctx.get_channel::<()>("dropper-passive")
+            .unwrap()
+            .send(())
+            .unwrap();
+    });
+}
+
+/// Issue 8: `Selector::wait_async` can be spawned on a multi-threaded runtime.
+#[test]
+fn a_selector_future_is_send_and_can_be_spawned() {
+    fn assert_send<F: Send>(f: F) -> F {
+        f
+    }
+    let _w = watchdog(
+        "a_selector_future_is_send_and_can_be_spawned",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_selector_future_is_send_and_can_be_spawned");
+    app.add_target("pinger", |ctx: Context| async move {
+        child(async move {
+            ctx.passive_channel::<String>()
+                .send_async("ping".into())
+                .await?;
+            let _ = ctx.active_channel::<u32>().recv_async().await;
+            Ok(())
+        })
+        .await
+    });
+    run_main(app, |ctx| {
+        let active = ctx.get_channel::<u32>("pinger-active").unwrap();
+        let passive = ctx.get_channel::<String>("pinger-passive").unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let task = rt.spawn(assert_send(async move {
+            Selector::new()
+                .recv(&active, |r| format!("active {r:?}"))
+                .recv(&passive, |r| format!("passive {}", r.unwrap()))
+                .wait_async()
+                .await
+        }));
+        let got = rt
+            .block_on(async { tokio::time::timeout(T, task).await })
+            .expect("the selector answers in time")
+            .expect("the task did not panic");
+        assert_eq!(got, "passive ping");
+        ctx.get_channel::<u32>("pinger-active")
+            .unwrap()
+            .send(1)
+            .unwrap();
+    });
+}
+
+/// Issue 8: a send failure turned into `yukicomm::Error` by `?` keeps what went wrong,
+/// the channel's name and the value, which comes back under its own type.
+#[test]
+fn a_send_error_in_the_crate_error_keeps_the_value() {
+    use yukicomm::{Error, SendFailureKind};
+    fn is_send_sync<E: Send + Sync + 'static>() {}
+    is_send_sync::<Error>();
+    fn send_all(ch: &Channel<String>, words: &[&str]) -> yukicomm::Result<()> {
+        for w in words {
+            ch.send(w.to_string())?;
+        }
+        Ok(())
+    }
+    fn send_late(ch: &Channel<String>) -> yukicomm::Result<()> {
+        ch.send_timeout("late".into(), Duration::from_millis(10))?;
+        Ok(())
+    }
+    let _w = watchdog(
+        "a_send_error_in_the_crate_error_keeps_the_value",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_send_error_in_the_crate_error_keeps_the_value");
+    app.hub_config(yukicomm::HubConfig {
+        window: 2,
+        ..Default::default()
+    });
+    run_main(app, |ctx| {
+        let (mine, _theirs) = ctx.channel_pair::<String>().unwrap();
+        ctx.set_channel("two-words", &mine).unwrap();
+        // The window of 2 fills; the third waits until its deadline.
+        send_all(&mine, &["one", "two"]).unwrap();
+        match send_late(&mine) {
+            Err(Error::Send(f)) => {
+                assert_eq!(f.kind(), SendFailureKind::Timeout);
+                assert_eq!(f.channel(), "two-words");
+                assert_eq!(f.into_value::<String>().unwrap(), "late");
+            }
+            other => panic!("expected a send failure, got {other:?}"),
+        }
+        mine.close();
+        match send_all(&mine, &["after close"]) {
+            Err(Error::Send(f)) => {
+                assert_eq!(f.kind(), SendFailureKind::Closed);
+                assert_eq!(f.to_string(), "channel 'two-words' is closed");
+                assert!(f.value_type().contains("String"));
+                // Asked for the wrong type, the failure comes back whole.
+                let f = f.into_value::<u32>().unwrap_err();
+                assert_eq!(f.into_value::<String>().unwrap(), "after close");
+            }
+            other => panic!("expected a send failure, got {other:?}"),
+        }
+    });
+}
+
+/// Tries every operation on a child's own channel through a handle of the wrong type,
+/// and reports each error.
+async fn own_mistyped(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let report = ctx.passive_channel::<String>();
+        report.send_async("ready".into()).await?;
+        // The main process has looked `NAME-active` up as String by now.
+        report.recv_async().await?;
+        let wrong = ctx.active_channel::<u64>();
+        let mut seen = vec![
+            match wrong.send_async(7).await {
+                Err(e @ SendError::TypeMismatch { value: 7, .. }) => e.to_string(),
+                other => format!("send: {other:?}"),
+            },
+            match wrong.recv_timeout(Duration::from_millis(10)) {
+                Err(RecvTimeoutError::Recv(e @ RecvError::TypeMismatch { .. })) => e.to_string(),
+                other => format!("recv: {other:?}"),
+            },
+            match wrong.on_receive(accept_all, |_| ()) {
+                Err(e @ yukicomm::OnReceiveError::TypeMismatch { .. }) => e.to_string(),
+                other => format!("on_receive: {other:?}"),
+            },
+        ];
+        // The same for the passive channel, whose type this process already knows.
+        seen.push(match ctx.passive_channel::<u32>().try_send(1) {
+            Err(e @ SendError::TypeMismatch { .. }) => e.to_string(),
+            other => format!("passive send: {other:?}"),
+        });
+        for line in seen {
+            report.send_async(line).await?;
+        }
+        // The right type works, and nothing went out through the wrong one.
+        ctx.active_channel::<String>()
+            .send_async("right type".into())
+            .await?;
+        let _ = report.recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Issue 8: `active_channel::<T>()` and `passive_channel::<T>()` check `T` against the
+/// type the channel was first used with, as `get_channel` does.
+#[test]
+fn a_childs_own_channels_check_their_type() {
+    let _w = watchdog(
+        "a_childs_own_channels_check_their_type",
+        Duration::from_secs(60),
+    );
+    let mut app = app("a_childs_own_channels_check_their_type");
+    app.add_target("own", own_mistyped);
+    run_main(app, |ctx| {
+        let report = ctx.get_channel::<String>("own-passive").unwrap();
+        assert_eq!(report.recv_timeout(T).unwrap(), "ready");
+        let active = ctx.get_channel::<String>("own-active").unwrap();
+        report.send("go".into()).unwrap();
+        let string = std::any::type_name::<String>();
+        let lines: Vec<String> = (0..4).map(|_| report.recv_timeout(T).unwrap()).collect();
+        let expected = format!("channel 'own-active' carries {string}, not u64");
+        assert_eq!(lines[..3], [expected.clone(), expected.clone(), expected]);
+        assert_eq!(
+            lines[3],
+            format!("channel 'own-passive' carries {string}, not u32")
+        );
+        assert_eq!(active.recv_timeout(T).unwrap(), "right type");
+        assert!(
+            active.try_recv().is_err(),
+            "the mistyped handle sent something"
+        );
+        report.send("bye".into()).unwrap();
     });
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use support::{app, child, run_main, watchdog};
-use yukicomm::store::{ChangeKind, Publication, SubscriberError, Ttl};
+// Issue 8: the store's types a user names are at the crate root.
 use yukicomm::{
-    shared_memory, Channel, Clock, Context, Fsync, HubConfig, MainContext, ManualClock, Store,
-    StoreConfig, StoreError,
+    shared_memory, ChangeKind, Channel, Clock, Context, Fsync, HubConfig, MainContext, ManualClock,
+    Publication, Store, StoreConfig, StoreError, SubscriberError, Ttl,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -633,6 +633,57 @@ fn publications_reach_exactly_the_matching_subscribers_in_order() {
     });
 }
 
+/// A child hands a subscriber to a handler, naming the message type once.
+async fn handing_child(ctx: Context) -> yukicomm::Result<()> {
+    child(async move {
+        let store = shared_memory();
+        let report = ctx.passive_channel::<String>();
+        let forward = report.clone();
+        // Issue 8: one type parameter is enough for a callback subscription.
+        let sub = store.subscriber::<String>("greetings")?.handle(move |p| {
+            let forward = forward.clone();
+            async move {
+                forward
+                    .send_async(format!("{}: {}", p.topic, p.value))
+                    .await
+            }
+        });
+        report.send_async("ready".into()).await?;
+        let _ = ctx.active_channel::<()>().recv_async().await;
+        report
+            .send_async(format!("missed {}", sub.missed()))
+            .await?;
+        let _ = ctx.active_channel::<()>().recv_async().await;
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn a_subscriber_handed_to_a_handler_keeps_receiving() {
+    let _shared = ONE_APP.read();
+    let _w = watchdog(
+        "a_subscriber_handed_to_a_handler_keeps_receiving",
+        Duration::from_secs(120),
+    );
+    let mut app = app("a_subscriber_handed_to_a_handler_keeps_receiving");
+    app.add_target("handing", handing_child);
+    run_main(app, |ctx| {
+        let store = ctx.store();
+        let report = ctx.get_channel::<String>("handing-passive").unwrap();
+        assert_eq!(report.recv_timeout(T).unwrap(), "ready");
+        for word in ["hello", "again"] {
+            assert_eq!(store.publish("greetings", &word).unwrap(), 1);
+        }
+        assert_eq!(report.recv_timeout(T).unwrap(), "greetings: hello");
+        assert_eq!(report.recv_timeout(T).unwrap(), "greetings: again");
+        let go = ctx.get_channel::<()>("handing-active").unwrap();
+        go.send(()).unwrap();
+        assert_eq!(report.recv_timeout(T).unwrap(), "missed 0");
+        go.send(()).unwrap();
+    });
+}
+
 // --- A slow subscriber misses messages and is told how many ------------------------------
 
 /// Runs the slow-subscriber test's commands.
@@ -657,6 +708,10 @@ async fn slow_child(ctx: Context) -> yukicomm::Result<()> {
                         Ok(r) => format!("{:?}", r.map(|p| p.value)),
                         Err(_) => "nothing arrived".into(),
                     }
+                }
+                "try" => {
+                    let s = sub.as_ref().expect("subscribed");
+                    format!("{:?}", s.try_recv().map(|p| p.value))
                 }
                 "flush" => format!("{:?}", store.flush()),
                 "missed" => sub.as_ref().expect("subscribed").missed().to_string(),
@@ -704,6 +759,38 @@ fn a_slow_subscriber_misses_messages_and_is_told_how_many() {
         );
         assert_eq!(child.ask("recv"), "Ok(10)");
         assert_eq!(child.ask("missed"), "6");
+    });
+}
+
+/// Issue 8: a subscriber that fell behind is told what it missed once it has room
+/// again, even when nothing more is ever published.
+#[test]
+fn a_slow_subscriber_is_told_what_it_missed_without_more_traffic() {
+    let _shared = ONE_APP.read();
+    let _w = watchdog(
+        "a_slow_subscriber_is_told_what_it_missed_without_more_traffic",
+        Duration::from_secs(120),
+    );
+    let mut app = app("a_slow_subscriber_is_told_what_it_missed_without_more_traffic");
+    app.hub_config(store_config(|s| s.subscription_buffer = 4));
+    app.add_target("slow", slow_child);
+    run_main(app, |ctx| {
+        let store = ctx.store();
+        let child = Remote::new(&ctx, "slow");
+        assert_eq!(child.ask("subscribe"), "subscribed");
+        let reached: usize = (0..10u32).map(|i| store.publish("slow", &i).unwrap()).sum();
+        assert_eq!(reached, 4, "the buffer of 4 fills, the other 6 are dropped");
+        // Publishing has stopped for good. The subscriber drains its buffer ...
+        for i in 0..4 {
+            assert_eq!(child.ask("recv"), format!("Ok({i})"));
+        }
+        // ... and is told of the 6 it missed, with no further publication.
+        assert_eq!(
+            child.ask("recv"),
+            r#"Err(Missed { pattern: "slow", count: 6 })"#
+        );
+        assert_eq!(child.ask("missed"), "6");
+        assert_eq!(child.ask("try"), r#"Err(Empty { pattern: "slow" })"#);
     });
 }
 

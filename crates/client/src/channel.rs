@@ -3,6 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -43,6 +44,22 @@ pub enum FullPolicy {
 /// An end receives in one mode per process: actively ([`recv`](Channel::recv) and
 /// friends) or passively ([`on_receive`](Channel::on_receive)); mixing them is an error.
 ///
+/// # Holding an end
+///
+/// A process holds an end as long as it has a handle on it (clones included). When the
+/// last handle in a process is dropped, the process lets go of that end, as it does when
+/// it exits: if no other process holds the end, the other side's receives return
+/// [`RecvError::Disconnected`] once they have taken what was sent before, although the
+/// process that dropped it is alive, and it stays so until some process takes the end
+/// again with [`get_channel`](crate::Node::get_channel). So keep the handle from
+/// `get_channel` for as long as you use the channel, rather than looking the channel up
+/// for each message. A [`Selector`](crate::Selector) arm on a disconnected channel is
+/// always ready; the selector still picks among ready arms at random, but a loop should
+/// drop such a channel from its selector. A child's own
+/// [`active_channel`](crate::Context::active_channel) and
+/// [`passive_channel`](crate::Context::passive_channel) ends are never let go while it
+/// runs.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -57,6 +74,9 @@ pub enum FullPolicy {
 pub struct Channel<T> {
     pub(crate) guard: EndGuard,
     policy: FullPolicy,
+    /// The type the channel carries, when it is not `T`: every send and receive on this
+    /// handle fails with a `TypeMismatch` naming both types.
+    mismatch: Option<Arc<str>>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -65,6 +85,7 @@ impl<T> Clone for Channel<T> {
         Channel {
             guard: self.guard.clone(),
             policy: self.policy,
+            mismatch: self.mismatch.clone(),
             _type: PhantomData,
         }
     }
@@ -85,7 +106,33 @@ impl<T> Channel<T> {
         Channel {
             guard,
             policy: FullPolicy::default(),
+            mismatch: None,
             _type: PhantomData,
+        }
+    }
+
+    /// This handle, marked as being of another type than the channel's, `found`.
+    pub(crate) fn mistyped(mut self, found: &str) -> Channel<T> {
+        self.mismatch = Some(Arc::from(found));
+        self
+    }
+
+    /// `(expected, found)` when this handle's type is not the channel's.
+    pub(crate) fn type_mismatch(&self) -> Option<(String, String)> {
+        self.mismatch
+            .as_ref()
+            .map(|found| (std::any::type_name::<T>().to_string(), found.to_string()))
+    }
+
+    fn send_mismatch(&self, value: T) -> Result<(), SendError<T>> {
+        match self.type_mismatch() {
+            None => Ok(()),
+            Some((expected, found)) => Err(SendError::TypeMismatch {
+                channel: self.name(),
+                expected,
+                found,
+                value,
+            }),
         }
     }
 
@@ -196,6 +243,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     ///
     /// As [`send`](Channel::send), with [`SendError::Full`] when there is no room.
     pub fn try_send(&self, value: T) -> Result<(), SendError<T>> {
+        if self.mismatch.is_some() {
+            return self.send_mismatch(value);
+        }
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
             return Err(SendError::Closed {
@@ -236,6 +286,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
         mut value: T,
         deadline: Option<Instant>,
     ) -> Result<(), SendTimeoutError<T>> {
+        if self.mismatch.is_some() {
+            return self.send_mismatch(value).map_err(SendTimeoutError::Send);
+        }
         let st = self.state();
         let window_bytes = self.guard.node.window_bytes;
         loop {
@@ -288,6 +341,9 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     ///
     /// Cancel safe: if the future is dropped before it completes, the value was not sent.
     pub async fn send_async(&self, mut value: T) -> Result<(), SendError<T>> {
+        if self.mismatch.is_some() {
+            return self.send_mismatch(value);
+        }
         let st = self.state();
         loop {
             if st.closed.load(Ordering::Acquire) {
@@ -390,6 +446,13 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
 
     /// Makes this end receive actively in this process.
     pub(crate) fn ensure_active(&self) -> Result<(), RecvError> {
+        if let Some((expected, found)) = self.type_mismatch() {
+            return Err(RecvError::TypeMismatch {
+                channel: self.name(),
+                expected,
+                found,
+            });
+        }
         let st = self.state();
         if st.mode.load(Ordering::Acquire) == MODE_ACTIVE {
             return Ok(());
@@ -475,10 +538,15 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
     /// message that is not a `T` (it is consumed), [`RecvError::ModeConflict`] if this end
     /// receives with `on_receive`.
     pub fn recv(&self) -> Result<T, RecvError> {
-        self.recv_until(None).map_err(|e| match e {
-            RecvTimeoutError::Recv(e) => e,
-            RecvTimeoutError::Timeout { channel } => RecvError::Disconnected { channel },
-        })
+        loop {
+            match self.recv_until(None) {
+                Ok(v) => return Ok(v),
+                Err(RecvTimeoutError::Recv(e)) => return Err(e),
+                // Without a deadline there is no timeout to report, and a live peer is
+                // not a disconnected one: should a wait end early, wait again.
+                Err(RecvTimeoutError::Timeout { .. }) => continue,
+            }
+        }
     }
 
     /// Waits at most `timeout` for the next message.
@@ -526,12 +594,14 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             if let Some(t) = self.guard.node.transport() {
                 match t.pump(st.key, &|| !st.rx.is_empty(), deadline) {
                     Pump::Ready => continue,
-                    Pump::Timeout => {
+                    Pump::Timeout if deadline.is_some() => {
                         return Err(RecvTimeoutError::Timeout {
                             channel: self.name(),
                         })
                     }
-                    Pump::Unavailable => {}
+                    // A transport that gives up reading without a deadline: wait on
+                    // the queue, which whoever reads fills.
+                    Pump::Timeout | Pump::Unavailable => {}
                 }
             }
             st.waiters.fetch_add(1, Ordering::AcqRel);
@@ -648,5 +718,86 @@ impl<'de, T> Deserialize<'de> for Channel<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Channel<T>, D::Error> {
         let (node, key) = value::deserialize_end(d)?;
         Ok(Channel::from_guard(node.acquire(key, false, None)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+    use yukicomm_wire::store::{Op, OpReply};
+    use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
+
+    use crate::error::LinkError;
+    use crate::node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
+
+    /// A transport whose `pump` gives up at once, deadline or not, and tells the test
+    /// each time it did.
+    struct GivesUp(flume::Sender<()>);
+
+    impl Transport for GivesUp {
+        fn send_msg(&self, _: ChanId, _: End, _: EncodeFn<'_>) -> Result<(), TransportError> {
+            Err(TransportError::Broken)
+        }
+        fn send_credit(&self, _: ChanId, _: End, _: u32, _: u64) {}
+        fn notice(&self, _: Notice) {}
+        fn request(&self, _: Request, _: Duration) -> Result<Reply, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+        fn pump(&self, _: EndRef, _: &dyn Fn() -> bool, _: Option<Instant>) -> Pump {
+            let _ = self.0.send(());
+            Pump::Timeout
+        }
+        fn request_async(
+            &self,
+            _: Request,
+            _: Duration,
+        ) -> BoxFuture<'static, Result<Reply, LinkError>> {
+            Box::pin(async { Err(LinkError::Disconnected) })
+        }
+        fn store_call(&self, _: Op, _: Duration) -> Result<OpReply, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+        fn store_call_async(&self, _: Op, _: Duration) -> OpFuture {
+            OpFuture::ready(Err(LinkError::Disconnected))
+        }
+        fn store_send(&self, _: Op) -> Result<Option<OpReply>, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+    }
+
+    /// Issue 8: a blocking `recv` whose transport stops reading without a deadline waits
+    /// for the message instead of reporting a live peer as disconnected.
+    #[test]
+    fn recv_without_deadline_never_turns_a_wait_into_disconnected() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let node = Node::new(16, 1 << 20, rt.handle().clone(), Duration::from_secs(5));
+        let (pumped, gave_up) = flume::unbounded();
+        node.set_transport(Arc::new(GivesUp(pumped)));
+        let key = EndRef {
+            chan: ChanId(7),
+            end: End::B,
+        };
+        let channel = super::Channel::<u32>::from_guard(node.acquire(key, true, Some("seven")));
+        let sender = node.clone();
+        let delivery = std::thread::spawn(move || {
+            // Only once the receiver's transport gave up does the message come.
+            gave_up.recv().unwrap();
+            let mut body = Vec::new();
+            crate::value::encode(&mut body, &42u32).unwrap();
+            sender.dispatch(Frame::Msg(Msg {
+                chan: key.chan,
+                to: key.end,
+                carried: Vec::new(),
+                body: Bytes::from(body),
+            }));
+        });
+        assert_eq!(channel.recv(), Ok(42));
+        delivery.join().unwrap();
     }
 }

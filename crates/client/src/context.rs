@@ -5,7 +5,9 @@ use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use yukicomm_wire::{ChanId, ControlAction, End, EndRef, ENV_HUB, ENV_NAME, ENV_TOKEN};
+use yukicomm_wire::{
+    ChanId, ControlAction, End, EndRef, Reply, Request, ENV_HUB, ENV_NAME, ENV_TOKEN,
+};
 
 use crate::channel::Channel;
 use crate::error::{ConnectError, ControlError};
@@ -32,6 +34,9 @@ pub struct Context {
     name: Arc<str>,
     active: ChanId,
     passive: ChanId,
+    /// The types the hub recorded for the two channels above, once asked: a type never
+    /// changes once recorded, so it is asked once.
+    own_types: Arc<parking_lot::Mutex<Vec<(ChanId, String)>>>,
     _runtime: Option<Arc<tokio::runtime::Runtime>>,
 }
 
@@ -109,6 +114,7 @@ fn connect_with(
         name: Arc::from(welcome.name.as_str()),
         active: welcome.active,
         passive: welcome.passive,
+        own_types: Arc::default(),
         _runtime: runtime,
     })
 }
@@ -126,21 +132,89 @@ impl Context {
 
     fn own<T>(&self, chan: ChanId, suffix: &str) -> Channel<T> {
         let label = format!("{}-{suffix}", self.name);
-        let guard = self
-            .node
-            .acquire(EndRef { chan, end: End::A }, false, Some(&label));
+        let key = EndRef { chan, end: End::A };
+        let expected = std::any::type_name::<T>();
+        let cached = self
+            .own_types
+            .lock()
+            .iter()
+            .find(|(c, _)| *c == chan)
+            .map(|(_, t)| t.clone());
+        let (found, granted) = match cached {
+            Some(t) => (Some(t), false),
+            None => self.look_up_own(key, &label, expected),
+        };
+        let guard = self.node.acquire(key, granted, Some(&label));
         self.node.pin(&guard);
-        Channel::from_guard(guard)
+        let channel = Channel::from_guard(guard);
+        match found {
+            Some(found) if found != expected => channel.mistyped(&found),
+            _ => channel,
+        }
+    }
+
+    /// Asks the hub for the type of this child's own channel, recording `expected` if
+    /// it has none yet, as [`Node::get_channel`] does: the type it carries (if the hub
+    /// answered), and whether the hub counted a hold for the answer.
+    fn look_up_own(&self, key: EndRef, label: &str, expected: &str) -> (Option<String>, bool) {
+        let Ok(transport) = self.node.transport() else {
+            return (None, false);
+        };
+        let request = Request::Lookup {
+            name: label.to_string(),
+            type_name: expected.to_string(),
+        };
+        match transport.request(request, self.node.inner.request_timeout) {
+            Ok(Reply::Found {
+                chan,
+                end,
+                type_name,
+                ..
+            }) => {
+                let granted = true;
+                if (EndRef { chan, end }) != key {
+                    // Not this child's own end: hold it as granted, check nothing.
+                    drop(self.node.acquire(EndRef { chan, end }, granted, None));
+                    return (None, false);
+                }
+                self.own_types.lock().push((key.chan, type_name.clone()));
+                (Some(type_name), granted)
+            }
+            // The hub is gone or refused: the handle's operations report that.
+            _ => (None, false),
+        }
     }
 
     /// This child's end of its `NAME-active` channel (the main process holds the other
-    /// end). The type is not checked against the main process's; a message that does not
-    /// decode as `T` is reported by the receive that meets it.
+    /// end).
+    ///
+    /// The type is checked as [`get_channel`](Node::get_channel) checks it: the channel
+    /// carries the type it was first used with, by this call or by a `get_channel` in
+    /// any process (this call asks the hub once per channel). If `T` is another type,
+    /// the handle is still returned, so that the call reads as a plain getter, but every
+    /// send, receive and `on_receive` on it fails with a `TypeMismatch` error naming the
+    /// channel and both types ([`SendError::TypeMismatch`](crate::SendError::TypeMismatch),
+    /// [`RecvError::TypeMismatch`](crate::RecvError::TypeMismatch),
+    /// [`OnReceiveError::TypeMismatch`](crate::OnReceiveError::TypeMismatch)), and
+    /// nothing is sent or taken. If the hub cannot be asked, the handle is returned
+    /// unchecked; its operations then report the lost connection.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(ctx: &yukicomm_client::Context) {
+    /// let active = ctx.active_channel::<String>();
+    /// if let Err(e) = active.recv() {
+    ///     eprintln!("{e}"); // e.g. channel 'worker-active' carries u32, not alloc::string::String
+    /// }
+    /// # }
+    /// ```
     pub fn active_channel<T: Serialize + DeserializeOwned>(&self) -> Channel<T> {
         self.own(self.active, "active")
     }
 
-    /// This child's end of its `NAME-passive` channel.
+    /// This child's end of its `NAME-passive` channel, checked like
+    /// [`active_channel`](Context::active_channel).
     pub fn passive_channel<T: Serialize + DeserializeOwned>(&self) -> Channel<T> {
         self.own(self.passive, "passive")
     }

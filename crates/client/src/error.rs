@@ -124,6 +124,20 @@ pub enum SendError<T> {
         /// The value that was not sent.
         value: T,
     },
+    /// The channel carries another type than this handle's (a child's own channel,
+    /// see [`Context::active_channel`](crate::Context::active_channel)). Nothing was
+    /// sent.
+    #[error("channel '{channel}' carries {found}, not {expected}")]
+    TypeMismatch {
+        /// The channel's name.
+        channel: String,
+        /// This handle's type.
+        expected: String,
+        /// The type the channel carries.
+        found: String,
+        /// The value that was not sent.
+        value: T,
+    },
 }
 
 impl<T> SendError<T> {
@@ -134,7 +148,8 @@ impl<T> SendError<T> {
             | SendError::Closed { value, .. }
             | SendError::Disconnected { value, .. }
             | SendError::TooLarge { value, .. }
-            | SendError::Encode { value, .. } => value,
+            | SendError::Encode { value, .. }
+            | SendError::TypeMismatch { value, .. } => value,
         }
     }
 }
@@ -210,6 +225,18 @@ pub enum RecvError {
         /// The channel's name.
         channel: String,
     },
+    /// The channel carries another type than this handle's (a child's own channel,
+    /// see [`Context::active_channel`](crate::Context::active_channel)). Nothing was
+    /// received.
+    #[error("channel '{channel}' carries {found}, not {expected}")]
+    TypeMismatch {
+        /// The channel's name.
+        channel: String,
+        /// This handle's type.
+        expected: String,
+        /// The type the channel carries.
+        found: String,
+    },
 }
 
 /// Failure of `try_recv`.
@@ -254,6 +281,18 @@ pub enum OnReceiveError {
     Closed {
         /// The channel's name.
         channel: String,
+    },
+    /// The channel carries another type than this handle's (a child's own channel,
+    /// see [`Context::active_channel`](crate::Context::active_channel)). No handler
+    /// was registered.
+    #[error("channel '{channel}' carries {found}, not {expected}")]
+    TypeMismatch {
+        /// The channel's name.
+        channel: String,
+        /// This handle's type.
+        expected: String,
+        /// The type the channel carries.
+        found: String,
     },
 }
 
@@ -316,9 +355,9 @@ pub enum Error {
     /// See [`RegistryError`].
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// A send failed; the value is dropped.
-    #[error("{0}")]
-    Send(String),
+    /// A send failed; the value is kept in the [`SendFailure`], with what went wrong.
+    #[error(transparent)]
+    Send(SendFailure),
     /// See [`RecvError`].
     #[error(transparent)]
     Recv(#[from] RecvError),
@@ -359,15 +398,174 @@ pub enum Error {
     Other(String),
 }
 
-impl<T> From<SendError<T>> for Error {
+impl<T: Send + 'static> From<SendError<T>> for Error {
     fn from(e: SendError<T>) -> Error {
-        Error::Send(e.to_string())
+        Error::Send(SendFailure::from(e))
     }
 }
 
-impl<T> From<SendTimeoutError<T>> for Error {
+impl<T: Send + 'static> From<SendTimeoutError<T>> for Error {
     fn from(e: SendTimeoutError<T>) -> Error {
-        Error::Send(e.to_string())
+        Error::Send(SendFailure::from(e))
+    }
+}
+
+/// What went wrong in a [`SendFailure`]: the variant of the [`SendError`] or
+/// [`SendTimeoutError`] it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendFailureKind {
+    /// [`SendError::Full`].
+    Full,
+    /// [`SendError::Closed`].
+    Closed,
+    /// [`SendError::Disconnected`].
+    Disconnected,
+    /// [`SendError::TooLarge`].
+    TooLarge,
+    /// [`SendError::Encode`].
+    Encode,
+    /// [`SendTimeoutError::Timeout`].
+    Timeout,
+    /// [`SendError::TypeMismatch`].
+    TypeMismatch,
+}
+
+/// A failed send inside [`Error::Send`]: what went wrong, on which channel, and the
+/// value that was not sent, kept with its type erased. Get the value back with
+/// [`into_value`](SendFailure::into_value), naming its type.
+///
+/// # Examples
+///
+/// ```no_run
+/// # fn demo(ch: yukicomm_client::Channel<String>) {
+/// use yukicomm_client::{Error, SendFailureKind};
+/// fn send(ch: &yukicomm_client::Channel<String>) -> yukicomm_client::Result<()> {
+///     ch.try_send("hello".to_string())?;
+///     Ok(())
+/// }
+/// if let Err(Error::Send(failure)) = send(&ch) {
+///     assert_eq!(failure.kind(), SendFailureKind::Full);
+///     let unsent: String = failure.into_value().expect("a String was sent");
+/// }
+/// # }
+/// ```
+pub struct SendFailure {
+    kind: SendFailureKind,
+    channel: String,
+    message: String,
+    type_name: &'static str,
+    /// The value. In a mutex only so that the error is `Sync`: it is reached only by
+    /// [`into_value`](SendFailure::into_value), which owns the failure.
+    value: parking_lot::Mutex<Box<dyn std::any::Any + Send>>,
+}
+
+impl SendFailure {
+    fn new<T: Send + 'static>(
+        kind: SendFailureKind,
+        channel: String,
+        message: String,
+        value: T,
+    ) -> SendFailure {
+        SendFailure {
+            kind,
+            channel,
+            message,
+            type_name: std::any::type_name::<T>(),
+            value: parking_lot::Mutex::new(Box::new(value)),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> SendFailureKind {
+        self.kind
+    }
+
+    /// The channel's name.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The type of the value that was not sent.
+    pub fn value_type(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// The value that was not sent, if it is a `T`.
+    ///
+    /// # Errors
+    ///
+    /// The failure itself, unchanged, if the value is not a `T`.
+    pub fn into_value<T: 'static>(self) -> Result<T, SendFailure> {
+        let SendFailure {
+            kind,
+            channel,
+            message,
+            type_name,
+            value,
+        } = self;
+        match value.into_inner().downcast::<T>() {
+            Ok(v) => Ok(*v),
+            Err(value) => Err(SendFailure {
+                kind,
+                channel,
+                message,
+                type_name,
+                value: parking_lot::Mutex::new(value),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for SendFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendFailure")
+            .field("kind", &self.kind)
+            .field("channel", &self.channel)
+            .field("message", &self.message)
+            .field("value_type", &self.type_name)
+            .finish()
+    }
+}
+
+impl std::error::Error for SendFailure {}
+
+impl<T: Send + 'static> From<SendError<T>> for SendFailure {
+    fn from(e: SendError<T>) -> SendFailure {
+        let message = e.to_string();
+        let (kind, channel, value) = match e {
+            SendError::Full { channel, value } => (SendFailureKind::Full, channel, value),
+            SendError::Closed { channel, value } => (SendFailureKind::Closed, channel, value),
+            SendError::Disconnected { channel, value } => {
+                (SendFailureKind::Disconnected, channel, value)
+            }
+            SendError::TooLarge { channel, value, .. } => {
+                (SendFailureKind::TooLarge, channel, value)
+            }
+            SendError::Encode { channel, value, .. } => (SendFailureKind::Encode, channel, value),
+            SendError::TypeMismatch { channel, value, .. } => {
+                (SendFailureKind::TypeMismatch, channel, value)
+            }
+        };
+        SendFailure::new(kind, channel, message, value)
+    }
+}
+
+impl<T: Send + 'static> From<SendTimeoutError<T>> for SendFailure {
+    fn from(e: SendTimeoutError<T>) -> SendFailure {
+        match e {
+            SendTimeoutError::Timeout { channel, value } => {
+                let message = format!("channel '{channel}' stayed full until the deadline");
+                SendFailure::new(SendFailureKind::Timeout, channel, message, value)
+            }
+            SendTimeoutError::Send(e) => SendFailure::from(e),
+        }
     }
 }
 

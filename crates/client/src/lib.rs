@@ -36,11 +36,14 @@ pub use channel::{Channel, FullPolicy, Iter};
 pub use context::{connect, connect_in, Context};
 pub use error::{
     ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError,
-    RegistryError, Result, SendError, SendTimeoutError, TryRecvError,
+    RegistryError, Result, SendError, SendFailure, SendFailureKind, SendTimeoutError, TryRecvError,
 };
 pub use node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
-pub use store::{shared_memory, Store, StoreError};
+pub use store::{
+    shared_memory, Change, ChangeKind, Publication, Store, StoreError, StoredValue, Subscriber,
+    SubscriberError, Subscription, Ttl, Watch,
+};
 pub use value::Payload;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};

@@ -208,6 +208,13 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
         MF: 'static,
         MH: 'static,
     {
+        if let Some((expected, found)) = self.type_mismatch() {
+            return Err(OnReceiveError::TypeMismatch {
+                channel: self.name(),
+                expected,
+                found,
+            });
+        }
         let st = self.state();
         if st.closed.load(Ordering::Acquire) {
             return Err(OnReceiveError::Closed {

@@ -1,6 +1,12 @@
 //! Waiting on several channels at once.
+//!
+//! Among arms that are ready together, the one handled is chosen at random, as in Go's
+//! `select`, so an arm that is always ready (a disconnected channel) cannot starve the
+//! others.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -12,7 +18,9 @@ use crate::error::RecvError;
 
 use crate::node::Item;
 
-trait Arm<'a, R> {
+/// An arm of a selector. `Send`, so that a selector, and the future of
+/// [`Selector::wait_async`], can move between threads.
+trait Arm<'a, R>: Send {
     /// The arm's output if its channel is ready now (a message, or finished).
     fn poll_now(&mut self) -> Option<R>;
     /// Handles an item taken while waiting; `None` for a wake marker.
@@ -33,7 +41,7 @@ struct ChanArm<'a, T, F> {
 impl<'a, T, F, R> Arm<'a, R> for ChanArm<'a, T, F>
 where
     T: Serialize + DeserializeOwned + 'a,
-    F: FnOnce(Result<T, RecvError>) -> R + 'a,
+    F: FnOnce(Result<T, RecvError>) -> R + Send + 'a,
     R: 'a,
 {
     fn poll_now(&mut self) -> Option<R> {
@@ -71,7 +79,13 @@ where
 /// Waits on several channels and handles whichever has a message first.
 ///
 /// Every channel in a selector receives actively. An arm whose channel is closed or
-/// disconnected is ready with that error, as in Go's `select`.
+/// disconnected is ready with that error, as in Go's `select`: it stays ready for good,
+/// so a loop should drop such a channel from its selector. When several arms are ready
+/// at once, one of them is chosen at random, so an always-ready arm does not starve the
+/// others.
+///
+/// A selector and the future of [`wait_async`](Selector::wait_async) are `Send`: the
+/// future can be spawned on a multi-threaded runtime.
 ///
 /// # Examples
 ///
@@ -86,6 +100,28 @@ where
 /// ```
 pub struct Selector<'a, R> {
     arms: Vec<Box<dyn Arm<'a, R> + 'a>>,
+}
+
+thread_local! {
+    /// State of this thread's generator for the starting arm (xorshift64*), seeded from
+    /// the standard library's per-process random hash keys.
+    static RNG: Cell<u64> = Cell::new({
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(&h as *const _ as usize);
+        h.finish() | 1
+    });
+}
+
+/// A number in `0..n` (`n > 0`), cheap and good enough to pick a starting arm.
+fn random_below(n: usize) -> usize {
+    RNG.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as usize % n
+    })
 }
 
 impl<R> std::fmt::Debug for Selector<'_, R> {
@@ -112,7 +148,7 @@ impl<'a, R: 'a> Selector<'a, R> {
     pub fn recv<T, F>(mut self, channel: &'a Channel<T>, map: F) -> Self
     where
         T: Serialize + DeserializeOwned + 'a,
-        F: FnOnce(Result<T, RecvError>) -> R + 'a,
+        F: FnOnce(Result<T, RecvError>) -> R + Send + 'a,
     {
         self.arms.push(Box::new(ChanArm {
             channel,
@@ -121,9 +157,12 @@ impl<'a, R: 'a> Selector<'a, R> {
         self
     }
 
+    /// The output of the first ready arm, starting at a random arm.
     fn poll_all(&mut self) -> Option<R> {
-        for arm in &mut self.arms {
-            if let Some(r) = arm.poll_now() {
+        let n = self.arms.len();
+        let start = random_below(n);
+        for k in 0..n {
+            if let Some(r) = self.arms[(start + k) % n].poll_now() {
                 return Some(r);
             }
         }
@@ -157,8 +196,11 @@ impl<'a, R: 'a> Selector<'a, R> {
                 return Some(r);
             }
             let mut sel = flume::Selector::new();
-            for (i, arm) in self.arms.iter().enumerate() {
-                sel = arm.register(sel, i);
+            let n = self.arms.len();
+            let start = random_below(n);
+            for k in 0..n {
+                let i = (start + k) % n;
+                sel = self.arms[i].register(sel, i);
             }
             let woke = match deadline {
                 Some(d) => sel.wait_deadline(d).ok(),
@@ -194,8 +236,13 @@ impl<'a, R: 'a> Selector<'a, R> {
             if let Some(r) = self.poll_all() {
                 return r;
             }
-            let waits: Vec<_> = self.arms.iter().map(|a| a.wait_item()).collect();
-            let (item, i, _) = futures::future::select_all(waits).await;
+            let n = self.arms.len();
+            let start = random_below(n);
+            let waits: Vec<_> = (0..n)
+                .map(|k| self.arms[(start + k) % n].wait_item())
+                .collect();
+            let (item, k, _) = futures::future::select_all(waits).await;
+            let i = (start + k) % n;
             if let Some(item) = item {
                 if let Some(r) = self.arms[i].handle(item) {
                     return r;

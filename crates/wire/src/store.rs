@@ -231,7 +231,8 @@ pub enum Delivery {
         body: Bytes,
     },
     /// The subscription had no credit left for `count` deliveries, which were dropped.
-    /// Sent before the next delivery; costs no credit.
+    /// Sent as soon as the process returns credit for it ([`Op::Credit`]), so before any
+    /// later delivery; costs no credit.
     Missed {
         /// The subscription.
         sub: u32,

@@ -3,7 +3,10 @@
 //!
 //! Each has a buffer in this process, bounded by the credit it grants the hub (the
 //! hub's `subscription_buffer`, 1024 by default). When the buffer is full the hub drops
-//! what comes next for it and counts; the count arrives before the next delivery, as
+//! what comes next for it and counts. A subscription hands credit back each time it has
+//! taken half its buffer; the hub then sends the count at once, so it takes its place
+//! right after the messages that were buffered before the loss and before any message
+//! published after it, whether or not anything more is ever published. It arrives as
 //! [`SubscriberError::Missed`] from a receive, or as a warning and
 //! [`Subscription::missed`] for a callback. A slow subscriber misses messages; it never
 //! slows the publisher or grows anyone's memory.
@@ -67,8 +70,11 @@ pub struct Change {
 /// Why a receive from a [`Subscriber`] or [`Watch`] returned no message.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SubscriberError {
-    /// The buffer was full and `count` messages were dropped before the next one.
-    /// The next receive continues with the messages that followed.
+    /// The buffer was full and `count` messages were dropped at this point of the
+    /// stream: after the messages received before this error, before those received
+    /// after it. It comes as soon as the messages buffered before the loss have been
+    /// received, without waiting for more to be published. The next receive continues
+    /// with the messages that followed.
     #[error("subscription {pattern:?} missed {count} message(s): it did not keep up")]
     Missed {
         /// The subscription's pattern (or watched key).
@@ -365,7 +371,10 @@ fn change(core: &Core, d: Delivery) -> Result<Change, SubscriberError> {
 /// # }
 /// ```
 pub struct Subscriber<T> {
-    core: Core,
+    core: Arc<Core>,
+    /// Whether [`handle`](Subscriber::handle) gave the subscription to a handler, which
+    /// keeps it after this handle is dropped.
+    handed_off: bool,
     _t: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -427,12 +436,74 @@ impl<T: DeserializeOwned> Subscriber<T> {
     pub fn pattern(&self) -> &str {
         &self.core.pattern
     }
+
+    /// Hands the subscription to `handler`, run for every message from now on, as
+    /// [`Store::subscribe`] does; messages already waiting here go to the handler first.
+    /// Name the message type once, on [`Store::subscriber`], and the handler needs no
+    /// annotation.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), yukicomm_client::StoreError> {
+    /// let store = yukicomm_client::shared_memory();
+    /// let logins = store.subscriber::<String>("events.login")?.handle(|e| async move {
+    ///     println!("{} logged in", e.value);
+    /// });
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn handle<H, R, M>(mut self, handler: H) -> Subscription
+    where
+        T: Send + 'static,
+        H: Fn(Publication<T>) -> R + Send + Sync + 'static,
+        R: HandlerReturn<M>,
+    {
+        self.handed_off = true;
+        spawn_handler(self.core.clone(), handler)
+    }
 }
 
 impl<T> Drop for Subscriber<T> {
     fn drop(&mut self) {
-        self.core.stop();
+        if !self.handed_off {
+            self.core.stop();
+        }
     }
+}
+
+/// Runs `handler` for every delivery of `core`, one at a time, on the process's runtime.
+fn spawn_handler<T, H, R, M>(core: Arc<Core>, handler: H) -> Subscription
+where
+    T: DeserializeOwned + Send + 'static,
+    H: Fn(Publication<T>) -> R + Send + Sync + 'static,
+    R: HandlerReturn<M>,
+{
+    let task = core.clone();
+    core.node.runtime().spawn(async move {
+        while let Ok(d) = task.next_async().await {
+            match publication::<T>(&task, d) {
+                Ok(p) => {
+                    let run = AssertUnwindSafe(async { handler(p).into_future().await });
+                    match run.catch_unwind().await {
+                        Ok(None) => {}
+                        Ok(Some(failure)) => tracing::error!(
+                            pattern = task.pattern,
+                            "a subscription handler failed: {failure}"
+                        ),
+                        Err(_) => {
+                            tracing::error!(
+                                pattern = task.pattern,
+                                "a subscription handler panicked"
+                            )
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    });
+    Subscription { core }
 }
 
 /// A watch of a key (or of every key with a prefix): told of every change. Dropping it
@@ -537,7 +608,8 @@ impl Store {
         pattern: &str,
     ) -> Result<Subscriber<T>, StoreError> {
         Ok(Subscriber {
-            core: Core::start(self, pattern, None)?,
+            core: Arc::new(Core::start(self, pattern, None)?),
+            handed_off: false,
             _t: std::marker::PhantomData,
         })
     }
@@ -556,7 +628,8 @@ impl Store {
         pattern: &str,
     ) -> Result<Subscriber<T>, StoreError> {
         Ok(Subscriber {
-            core: Core::start_async(self, pattern, None).await?,
+            core: Arc::new(Core::start_async(self, pattern, None).await?),
+            handed_off: false,
             _t: std::marker::PhantomData,
         })
     }
@@ -566,6 +639,11 @@ impl Store {
     /// return `()` or a `Result`; a failure or a panic is logged and the next message
     /// is handled as usual. Messages that do not decode as `T` are logged and skipped.
     ///
+    /// The message type is named once: on the handler's argument
+    /// (`|e: Publication<String>|`), or with
+    /// `store.subscriber::<String>(pattern)?.handle(handler)` (see
+    /// [`Subscriber::handle`]), which does the same.
+    ///
     /// # Errors
     ///
     /// As [`subscriber`](Store::subscriber).
@@ -574,10 +652,15 @@ impl Store {
     ///
     /// ```no_run
     /// # fn demo() -> Result<(), yukicomm_client::StoreError> {
+    /// use yukicomm_client::store::Publication;
     /// let store = yukicomm_client::shared_memory();
-    /// store.subscribe::<String, _, _, _>("events", |e| async move {
+    /// store.subscribe("events", |e: Publication<String>| async move {
     ///     println!("{} on {}", e.value, e.topic);
     /// })?;
+    /// // The same, with the type named on the subscriber:
+    /// store.subscriber::<String>("events")?.handle(|e| async move {
+    ///     println!("{} on {}", e.value, e.topic);
+    /// });
     /// # Ok(())
     /// # }
     /// ```
@@ -592,31 +675,7 @@ impl Store {
         R: HandlerReturn<M>,
     {
         let core = Arc::new(Core::start(self, pattern, None)?);
-        let task = core.clone();
-        core.node.runtime().spawn(async move {
-            while let Ok(d) = task.next_async().await {
-                match publication::<T>(&task, d) {
-                    Ok(p) => {
-                        let run = AssertUnwindSafe(async { handler(p).into_future().await });
-                        match run.catch_unwind().await {
-                            Ok(None) => {}
-                            Ok(Some(failure)) => tracing::error!(
-                                pattern = task.pattern,
-                                "a subscription handler failed: {failure}"
-                            ),
-                            Err(_) => {
-                                tracing::error!(
-                                    pattern = task.pattern,
-                                    "a subscription handler panicked"
-                                )
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!("{e}"),
-                }
-            }
-        });
-        Ok(Subscription { core })
+        Ok(spawn_handler(core, handler))
     }
 
     /// Watches `key`: every set, delete and expiry of it is told to the returned

@@ -14,9 +14,10 @@
 //! - **Publish/subscribe and watches** are *subscriptions*: each has a credit, the
 //!   number of deliveries its process can still take (at most
 //!   [`StoreConfig::subscription_buffer`]), which the process returns as it consumes
-//!   them. A delivery to a subscription without credit is dropped and counted, and the
-//!   count reaches the subscriber before its next delivery: a slow subscriber misses
-//!   messages, it never makes the hub's memory grow.
+//!   them. A delivery to a subscription without credit is dropped and counted; the
+//!   count is sent to the subscriber as soon as it returns credit (it has room again),
+//!   ahead of any later delivery. A slow subscriber misses messages, it never makes
+//!   the hub's memory grow.
 //! - **Durability**, optional: with a journal file every write is appended to it before
 //!   it is acknowledged (the `journal` module describes its format).
 
@@ -680,6 +681,12 @@ impl Store {
                 let cap = self.config.subscription_buffer;
                 if let Some(s) = self.subs.get_mut(&(from, sub)) {
                     s.credit = s.credit.saturating_add(n).min(cap);
+                    // The subscriber has room again: tell it what it missed now, not
+                    // with the next delivery, which may never come.
+                    if s.credit > 0 && s.missed > 0 {
+                        let count = std::mem::take(&mut s.missed);
+                        send(out, from, Delivery::Missed { sub, count });
+                    }
                 }
                 Answer::Done
             }
@@ -1076,7 +1083,12 @@ mod tests {
             );
         }
         assert_eq!(sink.local.len(), 2);
-        reply(&mut s, Op::Credit { sub: 1, n: 2 });
+        // Credit back: the count goes out at once, with nothing published after.
+        s.apply(LOCAL, Op::Credit { sub: 1, n: 2 }, &mut sink);
+        assert_eq!(
+            sink.local[2..],
+            [Frame::Delivery(Delivery::Missed { sub: 1, count: 3 })]
+        );
         s.apply(
             ConnId(9),
             Op::Publish {
@@ -1085,14 +1097,13 @@ mod tests {
             },
             &mut sink,
         );
-        assert_eq!(
-            sink.local[2],
-            Frame::Delivery(Delivery::Missed { sub: 1, count: 3 })
-        );
         assert!(matches!(
-            sink.local[3],
-            Frame::Delivery(Delivery::Message { .. })
+            sink.local[3..],
+            [Frame::Delivery(Delivery::Message { .. })]
         ));
+        // More credit with nothing missed since: nothing more is sent.
+        s.apply(LOCAL, Op::Credit { sub: 1, n: 1 }, &mut sink);
+        assert_eq!(sink.local.len(), 4);
         // Nobody listens: fine, nothing changes.
         let a = s.apply(
             ConnId(9),
