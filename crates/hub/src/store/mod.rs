@@ -14,7 +14,10 @@
 //! - **Publish/subscribe and watches** are *subscriptions*: each has a credit, the
 //!   number of deliveries its process can still take (at most
 //!   [`StoreConfig::subscription_buffer`]), which the process returns as it consumes
-//!   them. A delivery to a subscription without credit is dropped and counted; the
+//!   them; and the bytes of the deliveries it has not returned credit for, which may
+//!   pass [`StoreConfig::subscription_buffer_bytes`] by one delivery at most. A
+//!   delivery to a subscription without credit, or already at that many bytes, is
+//!   dropped and counted; the
 //!   count is sent to the subscriber as soon as it returns credit (it has room again),
 //!   ahead of any later delivery. A slow subscriber misses messages, it never makes
 //!   the hub's memory grow.
@@ -57,6 +60,11 @@ pub struct StoreConfig {
     /// Most deliveries a subscription or watch may have waiting for its process; beyond
     /// that they are dropped and counted. Default 1024.
     pub subscription_buffer: u32,
+    /// Most bytes (topic and message, or key and value) of the deliveries a
+    /// subscription or watch may have waiting for its process: a delivery is dropped
+    /// and counted when this many or more wait already, so one delivery may pass it.
+    /// Default 8 MiB.
+    pub subscription_buffer_bytes: u64,
     /// Most subscriptions and watches one process may have. Default 10,000.
     pub max_subscriptions: usize,
     /// Where the store's time comes from. Default: the system clock.
@@ -71,6 +79,7 @@ impl Default for StoreConfig {
             journal: None,
             fsync: Fsync::EverySecond,
             subscription_buffer: 1024,
+            subscription_buffer_bytes: 8 << 20,
             max_subscriptions: 10_000,
             clock: Clock::System,
         }
@@ -198,6 +207,11 @@ struct Sub {
     pattern: Box<[u8]>,
     /// Deliveries its process can still take.
     credit: u32,
+    /// The sizes of the deliveries sent and not credited back, oldest first (the
+    /// process consumes them in order); at most `subscription_buffer` of them.
+    sizes: std::collections::VecDeque<u32>,
+    /// Their sum.
+    bytes: u64,
     /// Deliveries dropped since the last one that got through.
     missed: u64,
 }
@@ -681,6 +695,10 @@ impl Store {
                 let cap = self.config.subscription_buffer;
                 if let Some(s) = self.subs.get_mut(&(from, sub)) {
                     s.credit = s.credit.saturating_add(n).min(cap);
+                    for _ in 0..n.min(s.sizes.len() as u32) {
+                        let size = s.sizes.pop_front().unwrap_or(0);
+                        s.bytes = s.bytes.saturating_sub(size.into());
+                    }
                     // The subscriber has room again: tell it what it missed now, not
                     // with the next delivery, which may never come.
                     if s.credit > 0 && s.missed > 0 {
@@ -739,6 +757,8 @@ impl Store {
                 kind,
                 pattern: Box::from(pattern),
                 credit,
+                sizes: std::collections::VecDeque::new(),
+                bytes: 0,
                 missed: 0,
             },
         );
@@ -782,15 +802,23 @@ impl Store {
         }
     }
 
-    /// Takes one credit of a subscription, or counts a miss: whether to deliver, and
-    /// the misses to report first.
-    fn charge(subs: &mut FxHashMap<SubKey, Sub>, key: SubKey) -> Option<u64> {
+    /// Takes one credit of a subscription for a delivery of `size` bytes, or counts a
+    /// miss: whether to deliver, and the misses to report first.
+    fn charge(
+        subs: &mut FxHashMap<SubKey, Sub>,
+        key: SubKey,
+        size: usize,
+        max_bytes: u64,
+    ) -> Option<u64> {
         let s = subs.get_mut(&key)?;
-        if s.credit == 0 {
+        if s.credit == 0 || s.bytes >= max_bytes {
             s.missed += 1;
             return None;
         }
         s.credit -= 1;
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        s.sizes.push_back(size);
+        s.bytes += u64::from(size);
         Some(std::mem::take(&mut s.missed))
     }
 
@@ -807,8 +835,10 @@ impl Store {
             .iter()
             .filter(|(_, m)| m.matches(topic_str))
             .map(|(k, _)| k);
+        let size = topic.len() + body.len();
+        let max_bytes = self.config.subscription_buffer_bytes;
         for &key in exact.iter().chain(globs) {
-            let Some(missed) = Self::charge(&mut self.subs, key) else {
+            let Some(missed) = Self::charge(&mut self.subs, key, size, max_bytes) else {
                 continue;
             };
             reached += 1;
@@ -844,8 +874,10 @@ impl Store {
                 targets.push(*k);
             }
         }
+        let size = key.len() + value.len();
+        let max_bytes = self.config.subscription_buffer_bytes;
         for target in targets {
-            let Some(missed) = Self::charge(&mut self.subs, target) else {
+            let Some(missed) = Self::charge(&mut self.subs, target, size, max_bytes) else {
                 continue;
             };
             let (conn, sub) = target;
@@ -1058,6 +1090,53 @@ mod tests {
         assert_eq!(reply(&mut s, Op::Len), OpReply::Int(0));
         assert_eq!(reply(&mut s, Op::Get { key: b("t") }), OpReply::Nil);
         assert_eq!(reply(&mut s, Op::Ttl { key: b("t") }), OpReply::Int(-2));
+    }
+
+    #[test]
+    fn a_subscription_buffers_at_most_its_bytes() {
+        let mut s = Store::open(StoreConfig {
+            subscription_buffer_bytes: 1000,
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        reply(
+            &mut s,
+            Op::Subscribe {
+                sub: 1,
+                credit: 100,
+                pattern: b("big"),
+            },
+        );
+        let mut sink = Sink::default();
+        let publish = |s: &mut Store, sink: &mut Sink| {
+            s.apply(
+                ConnId(9),
+                Op::Publish {
+                    topic: b("big"),
+                    body: Bytes::from(vec![0u8; 397]),
+                },
+                sink,
+            );
+        };
+        // 400 bytes each: delivered while fewer than 1000 wait, so three go.
+        for _ in 0..5 {
+            publish(&mut s, &mut sink);
+        }
+        assert_eq!(sink.local.len(), 3);
+        // Two are consumed and credited: their bytes are free again.
+        s.apply(LOCAL, Op::Credit { sub: 1, n: 2 }, &mut sink);
+        assert_eq!(
+            sink.local[3..],
+            [Frame::Delivery(Delivery::Missed { sub: 1, count: 2 })]
+        );
+        publish(&mut s, &mut sink);
+        publish(&mut s, &mut sink);
+        publish(&mut s, &mut sink);
+        let messages = sink.local[4..]
+            .iter()
+            .filter(|f| matches!(f, Frame::Delivery(Delivery::Message { .. })))
+            .count();
+        assert_eq!(messages, 2);
     }
 
     #[test]
