@@ -480,21 +480,29 @@ impl Router {
                 out,
             );
         }
-        self.collect(key.chan);
+        self.collect(key.chan, out);
     }
 
-    /// Frees an unnamed channel nobody holds and nothing is queued on.
-    fn collect(&mut self, id: ChanId) {
+    /// Frees an unnamed channel nobody holds. Nobody can take one of its ends again
+    /// (an end in a queued message is held in transit), so what is queued on it can
+    /// never be delivered: it goes too, with the transit holds of the ends it carries.
+    fn collect(&mut self, id: ChanId, out: &mut Vec<Out>) {
         let Some(chan) = self.chans.get(&id) else {
             return;
         };
-        let unused = chan.name.is_none()
-            && chan
-                .ends
-                .iter()
-                .all(|r| r.holders.is_empty() && r.queue.is_empty());
-        if unused {
-            self.chans.remove(&id);
+        let unused = chan.name.is_none() && chan.ends.iter().all(|r| r.holders.is_empty());
+        if !unused {
+            return;
+        }
+        let Some(chan) = self.chans.remove(&id) else {
+            return;
+        };
+        for route in chan.ends {
+            for q in route.queue {
+                for k in q.carried {
+                    self.drop_hold(TRANSIT, k, Some(1), out);
+                }
+            }
         }
     }
 

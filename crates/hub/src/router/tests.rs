@@ -400,3 +400,64 @@ fn messages_on_unknown_or_unheld_channels_are_refused_with_their_credit() {
     assert_eq!(credited(&out, C), (1, 4));
     assert!(delivered(&out, B).is_empty());
 }
+
+#[test]
+fn an_unnamed_channel_nobody_holds_is_freed_with_what_is_queued_on_it() {
+    let mut h = Harness::new(100, 1 << 20);
+    let Reply::Created { chan: inner } = h.request(
+        A,
+        Request::Create {
+            type_name: "t".into(),
+            pair: true,
+        },
+    ) else {
+        panic!("not created")
+    };
+    let Reply::Created { chan: outer } = h.request(
+        A,
+        Request::Create {
+            type_name: "t".into(),
+            pair: true,
+        },
+    ) else {
+        panic!("not created")
+    };
+    // Nobody receives on `outer`: its messages queue, one of them carrying `inner`.
+    for _ in 0..10 {
+        h.send(A, outer, End::B, &[0; 100]).unwrap();
+    }
+    h.feed(
+        A,
+        Frame::Msg(Msg {
+            chan: outer,
+            to: End::B,
+            carried: vec![EndRef {
+                chan: inner,
+                end: End::B,
+            }],
+            body: Bytes::from_static(b"x"),
+        }),
+    )
+    .unwrap();
+    let release = |h: &mut Harness, chan, end| {
+        h.feed(
+            A,
+            Frame::Notice(Notice::Release {
+                chan,
+                end,
+                count: 1,
+            }),
+        )
+        .unwrap()
+    };
+    release(&mut h, inner, End::A);
+    release(&mut h, inner, End::B);
+    assert!(
+        h.r.chans.contains_key(&inner),
+        "still carried by a queued message"
+    );
+    release(&mut h, outer, End::A);
+    release(&mut h, outer, End::B);
+    assert!(!h.r.chans.contains_key(&outer));
+    assert!(!h.r.chans.contains_key(&inner));
+}
