@@ -247,3 +247,52 @@ fn a_child_waiting_for_its_restart_queues_at_most_its_byte_window() {
         }
     });
 }
+
+#[test]
+fn a_stopped_child_cannot_make_the_main_process_hold_more_than_a_byte_window() {
+    let name = "a_stopped_child_cannot_make_the_main_process_hold_more_than_a_byte_window";
+    let _w = watchdog(name, Duration::from_secs(120));
+    let mut app = app(name);
+    app.add_target("stopped", |ctx: Context| async move {
+        child(async move {
+            ctx.passive_channel::<u32>()
+                .send_async(std::process::id())
+                .await?;
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .await
+    })
+    .restart(RestartPolicy::Never);
+    run_main(app, move |ctx| {
+        let passive = ctx.get_channel::<u32>("stopped-passive").unwrap();
+        let active = ctx.get_channel::<Payload>("stopped-active").unwrap();
+        let pid = passive.recv_timeout(T).unwrap();
+        ctx.stop_process("stopped").unwrap();
+        assert!(support::eventually(T, || support::process_gone(pid as i32)));
+
+        // With the default windows (4096 messages, 32 MiB), 4 MiB messages: the window
+        // in bytes ends the flood long before the one in messages.
+        let before = rss();
+        let body = Payload::from(vec![7u8; 4 * MIB]);
+        let mut sent = 0u64;
+        let refusal = loop {
+            match active.try_send(body.clone()) {
+                Ok(()) => sent += 1,
+                Err(e) => break e,
+            }
+            assert!(sent <= 64, "the window in bytes never filled");
+        };
+        assert!(
+            matches!(refusal, SendError::Disconnected { .. }),
+            "{refusal:?}"
+        );
+        let window_bytes = yukicomm::HubConfig::default().window_bytes;
+        assert_eq!(sent, window_bytes / (4 * MIB as u64));
+        let grown = rss().saturating_sub(before);
+        assert!(
+            grown < 2 * window_bytes,
+            "the main process grew by {grown} bytes for {sent} messages to a stopped child"
+        );
+    });
+}
