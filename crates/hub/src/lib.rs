@@ -9,7 +9,10 @@
 //!
 //! The channel state lives in [`router`] behind one mutex, and the store in [`store`]
 //! behind another (never held together), each held only for short non-blocking
-//! sections; frames produced while one is held are written after it is released.
+//! sections; frames produced while one is held are written after it is released. Frames
+//! for the main process's own ends are queued, in order, while the lock is held and
+//! handed to it after the lock is released: no main-process code (and so no user code)
+//! ever runs under a hub lock, and it may enter the hub again from there.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -41,10 +44,6 @@ pub use store::{Clock, Fsync, ManualClock, StoreConfig};
 use yukicomm_wire::store::{Op, OpReply};
 
 thread_local! {
-    /// Set while this thread holds the router lock and hands frames over.
-    static IN_ROUTER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Frames the main process sent while `IN_ROUTER` was set.
-    static DEFERRED: std::cell::RefCell<Vec<Frame>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The buffer a run of store replies is encoded into (reused).
     static REPLIES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Buffers `with_router` reuses.
@@ -123,13 +122,16 @@ enum First {
 /// Receives the frames the hub sends to the main process, a run at a time.
 pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
 
-/// What a frame handed to the main process leaves behind in the router's output.
-const TAKEN: Frame = Frame::Credit {
-    chan: ChanId(0),
-    end: End::A,
-    n: 0,
-    bytes: 0,
-};
+/// Frames for the main process, queued in the order the router and the store produced
+/// them (under their locks) and handed to it after those locks are released, by one
+/// thread at a time, so that they arrive in that order and no main-process code runs
+/// under a hub lock.
+#[derive(Default)]
+struct LocalQueue {
+    frames: Vec<Frame>,
+    /// A thread is handing frames over; others leave what they queue to it.
+    draining: bool,
+}
 
 pub(crate) struct Inner {
     /// Set while a thread of the main process reads a connection itself (one at a time;
@@ -140,6 +142,8 @@ pub(crate) struct Inner {
     router: Mutex<Router>,
     /// The shared store. Never locked together with `router`.
     store: Mutex<Store>,
+    /// What waits to be handed to the main process. Locked last, briefly.
+    local_queue: Mutex<LocalQueue>,
     conns: RwLock<FxHashMap<ConnId, Arc<Conn>>>,
     local: OnceLock<LocalSink>,
     events: mpsc::UnboundedSender<HubEvent>,
@@ -153,9 +157,10 @@ impl Inner {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Runs `f` on the router and hands what it produced to the connections while the
-    /// lock is still held, so that frames reach each connection in the order the router
-    /// decided; socket writes happen after the lock is released.
+    /// Runs `f` on the router and hands what it produced to the connections (and to
+    /// the main process's queue) while the lock is still held, so that frames reach
+    /// each connection in the order the router decided; socket writes, and the
+    /// main process's frames, are handed over after the lock is released.
     fn with_router<R>(&self, f: impl FnOnce(&mut Router, &mut Vec<Out>) -> R) -> R {
         self.with_router_then(|r, out| (f(r, out), None))
     }
@@ -181,69 +186,100 @@ impl Inner {
                 None => {}
             }
             let events = std::mem::take(&mut router.events);
-            IN_ROUTER.with(|f| f.set(true));
             self.hand_over(&mut out, &mut kicks);
-            IN_ROUTER.with(|f| f.set(false));
             (r, events)
         };
         for c in kicks.drain(..) {
             c.kick();
         }
-        out.clear();
         SCRATCH.with(|s| *s.borrow_mut() = (out, kicks));
         for e in events {
             let _ = self.events.send(e);
         }
-        let deferred = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
-        if !deferred.is_empty() {
-            self.local_frames(deferred);
-        }
+        self.deliver_local();
         result
     }
 
-    /// Appends frames to their connections (and gives the main process its own, moved
-    /// out of `out`); called with the router locked.
-    fn hand_over(&self, out: &mut [Out], kicks: &mut Vec<Arc<Conn>>) {
-        if out.is_empty() {
-            return;
+    /// Hands what is queued for the main process to it, in order, unless another
+    /// thread is doing so already (it then hands over what was queued here too). Runs
+    /// with no hub lock held: what the main process does with a frame (release a
+    /// handle, send) may enter the hub again.
+    fn deliver_local(&self) {
+        {
+            let mut q = self.local_queue.lock();
+            if q.draining || q.frames.is_empty() {
+                return;
+            }
+            q.draining = true;
         }
-        let conns = self.conns.read();
-        let mut i = 0;
-        while i < out.len() {
-            let target = out[i].0;
-            let mut j = i + 1;
-            while j < out.len() && out[j].0 == target {
-                j += 1;
+        /// Lets another thread drain if handing over panics.
+        struct Draining<'a>(&'a Mutex<LocalQueue>);
+        impl Drop for Draining<'_> {
+            fn drop(&mut self) {
+                self.0.lock().draining = false;
             }
-            if target == LOCAL {
-                if let Some(local) = self.local.get() {
-                    local(
-                        &mut out[i..j]
-                            .iter_mut()
-                            .map(|(_, f)| std::mem::replace(f, TAKEN)),
-                    );
+        }
+        let _draining = Draining(&self.local_queue);
+        let mut batch = Vec::new();
+        loop {
+            {
+                let mut q = self.local_queue.lock();
+                if q.frames.is_empty() {
+                    break;
                 }
-                if self.pumping.load(Ordering::SeqCst) && !conn::IS_PUMPING.with(|p| p.get()) {
-                    yukicomm_wire::sys::poke(&self.pump_wake.1);
-                }
-            } else if let Some(c) = conns.get(&target) {
-                c.append_all(out[i..j].iter().map(|(_, f)| f));
-                if !kicks.iter().any(|k| Arc::ptr_eq(k, c)) {
-                    kicks.push(c.clone());
-                }
+                std::mem::swap(&mut q.frames, &mut batch);
             }
-            i = j;
+            match self.local.get() {
+                Some(local) => local(&mut batch.drain(..)),
+                None => batch.clear(),
+            }
+            if self.pumping.load(Ordering::SeqCst) && !conn::IS_PUMPING.with(|p| p.get()) {
+                yukicomm_wire::sys::poke(&self.pump_wake.1);
+            }
         }
     }
 
-    /// Frames from the main process. While the router is locked on this thread (a
-    /// frame given to the main process made it release a handle), they are deferred
-    /// until the lock is released.
-    fn local_frames(&self, frames: Vec<Frame>) {
-        if IN_ROUTER.with(|f| f.get()) {
-            DEFERRED.with(|d| d.borrow_mut().extend(frames));
+    /// Appends frames to their connections, and moves the main process's own to its
+    /// queue (`out` is left empty); called with the router locked.
+    fn hand_over(&self, out: &mut Vec<Out>, kicks: &mut Vec<Arc<Conn>>) {
+        if out.is_empty() {
             return;
         }
+        let mut local = 0;
+        {
+            let conns = self.conns.read();
+            let mut i = 0;
+            while i < out.len() {
+                let target = out[i].0;
+                let mut j = i + 1;
+                while j < out.len() && out[j].0 == target {
+                    j += 1;
+                }
+                if target == LOCAL {
+                    local += j - i;
+                } else if let Some(c) = conns.get(&target) {
+                    c.append_all(out[i..j].iter().map(|(_, f)| f));
+                    if !kicks.iter().any(|k| Arc::ptr_eq(k, c)) {
+                        kicks.push(c.clone());
+                    }
+                }
+                i = j;
+            }
+        }
+        if local == 0 {
+            out.clear();
+            return;
+        }
+        let mut q = self.local_queue.lock();
+        q.frames.reserve(local);
+        q.frames.extend(
+            out.drain(..)
+                .filter_map(|(target, f)| (target == LOCAL).then_some(f)),
+        );
+    }
+
+    /// Frames from the main process.
+    fn local_frames(&self, frames: Vec<Frame>) {
         self.with_router(|r, out| {
             for f in frames {
                 if let Err(e) = r.frame(LOCAL, f, out) {
@@ -365,18 +401,19 @@ impl Inner {
         };
         let r = {
             let mut store = self.store.lock();
-            f(&mut store, &mut out)
+            let r = f(&mut store, &mut out);
+            // Queued while the store is locked, so that they keep its order.
+            if !out.local.is_empty() {
+                self.local_queue.lock().frames.append(&mut out.local);
+            }
+            r
         };
-        let Outputs { kicks, local, .. } = out;
+        let Outputs { kicks, .. } = out;
         drop(conns);
         for c in kicks {
             c.kick();
         }
-        if !local.is_empty() {
-            if let Some(sink) = self.local.get() {
-                sink(&mut local.into_iter());
-            }
-        }
+        self.deliver_local();
         r
     }
 
@@ -524,6 +561,7 @@ impl Hub {
             pumping: std::sync::atomic::AtomicBool::new(false),
             pump_wake: yukicomm_wire::sys::pipe()?,
             router: Mutex::new(Router::new(config.window, config.window_bytes)),
+            local_queue: Mutex::new(LocalQueue::default()),
             store: Mutex::new(store),
             conns: RwLock::new(FxHashMap::default()),
             local: OnceLock::new(),
@@ -670,10 +708,6 @@ impl Hub {
             carried,
             body,
         };
-        if IN_ROUTER.with(|f| f.get()) {
-            DEFERRED.with(|d| d.borrow_mut().push(Frame::Msg(m)));
-            return;
-        }
         self.inner.with_router_then(|r, out| {
             let direct = r
                 .direct_target(LOCAL, chan, to)
