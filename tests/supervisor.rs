@@ -144,8 +144,8 @@ fn the_intensity_limit_stops_a_crash_loop() {
         ctx.passive_channel::<Up>()
             .send_async(Up::Started(std::process::id()))
             .await?;
-        // Give the message time to leave, then die as a crash would.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Make sure the message left, then die as a crash would.
+        ctx.flush(T)?;
         std::process::exit(3);
     })
     .restart(RestartPolicy::Always)

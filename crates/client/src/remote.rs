@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,20 +28,21 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::future::{BoxFuture, FutureExt};
 use parking_lot::Mutex;
+use yukicomm_link::{Outbox, OutboxSink, Push};
 use yukicomm_wire::store::{encode_op, Op, OpReply};
 use yukicomm_wire::{
-    encode_control, encode_credit, encode_msg, ChanId, Decoder, End, EndRef, Frame, Notice, Outbox,
-    OutboxSink, Push, Reply, Request, PROTOCOL_VERSION,
+    encode_control, encode_credit, encode_msg, ChanId, Decoder, End, EndRef, Frame, Notice, Reply,
+    Request, PROTOCOL_VERSION,
 };
 
 use crate::error::{ConnectError, LinkError};
 use crate::node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
-use yukicomm_wire::role::{ReadRole, LINGER};
-use yukicomm_wire::sys::{pollfd, read_into, read_into_nowait, wait_readable};
+use yukicomm_link::role::{ReadRole, LINGER};
+use yukicomm_link::sys::{fired, pollfd, read_into, read_into_nowait, wait_readable};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
-/// The socket send buffer asked for (see [`yukicomm_wire::sys::set_send_buffer`]).
+/// The socket send buffer asked for (see [`yukicomm_link::sys::set_send_buffer`]).
 const SEND_BUFFER: usize = 1 << 20;
 /// How often overdue store operations of tasks are looked for.
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
@@ -259,7 +260,7 @@ impl Remote {
     /// One read from the socket, which blocks until it has something (or until
     /// [`READ_TIMEOUT`]) unless `nowait`.
     fn read_some(&self, st: &mut ReadState, nowait: bool) -> Result<(), String> {
-        let fd = self.stream.as_raw_fd();
+        let fd = &self.stream;
         let read = if nowait {
             read_into_nowait(fd, &mut st.buf, READ_SIZE)
         } else {
@@ -361,7 +362,7 @@ impl Remote {
     /// The background reader: holds the read role unless a receiver wants it.
     fn background_reader(&self) {
         let mut fds = [
-            pollfd(self.stream.as_raw_fd()),
+            pollfd(self.stream.as_fd()),
             pollfd(self.read_role.wake_fd()),
         ];
         let mut nap = LINGER;
@@ -375,12 +376,12 @@ impl Remote {
             }
             let ready = wait_readable(&mut fds, None);
             self.read_role.stop_polling();
-            if fds[1].revents != 0 {
+            if fired(&fds[1]) {
                 self.read_role.drain_wakes();
             }
             let result = match ready {
                 Err(e) => Err(e.to_string()),
-                Ok(_) if fds[0].revents != 0 => self
+                Ok(_) if fired(&fds[0]) => self
                     .read_some(&mut st, false)
                     .and_then(|()| self.handle_buffered(&mut st).map(drop)),
                 Ok(_) => Ok(()),
@@ -522,7 +523,7 @@ impl Transport for Remote {
                 continue;
             };
             let mut fds = [
-                pollfd(self.stream.as_raw_fd()),
+                pollfd(self.stream.as_fd()),
                 pollfd(self.read_role.wake_fd()),
             ];
             loop {
@@ -556,13 +557,13 @@ impl Transport for Remote {
                         break 'outer Pump::Ready;
                     }
                 }
-                if fds[1].revents != 0 {
+                if fired(&fds[1]) {
                     self.read_role.drain_wakes();
                     if self.read_role.others_want(1) {
                         break 'outer Pump::Unavailable;
                     }
                 }
-                if fds[0].revents != 0 {
+                if fired(&fds[0]) {
                     if let Err(reason) = self.read_some(&mut st, false) {
                         drop(st);
                         self.lose(&reason);
@@ -589,7 +590,7 @@ pub(crate) fn connect(
         source,
     };
     let mut stream = UnixStream::connect(path).map_err(io)?;
-    yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
+    yukicomm_link::sys::set_send_buffer(&stream, SEND_BUFFER);
 
     let mut hello = Vec::new();
     encode_control(

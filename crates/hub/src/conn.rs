@@ -11,7 +11,7 @@
 //! for room only when a write found the socket full.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,11 +22,10 @@ use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
-use yukicomm_wire::role::{ReadRole, LINGER};
-use yukicomm_wire::sys::{drain, pollfd, read_into, wait_readable};
-use yukicomm_wire::{
-    encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Outbox, OutboxSink, Request,
-};
+use yukicomm_link::role::{ReadRole, LINGER};
+use yukicomm_link::sys::{drain, fired, pollfd, read_into, wait_readable};
+use yukicomm_link::{Outbox, OutboxSink};
+use yukicomm_wire::{encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Request};
 
 use crate::router::ConnId;
 use crate::Inner;
@@ -35,7 +34,7 @@ use crate::Inner;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
-/// The socket send buffer asked for (see [`yukicomm_wire::sys::set_send_buffer`]).
+/// The socket send buffer asked for (see [`yukicomm_link::sys::set_send_buffer`]).
 const SEND_BUFFER: usize = 1 << 20;
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
@@ -124,8 +123,8 @@ impl Conn {
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), Option<E>> {
         self.outbox.append(encode).map_err(|e| match e {
-            yukicomm_wire::Push::Encode(e) => Some(e),
-            yukicomm_wire::Push::Broken(_) => None,
+            yukicomm_link::Push::Encode(e) => Some(e),
+            yukicomm_link::Push::Broken(_) => None,
         })
     }
 
@@ -160,7 +159,7 @@ impl Conn {
     /// One read; `Err` with the reason (`None` for a clean close) when the connection
     /// is over.
     fn read_some(&self, rs: &mut ReadSide) -> Result<(), Option<String>> {
-        match read_into(self.stream.as_raw_fd(), &mut rs.buf, READ_SIZE) {
+        match read_into(&self.stream, &mut rs.buf, READ_SIZE) {
             Ok(0) if rs.buf.is_empty() => Err(None),
             Ok(0) => Err(Some("connection closed mid-frame".into())),
             Ok(_) => Ok(()),
@@ -227,9 +226,9 @@ impl Conn {
         routed: &mut usize,
     ) -> Pumped {
         let mut fds = [
-            pollfd(self.stream.as_raw_fd()),
+            pollfd(self.stream.as_fd()),
             pollfd(self.role.wake_fd()),
-            pollfd(inner.pump_wake.0.as_raw_fd()),
+            pollfd(inner.pump_wake.0.as_fd()),
         ];
         loop {
             match self.process_counted(inner, &mut rs) {
@@ -252,13 +251,13 @@ impl Conn {
                 Ok(false) => return Pumped::Timeout,
                 Err(_) => return Pumped::Unavailable,
             }
-            if fds[1].revents != 0 {
+            if fired(&fds[1]) {
                 self.role.drain_wakes();
             }
-            if fds[2].revents != 0 {
+            if fired(&fds[2]) {
                 drain(&inner.pump_wake.0);
             }
-            if fds[0].revents != 0 {
+            if fired(&fds[0]) {
                 if let Err(reason) = self.read_some(&mut rs) {
                     rs.failure = reason;
                     drop(rs);
@@ -282,7 +281,7 @@ impl Conn {
     /// The reader thread's loop: reads and routes until the connection closes; returns
     /// why it closed (`None` for a clean close).
     fn read_loop(&self, inner: &Inner) -> Option<String> {
-        let mut fds = [pollfd(self.stream.as_raw_fd()), pollfd(self.role.wake_fd())];
+        let mut fds = [pollfd(self.stream.as_fd()), pollfd(self.role.wake_fd())];
         let mut nap = LINGER;
         loop {
             if self.closed.load(Ordering::Acquire) {
@@ -300,10 +299,10 @@ impl Conn {
             if let Err(e) = waited {
                 return Some(e.to_string());
             }
-            if fds[1].revents != 0 {
+            if fired(&fds[1]) {
                 self.role.drain_wakes();
             }
-            if fds[0].revents != 0 {
+            if fired(&fds[0]) {
                 if let Err(reason) = self.read_some(&mut rs) {
                     return reason;
                 }
@@ -367,7 +366,7 @@ async fn wait_writable(stream: &UnixStream) -> std::io::Result<()> {
 /// Reads the first frame with a deadline.
 fn read_hello(conn: &Conn, rs: &mut ReadSide) -> Result<Option<Frame>, String> {
     let deadline = Instant::now() + HELLO_TIMEOUT;
-    let mut fds = [pollfd(conn.stream.as_raw_fd())];
+    let mut fds = [pollfd(conn.stream.as_fd())];
     loop {
         if let Some(f) = conn
             .decoder
@@ -394,8 +393,7 @@ fn read_hello(conn: &Conn, rs: &mut ReadSide) -> Result<Option<Frame>, String> {
 pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
     // Only processes of our own user may connect (the socket's directory is private too).
     match stream.peer_cred() {
-        // SAFETY: geteuid has no preconditions.
-        Ok(cred) if cred.uid() == unsafe { libc::geteuid() } => {}
+        Ok(cred) if cred.uid() == rustix::process::geteuid().as_raw() => {}
         Ok(cred) => {
             tracing::warn!(uid = cred.uid(), "refused a connection from another user");
             return;
@@ -439,7 +437,7 @@ impl Conn {
         max_frame: u32,
         max_buffered: usize,
     ) -> std::io::Result<Conn> {
-        yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
+        yukicomm_link::sys::set_send_buffer(&stream, SEND_BUFFER);
         Ok(Conn {
             id,
             stream,

@@ -234,7 +234,7 @@ impl Inner {
                 None => batch.clear(),
             }
             if self.pumping.load(Ordering::SeqCst) && !conn::IS_PUMPING.with(|p| p.get()) {
-                yukicomm_wire::sys::poke(&self.pump_wake.1);
+                yukicomm_link::sys::poke(&self.pump_wake.1);
             }
         }
     }
@@ -508,7 +508,7 @@ fn remove_stale_dirs(parent: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -516,14 +516,12 @@ fn remove_stale_dirs(parent: &std::path::Path) {
             .and_then(|n| n.strip_prefix("yukicomm-"))
             .and_then(|n| n.split_once('-'))
             .filter(|(_, tag)| tag.len() == 8 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
-            .filter(|&pid| pid > 0)
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } == -1
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let gone = rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH);
         let dir = entry.path();
         let mine = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid);
         if !gone || !mine {
@@ -559,7 +557,7 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             pumping: std::sync::atomic::AtomicBool::new(false),
-            pump_wake: yukicomm_wire::sys::pipe()?,
+            pump_wake: yukicomm_link::sys::pipe()?,
             router: Mutex::new(Router::new(config.window, config.window_bytes)),
             local_queue: Mutex::new(LocalQueue::default()),
             store: Mutex::new(store),

@@ -32,10 +32,7 @@
 mod codec;
 mod control;
 mod names;
-mod outbox;
-pub mod role;
 pub mod store;
-pub mod sys;
 
 pub use codec::{
     encode_control, encode_credit, encode_frame, encode_msg, encode_msg_raw, Decoder, FrameError,
@@ -45,7 +42,6 @@ pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
 };
 pub use names::{abbreviate, ChannelName, NameError, ProcessName};
-pub use outbox::{Outbox, OutboxSink, Push};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,7 @@
 //! - a receiver that read a stream (more than [`BULK`] frames in one go) lets the
 //!   background reader read on at once, in parallel with it.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -68,8 +68,8 @@ impl ReadRole {
     }
 
     /// The descriptor to poll, with the socket, while holding the role.
-    pub fn wake_fd(&self) -> RawFd {
-        self.wake.0.as_raw_fd()
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.0.as_fd()
     }
 
     /// Empties the wake-up pipe after `poll` reported it.
