@@ -126,11 +126,30 @@ pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
 /// them (under their locks) and handed to it after those locks are released, by one
 /// thread at a time, so that they arrive in that order and no main-process code runs
 /// under a hub lock.
+///
+/// A thread that queued frames returns only once they are handed over (by itself, or
+/// by the thread handing over at the time, which it waits for), so that a call into the
+/// hub has had its effects on the main process's ends when it returns, as if they were
+/// applied under the lock. The one exception is a call made by the handing-over thread
+/// itself, from what it hands over: its frames follow as soon as that returns.
 #[derive(Default)]
 struct LocalQueue {
     frames: Vec<Frame>,
-    /// A thread is handing frames over; others leave what they queue to it.
-    draining: bool,
+    /// Frames ever queued, and ever handed over.
+    queued: u64,
+    handed: u64,
+    /// The thread handing frames over, if any.
+    drainer: Option<std::thread::ThreadId>,
+}
+
+impl LocalQueue {
+    /// Queues `frames`; returns the count to wait for.
+    fn push(&mut self, frames: impl Iterator<Item = Frame>) -> u64 {
+        let before = self.frames.len();
+        self.frames.extend(frames);
+        self.queued += (self.frames.len() - before) as u64;
+        self.queued
+    }
 }
 
 pub(crate) struct Inner {
@@ -144,6 +163,8 @@ pub(crate) struct Inner {
     store: Mutex<Store>,
     /// What waits to be handed to the main process. Locked last, briefly.
     local_queue: Mutex<LocalQueue>,
+    /// Signalled whenever frames were handed over.
+    local_handed: parking_lot::Condvar,
     conns: RwLock<FxHashMap<ConnId, Arc<Conn>>>,
     local: OnceLock<LocalSink>,
     events: mpsc::UnboundedSender<HubEvent>,
@@ -174,7 +195,7 @@ impl Inner {
     ) -> R {
         // Reused buffers: this runs for every batch of frames.
         let (mut out, mut kicks) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        let (result, events) = {
+        let (result, events, local) = {
             let mut router = self.router.lock();
             let (r, first) = f(&mut router, &mut out);
             match first {
@@ -186,8 +207,8 @@ impl Inner {
                 None => {}
             }
             let events = std::mem::take(&mut router.events);
-            self.hand_over(&mut out, &mut kicks);
-            (r, events)
+            let local = self.hand_over(&mut out, &mut kicks);
+            (r, events, local)
         };
         for c in kicks.drain(..) {
             c.kick();
@@ -196,54 +217,68 @@ impl Inner {
         for e in events {
             let _ = self.events.send(e);
         }
-        self.deliver_local();
+        if let Some(upto) = local {
+            self.deliver_local(upto);
+        }
         result
     }
 
-    /// Hands what is queued for the main process to it, in order, unless another
-    /// thread is doing so already (it then hands over what was queued here too). Runs
-    /// with no hub lock held: what the main process does with a frame (release a
-    /// handle, send) may enter the hub again.
-    fn deliver_local(&self) {
-        {
-            let mut q = self.local_queue.lock();
-            if q.draining || q.frames.is_empty() {
+    /// Hands what is queued for the main process to it, in order, until the first
+    /// `upto` frames ever queued are handed over; waits while another thread hands them
+    /// over. Runs with no hub lock held: what the main process does with a frame
+    /// (release a handle, send) may enter the hub again.
+    fn deliver_local(&self, upto: u64) {
+        let me = std::thread::current().id();
+        let mut q = self.local_queue.lock();
+        loop {
+            if q.handed >= upto || q.drainer == Some(me) {
+                // Handed over; or queued from what this thread is handing over, which
+                // it hands over next.
                 return;
             }
-            q.draining = true;
+            if q.drainer.is_none() {
+                break;
+            }
+            self.local_handed.wait(&mut q);
         }
-        /// Lets another thread drain if handing over panics.
-        struct Draining<'a>(&'a Mutex<LocalQueue>);
-        impl Drop for Draining<'_> {
+        q.drainer = Some(me);
+        /// Lets another thread hand over if this one panics while the queue is unlocked.
+        struct Drainer<'a>(&'a Inner);
+        impl Drop for Drainer<'_> {
             fn drop(&mut self) {
-                self.0.lock().draining = false;
+                self.0.local_queue.lock().drainer = None;
+                self.0.local_handed.notify_all();
             }
         }
-        let _draining = Draining(&self.local_queue);
         let mut batch = Vec::new();
-        loop {
-            {
-                let mut q = self.local_queue.lock();
-                if q.frames.is_empty() {
-                    break;
-                }
-                std::mem::swap(&mut q.frames, &mut batch);
-            }
+        while !q.frames.is_empty() {
+            std::mem::swap(&mut q.frames, &mut batch);
+            drop(q);
+            let n = batch.len() as u64;
+            let unwinding = Drainer(self);
             match self.local.get() {
                 Some(local) => local(&mut batch.drain(..)),
                 None => batch.clear(),
             }
+            std::mem::forget(unwinding);
             if self.pumping.load(Ordering::SeqCst) && !conn::IS_PUMPING.with(|p| p.get()) {
                 yukicomm_link::sys::poke(&self.pump_wake.1);
             }
+            q = self.local_queue.lock();
+            q.handed += n;
+            self.local_handed.notify_all();
         }
+        q.drainer = None;
+        drop(q);
+        self.local_handed.notify_all();
     }
 
     /// Appends frames to their connections, and moves the main process's own to its
-    /// queue (`out` is left empty); called with the router locked.
-    fn hand_over(&self, out: &mut Vec<Out>, kicks: &mut Vec<Arc<Conn>>) {
+    /// queue (`out` is left empty), returning the count to wait for if there were any;
+    /// called with the router locked.
+    fn hand_over(&self, out: &mut Vec<Out>, kicks: &mut Vec<Arc<Conn>>) -> Option<u64> {
         if out.is_empty() {
-            return;
+            return None;
         }
         let mut local = 0;
         {
@@ -268,14 +303,16 @@ impl Inner {
         }
         if local == 0 {
             out.clear();
-            return;
+            return None;
         }
         let mut q = self.local_queue.lock();
         q.frames.reserve(local);
-        q.frames.extend(
-            out.drain(..)
-                .filter_map(|(target, f)| (target == LOCAL).then_some(f)),
-        );
+        Some(
+            q.push(
+                out.drain(..)
+                    .filter_map(|(target, f)| (target == LOCAL).then_some(f)),
+            ),
+        )
     }
 
     /// Frames from the main process.
@@ -399,21 +436,22 @@ impl Inner {
             kicks: Vec::new(),
             local: Vec::new(),
         };
-        let r = {
+        let (r, local) = {
             let mut store = self.store.lock();
             let r = f(&mut store, &mut out);
             // Queued while the store is locked, so that they keep its order.
-            if !out.local.is_empty() {
-                self.local_queue.lock().frames.append(&mut out.local);
-            }
-            r
+            let local =
+                (!out.local.is_empty()).then(|| self.local_queue.lock().push(out.local.drain(..)));
+            (r, local)
         };
         let Outputs { kicks, .. } = out;
         drop(conns);
         for c in kicks {
             c.kick();
         }
-        self.deliver_local();
+        if let Some(upto) = local {
+            self.deliver_local(upto);
+        }
         r
     }
 
@@ -560,6 +598,7 @@ impl Hub {
             pump_wake: yukicomm_link::sys::pipe()?,
             router: Mutex::new(Router::new(config.window, config.window_bytes)),
             local_queue: Mutex::new(LocalQueue::default()),
+            local_handed: parking_lot::Condvar::new(),
             store: Mutex::new(store),
             conns: RwLock::new(FxHashMap::default()),
             local: OnceLock::new(),
