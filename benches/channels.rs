@@ -299,15 +299,20 @@ fn to_child(ch: &Channel<Msg>, size: usize, count: u64) -> Result<Rate> {
     for _ in 0..count {
         send(ch, Msg::Data(data.clone()))?;
     }
-    match recv(ch)? {
-        Msg::Count(n) if n == count => {}
-        other => return Err(unexpected(&format!("Count({count})"), &other)),
-    }
+    expect_count(ch, count)?;
     Ok(Rate {
         count,
         size,
         elapsed: start.elapsed(),
     })
+}
+
+/// Receives the child's `Count(count)`.
+fn expect_count(ch: &Channel<Msg>, count: u64) -> Result<()> {
+    match recv(ch)? {
+        Msg::Count(n) if n == count => Ok(()),
+        other => Err(unexpected(&format!("Count({count})"), &other)),
+    }
 }
 
 /// The child sends `count` messages as fast as it can; timed from the request until
@@ -333,10 +338,7 @@ fn to_main(ch: &Channel<Msg>, size: usize, count: u64) -> Result<Rate> {
         }
     }
     let elapsed = start.elapsed();
-    match recv(ch)? {
-        Msg::Count(n) if n == count => {}
-        other => return Err(unexpected(&format!("Count({count})"), &other)),
-    }
+    expect_count(ch, count)?;
     Ok(Rate {
         count,
         size,
@@ -665,12 +667,10 @@ fn table(r: &Report) -> Table {
     Table {
         title: "yukicomm channel benchmark: main process <-> one child".into(),
         settings: settings(r),
-        head: vec![
-            ("measure".into(), Align::Left),
-            ("yukicomm".into(), Align::Right),
+        head: Table::head([
             ("floor".into(), Align::Left),
             ("ratio".into(), Align::Right),
-        ],
+        ]),
         rows: rows(r),
         notes: vec![RATIO_NOTE.into()],
     }

@@ -20,7 +20,7 @@ pub struct Table {
     pub title: String,
     /// How the figures were measured: mode, rounds, counts.
     pub settings: String,
-    /// One heading and alignment per column.
+    /// One heading and alignment per column (see [`Table::head`]).
     pub head: Vec<(String, Align)>,
     /// One cell per column.
     pub rows: Vec<Vec<String>>,
@@ -29,6 +29,18 @@ pub struct Table {
 }
 
 impl Table {
+    /// The headings of a report: "measure" and "yukicomm", then `others` (what
+    /// yukicomm is compared with, the ratio, ...).
+    pub fn head(others: impl IntoIterator<Item = (String, Align)>) -> Vec<(String, Align)> {
+        [
+            ("measure".to_string(), Align::Left),
+            ("yukicomm".to_string(), Align::Right),
+        ]
+        .into_iter()
+        .chain(others)
+        .collect()
+    }
+
     /// The markdown form if `markdown`, else the text form.
     pub fn render(&self, markdown: bool) -> String {
         if markdown {

@@ -33,6 +33,7 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// Items per second.
     pub fn msgs_per_s(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64()
     }
