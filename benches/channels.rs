@@ -30,7 +30,6 @@
 
 mod support;
 
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -40,8 +39,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use yukicomm::Payload;
 use yukicomm::{
-    accept_all, App, Channel, Context, Error, MainContext, RestartPolicy, SendError, TryRecvError,
+    accept_all, App, Channel, Context, Error, MainContext, RestartPolicy, TryRecvError,
 };
+
+use support::options::Options;
+use support::report::{mbs, msgs, ratio, us, Align, Table};
+use support::stats::{Latency, Rate};
+use support::{io, other};
 
 /// The child's name; its channels are `bench-active` and `bench-passive`.
 const CHILD: &str = "bench";
@@ -107,22 +111,12 @@ fn describe(m: &Msg) -> String {
 }
 
 fn unexpected(expected: &str, got: &Msg) -> Error {
-    Error::Other(format!("expected {expected}, received {}", describe(got)))
+    other(format!("expected {expected}, received {}", describe(got)))
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
-    let context = context.into();
-    move |source| Error::Io { context, source }
-}
-
-/// Sends without waiting when there is room, else waits for room at most
-/// `STEP_TIMEOUT`.
+/// Sends, waiting for room at most `STEP_TIMEOUT`.
 fn send(ch: &Channel<Msg>, m: Msg) -> Result<()> {
-    match ch.try_send(m) {
-        Ok(()) => Ok(()),
-        Err(SendError::Full { value, .. }) => Ok(ch.send_timeout(value, STEP_TIMEOUT)?),
-        Err(e) => Err(e.into()),
-    }
+    support::send(ch, m, STEP_TIMEOUT)
 }
 
 fn recv(ch: &Channel<Msg>) -> Result<Msg> {
@@ -130,31 +124,7 @@ fn recv(ch: &Channel<Msg>) -> Result<Msg> {
 }
 
 // ---------------------------------------------------------------------------------
-// Options and counts
-
-#[derive(Clone, Copy, Debug)]
-struct Options {
-    quick: bool,
-    markdown: bool,
-}
-
-impl Options {
-    fn from_env() -> Options {
-        let env_on = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
-        let mut o = Options {
-            quick: env_on("YUKICOMM_BENCH_QUICK"),
-            markdown: env_on("YUKICOMM_BENCH_MARKDOWN"),
-        };
-        for a in std::env::args().skip(1) {
-            match a.as_str() {
-                "--quick" => o.quick = true,
-                "--markdown" => o.markdown = true,
-                _ => {}
-            }
-        }
-        o
-    }
-}
+// Counts
 
 #[derive(Clone, Copy, Debug)]
 struct Plan {
@@ -197,41 +167,6 @@ impl Plan {
 
 // ---------------------------------------------------------------------------------
 // Results
-
-struct Latency {
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Latency {
-    fn from_samples(mut samples: Vec<Duration>) -> Latency {
-        samples.sort_unstable();
-        let at = |q: f64| {
-            let i = ((samples.len() - 1) as f64 * q).round() as usize;
-            samples[i]
-        };
-        Latency {
-            p50: at(0.50),
-            p99: at(0.99),
-        }
-    }
-}
-
-struct Rate {
-    count: u64,
-    size: usize,
-    elapsed: Duration,
-}
-
-impl Rate {
-    fn msgs_per_s(&self) -> f64 {
-        self.count as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn mb_per_s(&self) -> f64 {
-        (self.count as f64 * self.size as f64) / 1e6 / self.elapsed.as_secs_f64()
-    }
-}
 
 struct Report {
     plan: Plan,
@@ -281,7 +216,7 @@ fn run_main(ctx: &MainContext, plan: Plan, quick: bool) -> Result<Report> {
     }
     send(&active, Msg::Quit)?;
     let [small_to_child, small_to_main, big_to_child, big_to_main, raw_single, raw_batched, raw_big] =
-        rates.map(median);
+        rates.map(Rate::median);
     let (rt_active, rt_passive, raw_ping) = (
         Latency::from_samples(rt_active),
         Latency::from_samples(rt_passive),
@@ -310,9 +245,9 @@ fn run_main(ctx: &MainContext, plan: Plan, quick: bool) -> Result<Report> {
 /// payload is encoded as `bin`, not as an array of integers.
 fn encoded_len(size: usize) -> Result<usize> {
     let body = rmp_serde::to_vec_named(&Msg::Data(Payload::from(vec![0xA5; size])))
-        .map_err(|e| Error::Other(format!("cannot encode a data message: {e}")))?;
+        .map_err(|e| other(format!("cannot encode a data message: {e}")))?;
     if body.len() > size + 16 {
-        return Err(Error::Other(format!(
+        return Err(other(format!(
             "a {size}-byte payload encodes as {} bytes: not MessagePack bin",
             body.len()
         )));
@@ -335,7 +270,7 @@ fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Vec<Duration>> {
         match back {
             Msg::Data(b) if b == sent => {}
             Msg::Data(_) => {
-                return Err(Error::Other(format!(
+                return Err(other(format!(
                     "round trip {i} on '{}': the echo differs from what was sent",
                     ch.name()
                 )))
@@ -347,12 +282,6 @@ fn round_trips(ch: &Channel<Msg>, plan: Plan) -> Result<Vec<Duration>> {
         }
     }
     Ok(samples)
-}
-
-/// The round with the median rate.
-fn median(mut rounds: Vec<Rate>) -> Rate {
-    rounds.sort_by_key(|r| r.elapsed);
-    rounds.swap_remove(rounds.len() / 2)
 }
 
 /// Main sends `count` messages as fast as it can; timed until the child acknowledges
@@ -370,15 +299,20 @@ fn to_child(ch: &Channel<Msg>, size: usize, count: u64) -> Result<Rate> {
     for _ in 0..count {
         send(ch, Msg::Data(data.clone()))?;
     }
-    match recv(ch)? {
-        Msg::Count(n) if n == count => {}
-        other => return Err(unexpected(&format!("Count({count})"), &other)),
-    }
+    expect_count(ch, count)?;
     Ok(Rate {
         count,
         size,
         elapsed: start.elapsed(),
     })
+}
+
+/// Receives the child's `Count(count)`.
+fn expect_count(ch: &Channel<Msg>, count: u64) -> Result<()> {
+    match recv(ch)? {
+        Msg::Count(n) if n == count => Ok(()),
+        other => Err(unexpected(&format!("Count({count})"), &other)),
+    }
 }
 
 /// The child sends `count` messages as fast as it can; timed from the request until
@@ -404,10 +338,7 @@ fn to_main(ch: &Channel<Msg>, size: usize, count: u64) -> Result<Rate> {
         }
     }
     let elapsed = start.elapsed();
-    match recv(ch)? {
-        Msg::Count(n) if n == count => {}
-        other => return Err(unexpected(&format!("Count({count})"), &other)),
-    }
+    expect_count(ch, count)?;
     Ok(Rate {
         count,
         size,
@@ -447,7 +378,7 @@ fn accept_child(listener: &UnixListener, active: &Channel<Msg>) -> Result<UnixSt
             Err(e) => return Err(e.into()),
         }
         if Instant::now() >= deadline {
-            return Err(Error::Other(format!(
+            return Err(other(format!(
                 "the child did not connect to the raw socket within {STEP_TIMEOUT:?}"
             )));
         }
@@ -482,7 +413,7 @@ fn raw_stream(s: &mut UnixStream, buf: &[u8], writes: u64, frames: u64) -> Resul
     let elapsed = start.elapsed();
     let n = u64::from_le_bytes(ack);
     if n != frames {
-        return Err(Error::Other(format!(
+        return Err(other(format!(
             "raw stream: the child counted {n} frames, {frames} were sent"
         )));
     }
@@ -490,14 +421,7 @@ fn raw_stream(s: &mut UnixStream, buf: &[u8], writes: u64, frames: u64) -> Resul
 }
 
 fn raw_floor(active: &Channel<Msg>, plan: Plan) -> Result<(Vec<Duration>, Rate, Rate, Rate)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let path = std::env::temp_dir().join(format!(
-        "yukicomm-bench-{}-{nanos}.sock",
-        std::process::id()
-    ));
+    let path = support::temp_path("yukicomm-bench", ".sock");
     let listener = UnixListener::bind(&path).map_err(io(format!("bind {}", path.display())))?;
     let _cleanup = RemoveOnDrop(path.clone());
     let raw = RawPlan {
@@ -523,7 +447,7 @@ fn raw_floor(active: &Channel<Msg>, plan: Plan) -> Result<(Vec<Duration>, Rate, 
         s.read_exact(&mut pong).map_err(io("raw ping: read"))?;
         let elapsed = start.elapsed();
         if ping != pong {
-            return Err(Error::Other(format!(
+            return Err(other(format!(
                 "raw ping {i}: the echo differs from what was sent"
             )));
         }
@@ -574,7 +498,7 @@ async fn child_main(ctx: Context) -> yukicomm::Result<()> {
     })?;
     tokio::task::spawn_blocking(move || serve(&active))
         .await
-        .map_err(|e| Error::Other(format!("the child's bench thread failed: {e}")))?
+        .map_err(|e| other(format!("the child's bench thread failed: {e}")))?
 }
 
 /// The child's command loop, on a plain blocking thread.
@@ -637,7 +561,7 @@ fn drain_frames(s: &mut UnixStream, count: u64) -> Result<u64> {
     while frames < count {
         let n = s.read(&mut buf).map_err(io("raw stream: read"))?;
         if n == 0 {
-            return Err(Error::Other(format!(
+            return Err(other(format!(
                 "raw stream: closed after {frames} of {count} frames"
             )));
         }
@@ -670,44 +594,20 @@ fn drain_frames(s: &mut UnixStream, count: u64) -> Result<u64> {
 // ---------------------------------------------------------------------------------
 // Output
 
-struct Row {
-    measure: String,
-    value: String,
-    floor: String,
-    ratio: String,
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-fn msgs(r: &Rate) -> String {
-    format!("{:.2} M msg/s", r.msgs_per_s() / 1e6)
-}
-
-fn mbs(r: &Rate) -> String {
-    format!("{:.0} MB/s", r.mb_per_s())
-}
-
-fn ratio(x: f64) -> String {
-    format!("{x:.2}x")
-}
-
-fn rows(r: &Report) -> Vec<Row> {
+fn rows(r: &Report) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
-    let latency = |rows: &mut Vec<Row>, what: &str, l: &Latency| {
-        rows.push(Row {
-            measure: format!("round trip 64 B, {what}, p50"),
-            value: us(l.p50),
-            floor: format!("raw ping-pong p50 {}", us(r.raw_ping.p50)),
-            ratio: ratio(l.p50.as_secs_f64() / r.raw_ping.p50.as_secs_f64()),
-        });
-        rows.push(Row {
-            measure: format!("round trip 64 B, {what}, p99"),
-            value: us(l.p99),
-            floor: format!("raw ping-pong p99 {}", us(r.raw_ping.p99)),
-            ratio: ratio(l.p99.as_secs_f64() / r.raw_ping.p99.as_secs_f64()),
-        });
+    let latency = |rows: &mut Vec<Vec<String>>, what: &str, l: &Latency| {
+        for (q, value, floor) in [
+            ("p50", l.p50, r.raw_ping.p50),
+            ("p99", l.p99, r.raw_ping.p99),
+        ] {
+            rows.push(vec![
+                format!("round trip 64 B, {what}, {q}"),
+                us(value),
+                format!("raw ping-pong {q} {}", us(floor)),
+                ratio(value.as_secs_f64() / floor.as_secs_f64()),
+            ]);
+        }
     };
     latency(&mut rows, "child recv", &r.rt_active);
     latency(&mut rows, "child on_receive", &r.rt_passive);
@@ -719,24 +619,24 @@ fn rows(r: &Report) -> Vec<Row> {
             ("raw, 1 frame per write", &r.raw_single),
             ("raw, 64 frames per write", &r.raw_batched),
         ] {
-            rows.push(Row {
-                measure: format!("64 B messages, {what}"),
-                value: msgs(rate),
-                floor: format!("{floor} {}", msgs(raw)),
-                ratio: ratio(rate.msgs_per_s() / raw.msgs_per_s()),
-            });
+            rows.push(vec![
+                format!("64 B messages, {what}"),
+                msgs(rate.msgs_per_s()),
+                format!("{floor} {}", msgs(raw.msgs_per_s())),
+                ratio(rate.msgs_per_s() / raw.msgs_per_s()),
+            ]);
         }
     }
     for (what, rate) in [
         ("main → child", &r.big_to_child),
         ("child → main", &r.big_to_main),
     ] {
-        rows.push(Row {
-            measure: format!("64 KiB messages, {what}"),
-            value: mbs(rate),
-            floor: format!("raw 64 KiB frames {}", mbs(&r.raw_big)),
-            ratio: ratio(rate.mb_per_s() / r.raw_big.mb_per_s()),
-        });
+        rows.push(vec![
+            format!("64 KiB messages, {what}"),
+            mbs(rate.mb_per_s()),
+            format!("raw 64 KiB frames {}", mbs(r.raw_big.mb_per_s())),
+            ratio(rate.mb_per_s() / r.raw_big.mb_per_s()),
+        ]);
     }
     rows
 }
@@ -763,68 +663,17 @@ const RATIO_NOTE: &str = "ratio = yukicomm / floor: for latency, above 1 is slow
                           floor; for throughput, below 1 is slower than the floor. The raw \
                           floor is measured main → child only.";
 
-fn text_table(r: &Report) -> String {
-    let rows = rows(r);
-    let head = ["measure", "yukicomm", "floor", "ratio"];
-    let cells = |row: &Row| {
-        [
-            row.measure.clone(),
-            row.value.clone(),
-            row.floor.clone(),
-            row.ratio.clone(),
-        ]
-    };
-    let mut widths = head.map(|h| h.chars().count());
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(cells(row)) {
-            *w = (*w).max(c.chars().count());
-        }
+fn table(r: &Report) -> Table {
+    Table {
+        title: "yukicomm channel benchmark: main process <-> one child".into(),
+        settings: settings(r),
+        head: Table::head([
+            ("floor".into(), Align::Left),
+            ("ratio".into(), Align::Right),
+        ]),
+        rows: rows(r),
+        notes: vec![RATIO_NOTE.into()],
     }
-    let line = |out: &mut String, cols: [String; 4]| {
-        let mut s = String::new();
-        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
-            let pad = w - c.chars().count();
-            // Numbers are right-aligned, text left-aligned.
-            if i == 1 || i == 3 {
-                let _ = write!(s, "{}{c}  ", " ".repeat(pad));
-            } else {
-                let _ = write!(s, "{c}{}  ", " ".repeat(pad));
-            }
-        }
-        out.push_str(s.trim_end());
-        out.push('\n');
-    };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "yukicomm channel benchmark: main process <-> one child"
-    );
-    let _ = writeln!(out, "{}\n", settings(r));
-    line(&mut out, head.map(String::from));
-    let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-    out.push_str(&"-".repeat(total));
-    out.push('\n');
-    for row in &rows {
-        line(&mut out, cells(row));
-    }
-    let _ = writeln!(out, "\n{RATIO_NOTE}");
-    out
-}
-
-fn markdown_table(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{}\n", settings(r));
-    let _ = writeln!(out, "| measure | yukicomm | floor | ratio |");
-    let _ = writeln!(out, "|---|--:|---|--:|");
-    for row in rows(r) {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            row.measure, row.value, row.floor, row.ratio
-        );
-    }
-    let _ = writeln!(out, "\n{RATIO_NOTE}");
-    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -844,10 +693,6 @@ fn main() -> ExitCode {
         .stop_timeout(Duration::from_secs(5));
     support::run("channels bench", app, move |ctx| {
         let report = run_main(ctx, plan, options.quick).map_err(|e| e.to_string())?;
-        Ok(if options.markdown {
-            markdown_table(&report)
-        } else {
-            text_table(&report)
-        })
+        Ok(table(&report).render(options.markdown))
     })
 }

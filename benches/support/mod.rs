@@ -1,11 +1,26 @@
-//! What both benchmarks share: logging, a last-resort deadline, and running the
-//! measurements in the main process of an `App`, then printing their report.
+//! What both benchmarks share: logging, a last-resort deadline, running the
+//! measurements in the main process of an `App` and printing their report, the small
+//! helpers around channels and errors, and (in submodules) the common options, the
+//! statistics over rounds and the report table.
+//!
+//! - [`options`]: `--quick`, `--markdown` and their environment variables;
+//! - [`stats`]: percentiles of latency samples, the median round, rates;
+//! - [`report`]: the "measure | yukicomm | floor or peer | ratio" table as aligned text
+//!   or markdown, and the number formats in its cells.
+// Each benchmark uses its own part of what is here.
+#![allow(dead_code)]
+
+pub mod options;
+pub mod report;
+pub mod stats;
 
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use yukicomm::{App, MainContext};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use yukicomm::{App, Channel, Error, MainContext, SendError};
 
 /// Logs warnings and errors to stderr (stdout carries the report).
 pub fn init_logging() {
@@ -76,4 +91,38 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Sends without waiting when there is room, else waits for room at most `limit`.
+pub fn send<T: Serialize + DeserializeOwned + Send + 'static>(
+    ch: &Channel<T>,
+    m: T,
+    limit: Duration,
+) -> Result<(), Error> {
+    match ch.try_send(m) {
+        Ok(()) => Ok(()),
+        Err(SendError::Full { value, .. }) => Ok(ch.send_timeout(value, limit)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An error of the bench itself, in plain words.
+pub fn other(message: impl Into<String>) -> Error {
+    Error::Other(message.into())
+}
+
+/// Turns an I/O error into one that says what was being done.
+pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// A path in the temporary directory that no other run uses: `prefix`, this process's
+/// id, the current time's nanoseconds, then `suffix`.
+pub fn temp_path(prefix: &str, suffix: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("{prefix}-{}-{nanos}{suffix}", std::process::id()))
 }
