@@ -409,6 +409,33 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
             return;
         }
     };
+    start(inner, stream, None);
+}
+
+/// What an adopted connection was made for: the child it belongs to, and the token
+/// its hello stands for (see [`adopt`]).
+pub(crate) struct Admission {
+    pub(crate) name: String,
+    pub(crate) token: String,
+}
+
+/// Serves the hub's end of a socket pair whose other end the supervisor hands to the
+/// child `admission.name` as an inherited descriptor. The peer is known without asking
+/// the kernel, and its hello needs no token: it must name that child, and then counts
+/// as presenting `admission.token`, which the caller set for that child and which never
+/// leaves the main process. Runs on the runtime (the flusher is a task).
+pub(crate) fn adopt(
+    inner: Arc<Inner>,
+    stream: UnixStream,
+    admission: Admission,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    start(inner, stream, Some(admission));
+    Ok(())
+}
+
+/// Serves a connection whose peer has been checked, on a thread of its own.
+fn start(inner: Arc<Inner>, stream: UnixStream, admission: Option<Admission>) {
     yukicomm_wire::sys::set_send_buffer(stream.as_raw_fd(), SEND_BUFFER);
     let role = match ReadRole::new() {
         Ok(r) => r,
@@ -435,14 +462,14 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
     tokio::spawn(flusher(conn.clone()));
     let spawned = std::thread::Builder::new()
         .name(format!("yukicomm-conn-{}", id.0))
-        .spawn(move || serve(inner, conn));
+        .spawn(move || serve(inner, conn, admission));
     if let Err(e) = spawned {
         tracing::warn!("cannot start a connection's reader: {e}");
     }
 }
 
 /// Serves one connection until it closes.
-fn serve(inner: Arc<Inner>, conn: Arc<Conn>) {
+fn serve(inner: Arc<Inner>, conn: Arc<Conn>, admission: Option<Admission>) {
     let id = conn.id;
     let first = read_hello(&conn, &mut conn.read.lock());
     let (req_id, version, name, token) = match first {
@@ -467,6 +494,13 @@ fn serve(inner: Arc<Inner>, conn: Arc<Conn>) {
             tracing::warn!(conn = id.0, "closed a connection: {e}");
             return conn.shut();
         }
+    };
+    let token = match admission {
+        // An adopted connection speaks for its child only: a hello naming another one
+        // is checked with no token, which the hub refuses.
+        Some(a) if a.name == name => a.token,
+        Some(_) => String::new(),
+        None => token,
     };
     if !inner.accept(conn.clone(), req_id, version, &name, &token) {
         // The refusal is queued; give the flusher a moment to send it.

@@ -599,6 +599,34 @@ impl Hub {
         token
     }
 
+    /// Makes a connection for the next start of a child and returns the child's end:
+    /// a connected Unix stream socket (close-on-exec, blocking) for the supervisor to
+    /// hand to the child as an inherited descriptor. The hub serves the other end as it
+    /// serves accepted connections, except that the hello on it needs no token: it must
+    /// name this child, and then admits it as [`admit_child`](Hub::admit_child)'s token
+    /// would. That token is made here and never leaves the hub, so the socket path
+    /// admits nobody for this child any more. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the socket pair cannot be made or set up.
+    pub fn adopt_child(
+        &self,
+        name: &ProcessName,
+    ) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let token = self.admit_child(name);
+        conn::adopt(
+            self.inner.clone(),
+            ours,
+            conn::Admission {
+                name: name.as_str().to_string(),
+                token,
+            },
+        )?;
+        Ok(theirs)
+    }
+
     /// The `NAME-active` and `NAME-passive` channels of a child.
     pub fn child_channels(&self, name: &str) -> Option<(ChanId, ChanId)> {
         self.inner

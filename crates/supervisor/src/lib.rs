@@ -36,6 +36,7 @@
 mod child;
 mod context;
 mod hooks;
+mod keeper;
 mod local;
 mod spec;
 
