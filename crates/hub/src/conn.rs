@@ -361,9 +361,12 @@ async fn wait_writable(stream: &UnixStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the first frame with a deadline.
-fn read_hello(conn: &Conn, rs: &mut ReadSide) -> Result<Option<Frame>, String> {
-    let deadline = Instant::now() + HELLO_TIMEOUT;
+/// Reads the first frame, by `deadline` if there is one.
+fn read_hello(
+    conn: &Conn,
+    rs: &mut ReadSide,
+    deadline: Option<Instant>,
+) -> Result<Option<Frame>, String> {
     let mut fds = [pollfd(conn.stream.as_raw_fd())];
     loop {
         if let Some(f) = conn
@@ -373,7 +376,7 @@ fn read_hello(conn: &Conn, rs: &mut ReadSide) -> Result<Option<Frame>, String> {
         {
             return Ok(Some(f));
         }
-        match wait_readable(&mut fds, Some(deadline)) {
+        match wait_readable(&mut fds, deadline) {
             Ok(true) => {}
             Ok(false) => return Err("no hello in time".into()),
             Err(e) => return Err(e.to_string()),
@@ -471,7 +474,13 @@ fn start(inner: Arc<Inner>, stream: UnixStream, admission: Option<Admission>) {
 /// Serves one connection until it closes.
 fn serve(inner: Arc<Inner>, conn: Arc<Conn>, admission: Option<Admission>) {
     let id = conn.id;
-    let first = read_hello(&conn, &mut conn.read.lock());
+    // A connection from the socket has a deadline for its hello; an adopted one is our
+    // own child's, which may take its time to start and ends when the child does.
+    let deadline = match admission {
+        Some(_) => None,
+        None => Some(Instant::now() + HELLO_TIMEOUT),
+    };
+    let first = read_hello(&conn, &mut conn.read.lock(), deadline);
     let (req_id, version, name, token) = match first {
         Ok(Some(Frame::Request {
             id,
