@@ -45,7 +45,10 @@ fn act_as_child(dir: &Path) -> ! {
         .unwrap();
     let active = ctx.active_channel::<String>();
     active
-        .send(format!("fd={fd} {}", String::from_utf8_lossy(&out.stdout).trim()))
+        .send(format!(
+            "fd={fd} {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ))
         .unwrap();
     for text in active.iter() {
         active.send(format!("echo {}", text.unwrap())).unwrap();
@@ -109,7 +112,8 @@ fn check_child(ctx: &yukicomm::MainContext, dir: &Path) {
         .split(|b| *b == 0)
         .filter_map(|v| {
             let v = String::from_utf8_lossy(v);
-            v.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            v.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
     let names: Vec<&str> = vars
@@ -155,8 +159,14 @@ fn a_supervised_child_has_no_secret_to_steal() {
     let _w = watchdog(NAME, Duration::from_secs(120));
     let dir = scratch();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", NAME, "--nocapture", "--test-threads=1", "--quiet"])
-        .env("ACT_AS_JOINING_CHILD", &dir);
+    cmd.args([
+        "--exact",
+        NAME,
+        "--nocapture",
+        "--test-threads=1",
+        "--quiet",
+    ])
+    .env("ACT_AS_JOINING_CHILD", &dir);
     let mut app = app(NAME);
     app.add_command("joiner", cmd);
     run_main(app, move |ctx| {

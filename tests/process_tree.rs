@@ -41,7 +41,11 @@ fn read_pids(file: &Path) -> Vec<i32> {
     assert!(
         eventually(T, || {
             pids = std::fs::read_to_string(file)
-                .map(|t| t.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+                .map(|t| {
+                    t.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             pids.len() == 3
         }),
@@ -80,7 +84,10 @@ fn grandchildren_end_when_their_child_is_stopped() {
         ctx.stop_process("family").unwrap();
         let gone = eventually(T, || all_gone(&pids));
         cleanup(&pids);
-        assert!(gone, "the child {pids:?} and its grandchildren are gone after a stop");
+        assert!(
+            gone,
+            "the child {pids:?} and its grandchildren are gone after a stop"
+        );
     });
 }
 
@@ -126,7 +133,10 @@ fn grandchildren_end_when_their_child_crashes() {
         let pids = read_pids(&file);
         let gone = eventually(T, || all_gone(&pids));
         cleanup(&pids);
-        assert!(gone, "the grandchildren of the crashed child {pids:?} are gone");
+        assert!(
+            gone,
+            "the grandchildren of the crashed child {pids:?} are gone"
+        );
     });
 }
 
@@ -145,7 +155,13 @@ fn grandchildren_end_when_the_main_process_is_killed() {
     let dir = scratch("main");
     let file = dir.join("pids");
     let mut main = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", NAME, "--nocapture", "--test-threads=1", "--quiet"])
+        .args([
+            "--exact",
+            NAME,
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
         .env("ACT_AS_MAIN_PROCESS", &file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -5,9 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use yukicomm_wire::{
-    ChanId, ControlAction, End, EndRef, ENV_FD, ENV_HUB, ENV_NAME, ENV_TOKEN,
-};
+use yukicomm_wire::{ChanId, ControlAction, End, EndRef, ENV_FD, ENV_HUB, ENV_NAME, ENV_TOKEN};
 
 use crate::channel::Channel;
 use crate::error::{ConnectError, ControlError};
@@ -143,7 +141,8 @@ fn inherited(text: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     use nix::sys::socket::{getsockopt, sockopt, SockType};
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
-    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+    let invalid =
+        |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
     let raw: std::os::fd::RawFd = text
         .trim()
         .parse()

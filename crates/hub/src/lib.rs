@@ -3,8 +3,9 @@
 //! The hub owns the channel registry and routes every channel message between
 //! processes. It also holds the program's shared key-value store, with publish/subscribe
 //! and watches ([`store`]). Each child has one connection to it, over a Unix domain socket in a private
-//! directory (mode `0700`); the hub checks the peer's user id and the child's token
-//! before anything else. The main process talks to the hub through direct calls, with no
+//! directory (mode `0700`), or over a socket pair the supervisor made for it
+//! ([`Hub::adopt_child`]); on the socket the hub checks the peer's user id and the
+//! child's token before anything else. The main process talks to the hub through direct calls, with no
 //! socket in between ([`Hub::local_frames`], [`Hub::local_request`]).
 //!
 //! The channel state lives in [`router`] behind one mutex, and the store in [`store`]

@@ -1,8 +1,10 @@
 //! One supervised child: spawning, watching, stopping and restarting it.
 //!
 //! Each child has one task that owns its process. Requests (restart, stop, shutdown)
-//! arrive as [`Cmd`]s; exits are watched with `wait`. Stopping is always: SIGTERM, wait up
-//! to the child's stop timeout, SIGKILL, and reap.
+//! arrive as [`Cmd`]s; exits are watched with `wait`. Stopping is always: SIGTERM to the
+//! child's process group, wait up to the child's stop timeout, SIGKILL to the group, and
+//! reap. On Linux the process waited for is the child's [keeper](crate::keeper), which
+//! reports the program's pid (the group's id) and exits as the program did.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -12,13 +14,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use yukicomm_hub::Hub;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use yukicomm_wire::{ProcessName, ENV_FD, ENV_HUB, ENV_NAME, ENV_TARGET, ENV_TOKEN};
 
 use crate::hooks::Hooks;
@@ -293,7 +295,10 @@ fn inherit(cmd: &mut Command, fds: Vec<RawFd>) {
     unsafe {
         cmd.pre_exec(move || {
             for fd in &fds {
-                fcntl(BorrowedFd::borrow_raw(*fd), FcntlArg::F_SETFD(FdFlag::empty()))?;
+                fcntl(
+                    BorrowedFd::borrow_raw(*fd),
+                    FcntlArg::F_SETFD(FdFlag::empty()),
+                )?;
             }
             Ok(())
         });

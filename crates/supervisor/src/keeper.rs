@@ -151,7 +151,8 @@ mod linux {
         let Ok(old_mask) = all.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK) else {
             fail("cannot block signals")
         };
-        let Ok(signals) = SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        let Ok(signals) =
+            SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         else {
             fail("cannot make a signalfd")
         };
@@ -267,7 +268,8 @@ mod linux {
             Some(WaitStatus::Exited(_, code)) => std::process::exit(code),
             Some(WaitStatus::Signaled(_, sig, _)) => {
                 // No core file of the keeper for the program's crash.
-                let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+                let _ =
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
                 // SAFETY: resetting a disposition to the default installs no handler.
                 let _ = unsafe { signal(sig, SigHandler::SigDfl) };
                 let mut only = SigSet::empty();
