@@ -176,3 +176,53 @@ fn a_supervised_child_has_no_secret_to_steal() {
         check_child(&ctx, &dir);
     });
 }
+
+/// A process joining through the socket with a token from its environment: once
+/// joined, the token is gone from what the kernel shows of its environment.
+#[test]
+fn a_token_from_the_environment_is_erased_once_read() {
+    const TEST: &str = "a_token_from_the_environment_is_erased_once_read";
+    if std::env::var_os("ACT_AS_TOKEN_JOINER").is_some() {
+        let token = std::env::var("YUKICOMM_TOKEN").unwrap();
+        let ctx = yukicomm::connect().expect("joins with the token");
+        let environ = std::fs::read(format!("/proc/{}/environ", std::process::id())).unwrap();
+        let visible = environ.windows(token.len()).any(|w| w == token.as_bytes());
+        println!(
+            "joined as {}: token visible={visible} variable={}",
+            ctx.name(),
+            std::env::var_os("YUKICOMM_TOKEN").is_some()
+        );
+        std::process::exit(0);
+    }
+    let _w = watchdog(TEST, Duration::from_secs(60));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let out = rt.block_on(async {
+        let hub = yukicomm_hub::Hub::bind(yukicomm::HubConfig::default()).unwrap();
+        let name = yukicomm::wire::ProcessName::new("joiner").unwrap();
+        let token = hub.admit_child(&name);
+        let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            TEST,
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env("ACT_AS_TOKEN_JOINER", "1")
+        .env("YUKICOMM_HUB", hub.socket_path())
+        .env("YUKICOMM_NAME", "joiner")
+        .env("YUKICOMM_TOKEN", &token)
+        .env_remove("YUKICOMM_FD");
+        let out = tokio::time::timeout(T, cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        hub.shutdown();
+        out
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("joined as joiner: token visible=false variable=false"),
+        "{stdout}"
+    );
+}

@@ -169,13 +169,13 @@ fn inherited(text: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
 /// kernel shows the environment a process started with (`/proc/<pid>/environ`), not
 /// what removing a variable leaves.
 fn forget_connection_variables() {
-    // SAFETY (below): getenv returns either null or a pointer to the variable's value, a
+    // The constant has no NUL byte, so this cannot fail.
+    let name = std::ffi::CString::new(ENV_TOKEN).expect("a variable name without NUL");
+    // SAFETY: getenv returns either null or a pointer to the variable's value, a
     // NUL-terminated string in writable memory (the environment block or a setenv
     // copy); it is overwritten in place, within its length, before the variable is
     // removed. No other thread is expected to read these variables while a process
     // joins.
-    // The constant has no NUL byte, so this cannot fail.
-    let name = std::ffi::CString::new(ENV_TOKEN).expect("a variable name without NUL");
     unsafe {
         let value = libc::getenv(name.as_ptr());
         if !value.is_null() {
