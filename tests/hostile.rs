@@ -23,7 +23,7 @@ use support::{app, child, run_main, watchdog};
 use yukicomm::wire::store::{Op, OpReply};
 use yukicomm::wire::{
     encode_frame, ChanId, Decoder, End, EndRef, ErrorCode, Event, Frame, Msg, Notice, Reply,
-    Request, DEFAULT_MAX_FRAME, ENV_HUB, ENV_NAME, ENV_TARGET, ENV_TOKEN, PROTOCOL_VERSION,
+    Request, DEFAULT_MAX_FRAME, ENV_FD, ENV_NAME, ENV_TARGET, PROTOCOL_VERSION,
 };
 use yukicomm::{Context, RecvError, RecvTimeoutError, RestartPolicy};
 
@@ -93,7 +93,11 @@ impl Raw {
     /// Joins with the credentials the supervisor put in the environment.
     fn join() -> Step<Raw> {
         let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
-        let s = UnixStream::connect(var(ENV_HUB)?).map_err(|e| e.to_string())?;
+        // The connection the supervisor handed this process, as a descriptor.
+        let fd: i32 = var(ENV_FD)?.parse().map_err(|e| format!("{ENV_FD}: {e}"))?;
+        // SAFETY: the supervisor passed this descriptor for this process to use, and
+        // nothing else in this process owns it.
+        let s = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         s.set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(|e| e.to_string())?;
         let mut raw = Raw {
@@ -112,7 +116,7 @@ impl Raw {
             body: Request::Hello {
                 version: PROTOCOL_VERSION,
                 name: var(ENV_NAME)?,
-                token: var(ENV_TOKEN)?,
+                token: String::new(),
             },
         })?;
         match raw.reply(0)? {

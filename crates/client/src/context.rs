@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use yukicomm_wire::{
-    ChanId, ControlAction, End, EndRef, Reply, Request, ENV_HUB, ENV_NAME, ENV_TOKEN,
+    ChanId, ControlAction, End, EndRef, Reply, Request, ENV_FD, ENV_HUB, ENV_NAME, ENV_TOKEN,
 };
 
 use crate::channel::Channel;
@@ -59,8 +59,15 @@ impl std::ops::Deref for Context {
 static CONTEXT: OnceLock<Context> = OnceLock::new();
 
 /// Joins the yukicomm program that started this process, using the environment the
-/// supervisor set (`YUKICOMM_HUB`, `YUKICOMM_NAME`, `YUKICOMM_TOKEN`). Calling it again
-/// returns the same context.
+/// supervisor set: `YUKICOMM_NAME`, and `YUKICOMM_FD`, the number of an inherited
+/// descriptor already connected to the hub. Without `YUKICOMM_FD`, it connects to the
+/// socket at `YUKICOMM_HUB` and presents `YUKICOMM_TOKEN` (see `docs/PROTOCOL.md`).
+/// Calling it again returns the same context.
+///
+/// Once read, the variables are removed from this process's environment, the token's
+/// bytes are overwritten where the kernel shows them (`/proc/<pid>/environ`), and the
+/// inherited descriptor is made close-on-exec: processes this one starts afterwards get
+/// neither. (Processes it started before calling `connect` inherited the descriptor.)
 ///
 /// Passive handlers run on the current tokio runtime if there is one, otherwise on a
 /// small runtime the context owns. When the hub goes away, the process exits (status 70):
@@ -104,10 +111,25 @@ fn connect_with(
     handle: tokio::runtime::Handle,
     runtime: Option<Arc<tokio::runtime::Runtime>>,
 ) -> Result<Context, ConnectError> {
-    let path = var(ENV_HUB)?;
     let name = var(ENV_NAME)?;
-    let token = var(ENV_TOKEN)?;
-    let (node, welcome) = crate::remote::connect(&path, &name, &token, handle, true)?;
+    let (node, welcome) = match std::env::var_os(ENV_FD) {
+        Some(fd) => {
+            let fd = fd.to_string_lossy().into_owned();
+            let label = format!("the descriptor {ENV_FD}={fd}");
+            let stream = inherited(&fd).map_err(|source| ConnectError::Io {
+                path: label.clone(),
+                source,
+            })?;
+            forget_connection_variables();
+            crate::remote::join(stream, &label, &name, "", handle, true)?
+        }
+        None => {
+            let path = var(ENV_HUB)?;
+            let token = var(ENV_TOKEN)?;
+            forget_connection_variables();
+            crate::remote::connect(&path, &name, &token, handle, true)?
+        }
+    };
     crate::store::set_current(&node);
     Ok(Context {
         node,
@@ -117,6 +139,59 @@ fn connect_with(
         own_types: Arc::default(),
         _runtime: runtime,
     })
+}
+
+/// Takes the descriptor named by `YUKICOMM_FD`: checks that it is an open stream socket
+/// and makes it close-on-exec.
+fn inherited(text: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+    let invalid =
+        |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+    let raw: std::os::fd::RawFd = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|fd| *fd >= 0)
+        .ok_or_else(|| invalid("not a descriptor number"))?;
+    // SAFETY: `raw` is not -1, and the borrow is used only for the two checks below,
+    // which fail cleanly (EBADF, ENOTSOCK) if the number is not an open socket.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    fcntl(borrowed, FcntlArg::F_GETFD)?;
+    if getsockopt(&borrowed, sockopt::SockType)? != SockType::Stream {
+        return Err(invalid("not a stream socket"));
+    }
+    // SAFETY: the descriptor is open (checked above), and the supervisor made it for
+    // this process to own; nothing else in the process uses it, and the variable naming
+    // it is removed right after, so it is taken once.
+    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(std::os::unix::net::UnixStream::from(owned))
+}
+
+/// Removes the joining variables from this process's environment, so that the
+/// processes it starts do not inherit them, after overwriting the token's bytes: the
+/// kernel shows the environment a process started with (`/proc/<pid>/environ`), not
+/// what removing a variable leaves.
+fn forget_connection_variables() {
+    // The constant has no NUL byte, so this cannot fail.
+    let name = std::ffi::CString::new(ENV_TOKEN).expect("a variable name without NUL");
+    // SAFETY: getenv returns either null or a pointer to the variable's value, a
+    // NUL-terminated string in writable memory (the environment block or a setenv
+    // copy); it is overwritten in place, within its length, before the variable is
+    // removed. No other thread is expected to read these variables while a process
+    // joins.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        if !value.is_null() {
+            let len = libc::strlen(value);
+            std::ptr::write_bytes(value, b'0', len);
+        }
+    }
+    for var in [ENV_FD, ENV_HUB, ENV_NAME, ENV_TOKEN] {
+        std::env::remove_var(var);
+    }
 }
 
 impl Context {

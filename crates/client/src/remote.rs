@@ -585,11 +585,27 @@ pub(crate) fn connect(
     runtime: tokio::runtime::Handle,
     exit_on_disconnect: bool,
 ) -> Result<(Node, Welcome), ConnectError> {
+    let stream = UnixStream::connect(path).map_err(|source| ConnectError::Io {
+        path: path.to_string(),
+        source,
+    })?;
+    join(stream, path, name, token, runtime, exit_on_disconnect)
+}
+
+/// Says hello as child `name` on `stream`, a connection to the hub (`path` names it in
+/// errors), and starts the reader and flusher.
+pub(crate) fn join(
+    mut stream: UnixStream,
+    path: &str,
+    name: &str,
+    token: &str,
+    runtime: tokio::runtime::Handle,
+    exit_on_disconnect: bool,
+) -> Result<(Node, Welcome), ConnectError> {
     let io = |source| ConnectError::Io {
         path: path.to_string(),
         source,
     };
-    let mut stream = UnixStream::connect(path).map_err(io)?;
     yukicomm_link::sys::set_send_buffer(&stream, SEND_BUFFER);
 
     let mut hello = Vec::new();

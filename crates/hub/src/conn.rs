@@ -363,9 +363,12 @@ async fn wait_writable(stream: &UnixStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads the first frame with a deadline.
-fn read_hello(conn: &Conn, rs: &mut ReadSide) -> Result<Option<Frame>, String> {
-    let deadline = Instant::now() + HELLO_TIMEOUT;
+/// Reads the first frame, by `deadline` if there is one.
+fn read_hello(
+    conn: &Conn,
+    rs: &mut ReadSide,
+    deadline: Option<Instant>,
+) -> Result<Option<Frame>, String> {
     let mut fds = [pollfd(conn.stream.as_fd())];
     loop {
         if let Some(f) = conn
@@ -375,7 +378,7 @@ fn read_hello(conn: &Conn, rs: &mut ReadSide) -> Result<Option<Frame>, String> {
         {
             return Ok(Some(f));
         }
-        match wait_readable(&mut fds, Some(deadline)) {
+        match wait_readable(&mut fds, deadline) {
             Ok(true) => {}
             Ok(false) => return Err("no hello in time".into()),
             Err(e) => return Err(e.to_string()),
@@ -410,6 +413,33 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
             return;
         }
     };
+    serve_on_thread(inner, stream, None);
+}
+
+/// What an adopted connection was made for: the child it belongs to, and the token
+/// its hello stands for (see [`adopt`]).
+pub(crate) struct Admission {
+    pub(crate) name: String,
+    pub(crate) token: String,
+}
+
+/// Serves the hub's end of a socket pair whose other end the supervisor hands to the
+/// child `admission.name` as an inherited descriptor. The peer is known without asking
+/// the kernel, and its hello needs no token: it must name that child, and then counts
+/// as presenting `admission.token`, which the caller set for that child and which never
+/// leaves the main process. Runs on the runtime (the flusher is a task).
+pub(crate) fn adopt(
+    inner: Arc<Inner>,
+    stream: UnixStream,
+    admission: Admission,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    serve_on_thread(inner, stream, Some(admission));
+    Ok(())
+}
+
+/// Serves a connection whose peer has been checked, on a thread of its own.
+fn serve_on_thread(inner: Arc<Inner>, stream: UnixStream, admission: Option<Admission>) {
     let conn = match Conn::new(
         inner.next_conn_id(),
         stream,
@@ -425,7 +455,7 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
     start(conn, move |conn| {
         std::thread::Builder::new()
             .name(format!("yukicomm-conn-{}", conn.id.0))
-            .spawn(move || serve(inner, conn))
+            .spawn(move || serve(inner, conn, admission))
             .map(drop)
     });
 }
@@ -471,9 +501,15 @@ fn start(conn: Arc<Conn>, spawn_reader: impl FnOnce(Arc<Conn>) -> std::io::Resul
 }
 
 /// Serves one connection until it closes.
-fn serve(inner: Arc<Inner>, conn: Arc<Conn>) {
+fn serve(inner: Arc<Inner>, conn: Arc<Conn>, admission: Option<Admission>) {
     let id = conn.id;
-    let first = read_hello(&conn, &mut conn.read.lock());
+    // A connection from the socket has a deadline for its hello; an adopted one is our
+    // own child's, which may take its time to start and ends when the child does.
+    let deadline = match admission {
+        Some(_) => None,
+        None => Some(Instant::now() + HELLO_TIMEOUT),
+    };
+    let first = read_hello(&conn, &mut conn.read.lock(), deadline);
     let (req_id, version, name, token) = match first {
         Ok(Some(Frame::Request {
             id,
@@ -496,6 +532,13 @@ fn serve(inner: Arc<Inner>, conn: Arc<Conn>) {
             tracing::warn!(conn = id.0, "closed a connection: {e}");
             return conn.shut();
         }
+    };
+    let token = match admission {
+        // An adopted connection speaks for its child only: a hello naming another one
+        // is checked with no token, which the hub refuses.
+        Some(a) if a.name == name => a.token,
+        Some(_) => String::new(),
+        None => token,
     };
     if !inner.accept(conn.clone(), req_id, version, &name, &token) {
         // The refusal is queued; give the flusher a moment to send it.

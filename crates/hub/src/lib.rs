@@ -3,8 +3,9 @@
 //! The hub owns the channel registry and routes every channel message between
 //! processes. It also holds the program's shared key-value store, with publish/subscribe
 //! and watches ([`store`]). Each child has one connection to it, over a Unix domain socket in a private
-//! directory (mode `0700`); the hub checks the peer's user id and the child's token
-//! before anything else. The main process talks to the hub through direct calls, with no
+//! directory (mode `0700`), or over a socket pair the supervisor made for it
+//! ([`Hub::adopt_child`]); on the socket the hub checks the peer's user id and the
+//! child's token before anything else. The main process talks to the hub through direct calls, with no
 //! socket in between ([`Hub::local_frames`], [`Hub::local_request`]).
 //!
 //! The channel state lives in [`router`] behind one mutex, and the store in [`store`]
@@ -688,6 +689,34 @@ impl Hub {
             }
         });
         token
+    }
+
+    /// Makes a connection for the next start of a child and returns the child's end:
+    /// a connected Unix stream socket (close-on-exec, blocking) for the supervisor to
+    /// hand to the child as an inherited descriptor. The hub serves the other end as it
+    /// serves accepted connections, except that the hello on it needs no token: it must
+    /// name this child, and then admits it as [`admit_child`](Hub::admit_child)'s token
+    /// would. That token is made here and never leaves the hub, so the socket path
+    /// admits nobody for this child any more. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// When the socket pair cannot be made or set up.
+    pub fn adopt_child(
+        &self,
+        name: &ProcessName,
+    ) -> std::io::Result<std::os::unix::net::UnixStream> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let token = self.admit_child(name);
+        conn::adopt(
+            self.inner.clone(),
+            ours,
+            conn::Admission {
+                name: name.as_str().to_string(),
+                token,
+            },
+        )?;
+        Ok(theirs)
     }
 
     /// The `NAME-active` and `NAME-passive` channels of a child.

@@ -1,23 +1,30 @@
 //! One supervised child: spawning, watching, stopping and restarting it.
 //!
 //! Each child has one task that owns its process. Requests (restart, stop, shutdown)
-//! arrive as [`Cmd`]s; exits are watched with `wait`. Stopping is always: SIGTERM, wait up
-//! to the child's stop timeout, SIGKILL, and reap.
+//! arrive as [`Cmd`]s; exits are watched with `wait`. Stopping is always: SIGTERM to the
+//! child's process group, wait up to the child's stop timeout, SIGKILL to the group, and
+//! reap. On Linux the process waited for is the child's [keeper](crate::keeper), which
+//! reports the program's pid (the group's id) and exits as the program did.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use yukicomm_hub::Hub;
-use yukicomm_wire::{ProcessName, ENV_HUB, ENV_NAME, ENV_TARGET, ENV_TOKEN};
+use yukicomm_wire::{ProcessName, ENV_FD, ENV_HUB, ENV_NAME, ENV_TARGET, ENV_TOKEN};
 
 use crate::hooks::Hooks;
+use crate::keeper;
 use crate::spec::{ChildSpec, Launch, RestartPolicy};
 use crate::MainContext;
 
@@ -30,7 +37,10 @@ pub(crate) enum Cmd {
 }
 
 struct Running {
+    /// The process the supervisor waits for: the keeper on Linux, else the program.
     child: Child,
+    /// The child's process group; its id is the program's pid.
+    group: Pid,
     started: Instant,
     /// The tasks copying its output; they end when the pipes close.
     forwarders: Vec<tokio::task::JoinHandle<()>>,
@@ -41,6 +51,25 @@ impl Running {
     async fn drain_output(&mut self) {
         for f in self.forwarders.drain(..) {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), f).await;
+        }
+    }
+
+    /// Sends SIGKILL to whatever is left of the child's group once the process the
+    /// supervisor waits for has been reaped. On Linux the keeper has emptied the group
+    /// already unless it was killed itself; elsewhere this is what ends the program's
+    /// descendants. (The group's id cannot belong to another group while any process of
+    /// this one is left, since the kernel does not reuse a pid that is still a group id.)
+    fn end_group(&self) {
+        let _ = killpg(self.group, Signal::SIGKILL);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropped unreaped: the supervisor itself is going away without stopping it.
+        if self.child.id().is_some() {
+            self.end_group();
+            let _ = self.child.start_kill();
         }
     }
 }
@@ -62,61 +91,9 @@ impl Supervised {
         &self.spec.name
     }
 
-    fn spawn(&self) -> Option<Running> {
-        let token = self.hub.admit_child(&self.process_name);
-        let mut cmd = match &self.spec.launch {
-            Launch::Target(_) => {
-                let mut c = Command::new(&self.exe);
-                c.args(&self.exec_args).env(ENV_TARGET, self.name());
-                c
-            }
-            Launch::Command {
-                program,
-                args,
-                envs,
-                dir,
-            } => {
-                let mut c = Command::new(program);
-                c.args(args);
-                for (k, v) in envs {
-                    match v {
-                        Some(v) => c.env(k, v),
-                        None => c.env_remove(k),
-                    };
-                }
-                if let Some(d) = dir {
-                    c.current_dir(d);
-                }
-                c
-            }
-        };
-        cmd.env(ENV_HUB, self.hub.socket_path())
-            .env(ENV_NAME, self.name())
-            .env(ENV_TOKEN, token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            // Its own process group: a Ctrl-C in the terminal reaches the main process
-            // only, which stops the children in order.
-            .process_group(0);
-        die_with_parent(&mut cmd);
-        match cmd.spawn() {
-            Ok(mut child) => {
-                tracing::info!(child = self.name(), pid = child.id(), "started");
-                let mut forwarders = Vec::new();
-                if let Some(out) = child.stdout.take() {
-                    forwarders.push(forward(out, self.name().to_string(), false));
-                }
-                if let Some(err) = child.stderr.take() {
-                    forwarders.push(forward(err, self.name().to_string(), true));
-                }
-                Some(Running {
-                    child,
-                    started: Instant::now(),
-                    forwarders,
-                })
-            }
+    async fn spawn(&self) -> Option<Running> {
+        match self.try_spawn().await {
+            Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(child = self.name(), "cannot start: {e}");
                 self.hub.child_failed(self.name());
@@ -125,21 +102,118 @@ impl Supervised {
         }
     }
 
+    async fn try_spawn(&self) -> std::io::Result<Running> {
+        // The child's connection to the hub, made here and inherited: nothing secret
+        // passes through its environment.
+        let conn = above_stdio(self.hub.adopt_child(&self.process_name)?.into())?;
+        let (program, args) = match &self.spec.launch {
+            Launch::Target(_) => (self.exe.clone().into_os_string(), self.exec_args.clone()),
+            Launch::Command { program, args, .. } => (program.clone(), args.clone()),
+        };
+        let mut inherited = vec![conn.as_raw_fd()];
+        let mut keeper_report = None;
+        let mut cmd = if keeper_available() {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            let theirs = above_stdio(theirs.into())?;
+            let mut c = Command::new(keeper::SELF_EXE);
+            c.arg0("yukicomm-keeper").arg(&program).args(&args).env(
+                keeper::ENV_KEEPER,
+                format!(
+                    "{},{},{}",
+                    theirs.as_raw_fd(),
+                    self.spec.stop_timeout.as_millis(),
+                    std::process::id()
+                ),
+            );
+            inherited.push(theirs.as_raw_fd());
+            keeper_report = Some((ours, theirs));
+            c
+        } else {
+            let mut c = Command::new(&program);
+            c.args(&args);
+            die_with_parent(&mut c);
+            c
+        };
+        match &self.spec.launch {
+            Launch::Target(_) => {
+                cmd.env(ENV_TARGET, self.name());
+            }
+            Launch::Command { envs, dir, .. } => {
+                for (k, v) in envs {
+                    match v {
+                        Some(v) => cmd.env(k, v),
+                        None => cmd.env_remove(k),
+                    };
+                }
+                if let Some(d) = dir {
+                    cmd.current_dir(d);
+                }
+            }
+        }
+        cmd.env(ENV_FD, conn.as_raw_fd().to_string())
+            .env(ENV_NAME, self.name())
+            .env_remove(ENV_HUB)
+            .env_remove(ENV_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C in the terminal reaches the main process
+            // only, which stops the children in order.
+            .process_group(0);
+        inherit(&mut cmd, inherited);
+        let mut child = cmd.spawn()?;
+        // Our copies: the child's end of its connection must close with the child.
+        drop(conn);
+        let pid = match keeper_report {
+            Some((ours, theirs)) => {
+                drop(theirs);
+                match read_report(ours).await {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        let _ = child.kill().await;
+                        return Err(e);
+                    }
+                }
+            }
+            // Just spawned and not waited for, so it has an id.
+            None => child.id().unwrap_or(0),
+        };
+        tracing::info!(child = self.name(), pid, "started");
+        let mut forwarders = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            forwarders.push(forward(out, self.name().to_string(), false));
+        }
+        if let Some(err) = child.stderr.take() {
+            forwarders.push(forward(err, self.name().to_string(), true));
+        }
+        Ok(Running {
+            child,
+            group: Pid::from_raw(pid as i32),
+            started: Instant::now(),
+            forwarders,
+        })
+    }
+
     async fn stop(&self, mut running: Running) {
         let name = self.name();
-        if let Some(pid) = running.child.id() {
-            // SAFETY: plain syscall; the pid is our unreaped child, so it cannot have been
-            // reused by another process.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
+        // The whole group: the program and every descendant that stayed in its group.
+        let _ = killpg(running.group, Signal::SIGTERM);
         match tokio::time::timeout(self.spec.stop_timeout, running.child.wait()).await {
             Ok(Ok(status)) => tracing::info!(child = name, %status, "stopped"),
             Ok(Err(e)) => tracing::warn!(child = name, "waiting for the child failed: {e}"),
             Err(_) => {
                 tracing::warn!(child = name, timeout = ?self.spec.stop_timeout, "did not stop in time; killing it");
-                let _ = running.child.kill().await;
+                let _ = killpg(running.group, Signal::SIGKILL);
+                // The keeper, if any, exits once the group is gone.
+                if tokio::time::timeout(KEEPER_EXIT, running.child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = running.child.kill().await;
+                }
             }
         }
+        running.end_group();
         running.drain_output().await;
         self.hub.disconnect_child(name);
     }
@@ -150,9 +224,84 @@ impl Supervised {
         if let Some(r) = running {
             self.stop(r).await;
         }
-        let new = self.spawn();
+        let new = self.spawn().await;
         self.hooks.after_restart(&self.ctx, &name).await;
         new
+    }
+}
+
+/// How long a keeper gets to exit after its child's group was killed.
+const KEEPER_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a keeper gets to report that the program started.
+const REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether children are started through a keeper (see [`keeper`]).
+fn keeper_available() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // Keeps the keeper's start-up hook in the binary, and checks that this
+        // executable can be started again.
+        std::hint::black_box(&keeper::INIT);
+        std::path::Path::new(keeper::SELF_EXE).exists()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// Reads the keeper's report: the program's pid, or why it did not start.
+async fn read_report(ours: std::os::unix::net::UnixStream) -> std::io::Result<u32> {
+    use tokio::io::AsyncReadExt;
+    ours.set_nonblocking(true)?;
+    let mut ours = tokio::net::UnixStream::from_std(ours)?;
+    let mut buf = [0u8; 5];
+    match tokio::time::timeout(REPORT_TIMEOUT, ours.read_exact(&mut buf)).await {
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the keeper did not report in time",
+        )),
+        Ok(Err(e)) => Err(std::io::Error::new(
+            e.kind(),
+            format!("the keeper ended without reporting: {e}"),
+        )),
+        Ok(Ok(_)) => match keeper::Report::decode(buf) {
+            Some(keeper::Report::Started(pid)) => Ok(pid),
+            Some(keeper::Report::NotStarted(e)) => Err(e),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the keeper's report is garbled",
+            )),
+        },
+    }
+}
+
+/// Moves a descriptor above 0, 1 and 2, which the child's standard streams replace.
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let raw = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Lets the child inherit `fds` (close-on-exec in this process, so that no other
+/// child gets them).
+fn inherit(cmd: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: the closure runs in the forked child before exec and only calls the
+    // async-signal-safe fcntl, on descriptors that are open there (they were open in
+    // this process when it forked, held until `spawn` returns).
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &fds {
+                fcntl(
+                    BorrowedFd::borrow_raw(*fd),
+                    FcntlArg::F_SETFD(FdFlag::empty()),
+                )?;
+            }
+            Ok(())
+        });
     }
 }
 
@@ -227,13 +376,14 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
     let name = s.name().to_string();
     let mut backoff = s.spec.backoff_initial;
     let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut running = s.spawn();
+    let mut running = s.spawn().await;
     loop {
         let cmd = match running.as_mut() {
             Some(r) => {
                 tokio::select! {
                     status = r.child.wait() => {
                         let uptime = r.started.elapsed();
+                        r.end_group();
                         r.drain_output().await;
                         running = None;
                         let failed = match &status {

@@ -6,6 +6,29 @@
 //! on SIGINT, SIGTERM or [`MainContext::shutdown`]. The same `main` runs in the
 //! children started with [`App::add_target`]: there `run` dispatches to the target.
 //!
+//! # Child processes
+//!
+//! - Each child joins through a connection to the hub it inherits (`YUKICOMM_FD`, with
+//!   `YUKICOMM_NAME`); no token or socket path is in its environment, and nothing in it
+//!   lets another process join as that child (see `docs/PROTOCOL.md`, section 2).
+//! - Each child runs in a process group of its own, whose id is its pid. Stopping or
+//!   restarting it sends SIGTERM to the group, waits up to its
+//!   [stop timeout](ChildSpec::stop_timeout), then sends SIGKILL to the group; the child
+//!   is always reaped.
+//! - On Linux each child is started through a keeper, this same executable run again
+//!   (it acts before `main`, so any binary linking this crate works): it is the
+//!   subreaper of the child's descendants and reaps them; when the child's program ends,
+//!   however it ends, it sends SIGTERM to what is left of the group, then SIGKILL after
+//!   the stop timeout, and exits as the program did once the group is empty (at most
+//!   2 s after SIGKILL); when the main process dies, SIGKILL included, it sends SIGKILL
+//!   to the group at once. Processes that leave the group (`setsid`, `setpgid`) are not
+//!   killed. The main process is not made a subreaper itself: it could not tell orphans
+//!   from processes its own code starts and waits for.
+//! - Elsewhere (macOS) there is no keeper: after a child exits, the supervisor sends
+//!   SIGKILL to what is left of its group; when the main process is killed with SIGKILL,
+//!   a child linking the client exits once its hub connection closes, and nothing is
+//!   guaranteed for the child's own processes.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use yukicomm_supervisor::App;
@@ -36,6 +59,7 @@
 mod child;
 mod context;
 mod hooks;
+mod keeper;
 mod local;
 mod spec;
 
@@ -109,7 +133,11 @@ impl App {
     }
 
     /// Adds a child that runs any executable. It joins the program with
-    /// `yukicomm_client::connect()`, which reads the environment the supervisor sets.
+    /// `yukicomm_client::connect()`, which reads the environment the supervisor sets:
+    /// `YUKICOMM_NAME` and `YUKICOMM_FD`, an inherited descriptor connected to the hub
+    /// (see "Child processes" above). The command's program, arguments, environment
+    /// changes and directory are used; the supervisor sets up its standard streams and
+    /// process group.
     pub fn add_command(&mut self, name: &str, command: std::process::Command) -> &mut ChildSpec {
         let launch = Launch::Command {
             program: command.get_program().to_os_string(),
@@ -161,7 +189,10 @@ impl App {
         self
     }
 
-    /// Runs before a child is stopped (by request or at shutdown), with its name.
+    /// Runs before a child's running process is stopped (by request or at shutdown),
+    /// with its name. It is not called for a child whose process has already exited
+    /// (it ended and is not restarted, or is waiting out its restart delay): there is
+    /// no process left to stop.
     pub fn on_before_process_shutdown<F, Fut>(&mut self, f: F) -> &mut App
     where
         F: Fn(MainContext, String) -> Fut + Send + Sync + 'static,

@@ -102,7 +102,9 @@ impl ChildSpec {
         self
     }
 
-    /// How long a stopping child gets between SIGTERM and SIGKILL. Default: 10 s.
+    /// How long a stopping child gets between SIGTERM and SIGKILL, both sent to its
+    /// whole process group. On Linux it is also how long what is left of the group gets
+    /// after the child's program ends, before SIGKILL. Default: 10 s.
     pub fn stop_timeout(&mut self, timeout: Duration) -> &mut ChildSpec {
         self.stop_timeout = timeout;
         self

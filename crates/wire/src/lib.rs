@@ -184,11 +184,17 @@ pub enum Frame {
     Delivery(store::Delivery),
 }
 
-/// Environment variable holding the path of the hub's socket, set for every child.
+/// Environment variable holding the path of the hub's socket, for a process that joins
+/// with a token ([`ENV_TOKEN`]); children the supervisor starts get [`ENV_FD`] instead.
 pub const ENV_HUB: &str = "YUKICOMM_HUB";
 /// Environment variable holding the child's name.
 pub const ENV_NAME: &str = "YUKICOMM_NAME";
-/// Environment variable holding the child's secret for [`Request::Hello`].
+/// Environment variable holding the child's secret for [`Request::Hello`], for a process
+/// that joins through the socket at [`ENV_HUB`]. The supervisor never sets it.
 pub const ENV_TOKEN: &str = "YUKICOMM_TOKEN";
+/// Environment variable holding the number of an inherited file descriptor: a Unix
+/// stream socket already connected to the hub, made for the child named by [`ENV_NAME`].
+/// The supervisor sets it for every child it starts.
+pub const ENV_FD: &str = "YUKICOMM_FD";
 /// Environment variable naming the target a re-executed binary runs.
 pub const ENV_TARGET: &str = "YUKICOMM_TARGET";
