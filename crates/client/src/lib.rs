@@ -23,6 +23,7 @@
 
 mod channel;
 mod context;
+mod end;
 pub mod error;
 mod node;
 mod passive;
@@ -30,6 +31,8 @@ pub mod registry;
 mod remote;
 mod select;
 pub mod store;
+#[doc(hidden)]
+pub mod transport;
 mod value;
 
 pub use channel::{Channel, FullPolicy, Iter};
@@ -38,7 +41,7 @@ pub use error::{
     ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError,
     RegistryError, Result, SendError, SendFailure, SendFailureKind, SendTimeoutError, TryRecvError,
 };
-pub use node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
+pub use node::Node;
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
 pub use select::Selector;
 pub use store::{
