@@ -50,3 +50,58 @@ pub use store::{
 };
 pub use value::Payload;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};
+
+/// What an application reaches from a [`Context`] (and, through it, a [`Node`]): the
+/// registry, the store, `flush`, the runtime.
+///
+/// ```no_run
+/// fn demo(ctx: &yukicomm_client::Context) -> yukicomm_client::Result<()> {
+///     let numbers = ctx.get_channel::<u32>("numbers")?;
+///     numbers.send(1)?;
+///     ctx.flush(std::time::Duration::from_secs(5))?;
+///     ctx.store().set("k", &1)?;
+///     let _handle: &tokio::runtime::Handle = ctx.runtime();
+///     Ok(())
+/// }
+/// ```
+///
+/// The connection's plumbing is not reachable from there: each of these fails to
+/// compile.
+///
+/// ```compile_fail
+/// fn demo(ctx: &yukicomm_client::Context) {
+///     ctx.connection_lost();
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn demo(ctx: &yukicomm_client::Context) {
+///     ctx.dispatch(todo!());
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn demo(ctx: &yukicomm_client::Context) {
+///     ctx.dispatch_all(std::iter::empty());
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn demo(ctx: &yukicomm_client::Context) {
+///     let _ = ctx.is_lost();
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn demo(ctx: &yukicomm_client::Context) {
+///     ctx.set_transport(todo!());
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn demo(rt: tokio::runtime::Handle) {
+///     let _ = yukicomm_client::Node::new(8, 1024, rt, std::time::Duration::from_secs(1));
+/// }
+/// ```
+#[cfg(doctest)]
+pub struct InternalsAreNotReachable;

@@ -113,3 +113,154 @@ impl FrameSink for StoreSink {
         self.subs.lock().clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use futures::future::BoxFuture;
+    use parking_lot::Mutex;
+    use yukicomm_wire::store::{Delivery, Op, OpReply};
+    use yukicomm_wire::{ChanId, End, EndRef, ErrorCode, Frame, Notice, Reply, Request};
+
+    use crate::error::LinkError;
+    use crate::store::{Store, StoreError, SubscriberError};
+    use crate::transport::{Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
+
+    /// A hub stand-in for store operations: it grants every subscription 8 deliveries,
+    /// answers everything else `Done`, and records the subscription numbers it saw.
+    #[derive(Default)]
+    struct StoreHub {
+        subs: Mutex<Vec<u32>>,
+    }
+
+    impl StoreHub {
+        fn answer(&self, op: Op) -> OpReply {
+            match op {
+                Op::Subscribe { sub, .. } => {
+                    self.subs.lock().push(sub);
+                    OpReply::Int(8)
+                }
+                _ => OpReply::Done,
+            }
+        }
+    }
+
+    impl Transport for StoreHub {
+        fn send_msg(&self, _: ChanId, _: End, _: EncodeFn<'_>) -> Result<(), TransportError> {
+            Err(TransportError::Broken)
+        }
+        fn send_credit(&self, _: ChanId, _: End, _: u32, _: u64) {}
+        fn notice(&self, _: Notice) {}
+        fn request(&self, _: Request, _: Duration) -> Result<Reply, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+        fn pump(&self, _: EndRef, _: &dyn Fn() -> bool, _: Option<Instant>) -> Pump {
+            Pump::Unavailable
+        }
+        fn request_async(
+            &self,
+            _: Request,
+            _: Duration,
+        ) -> BoxFuture<'static, Result<Reply, LinkError>> {
+            Box::pin(async { Err(LinkError::Disconnected) })
+        }
+        fn store_call(&self, op: Op, _: Duration) -> Result<OpReply, LinkError> {
+            Ok(self.answer(op))
+        }
+        fn store_call_async(&self, op: Op, _: Duration) -> OpFuture {
+            OpFuture::ready(Ok(self.answer(op)))
+        }
+        fn store_send(&self, _: Op) -> Result<Option<OpReply>, LinkError> {
+            Ok(None)
+        }
+    }
+
+    fn setup() -> (tokio::runtime::Runtime, Driver, Arc<StoreHub>, Store) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let driver = Driver::new(16, 1 << 20, rt.handle().clone(), Duration::from_secs(5));
+        let hub = Arc::new(StoreHub::default());
+        driver.set_transport(hub.clone());
+        let store = Store::new(&driver.node());
+        (rt, driver, hub, store)
+    }
+
+    fn message(sub: u32, text: &str) -> Frame {
+        Frame::Delivery(Delivery::Message {
+            sub,
+            topic: Bytes::from_static(b"events"),
+            body: Bytes::from(rmp_serde::to_vec_named(text).unwrap()),
+        })
+    }
+
+    /// Deliveries the node hands over reach the subscription they name, through the
+    /// sink the store registered; one for a subscription this process no longer has is
+    /// dropped and disturbs nothing.
+    #[test]
+    fn deliveries_reach_their_subscription_through_the_store_sink() {
+        let (_rt, driver, hub, store) = setup();
+        let first = store.subscriber::<String>("events").unwrap();
+        let gone = store.subscriber::<String>("events").unwrap();
+        let subs = hub.subs.lock().clone();
+        assert_eq!(subs.len(), 2);
+        drop(gone);
+        driver.dispatch_all(
+            [
+                message(subs[1], "for the dropped one"),
+                message(subs[0], "hello"),
+            ]
+            .into_iter(),
+        );
+        let p = first.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!((p.topic.as_str(), p.value.as_str()), ("events", "hello"));
+        assert_eq!(
+            first.try_recv().unwrap_err(),
+            SubscriberError::Empty {
+                pattern: "events".into()
+            }
+        );
+    }
+
+    /// A failure of a write sent without waiting, which reaches the node as a reply
+    /// nobody waits for, is reported by the next `flush`, once.
+    #[test]
+    fn a_failed_write_sent_without_waiting_is_reported_by_flush() {
+        let (_rt, driver, _hub, store) = setup();
+        store.set_nowait("k", &1).unwrap();
+        driver.dispatch(Frame::OpReply {
+            id: 7,
+            reply: OpReply::Error {
+                code: ErrorCode::Storage,
+                message: "key \"k\": the journal is full".into(),
+            },
+        });
+        assert_eq!(
+            store.flush(),
+            Err(StoreError::NowaitFailed {
+                count: 1,
+                first: "key \"k\": the journal is full".into()
+            })
+        );
+        assert_eq!(store.flush(), Ok(()));
+    }
+
+    /// When the connection is lost, a subscriber waiting for a delivery is told so at
+    /// once instead of waiting out its timeout.
+    #[test]
+    fn a_lost_connection_ends_every_subscription() {
+        let (_rt, driver, _hub, store) = setup();
+        let events = store.subscriber::<String>("events").unwrap();
+        let lose = std::thread::spawn(move || driver.connection_lost());
+        assert_eq!(
+            events.recv_timeout(Duration::from_secs(10)).unwrap_err(),
+            SubscriberError::Disconnected {
+                pattern: "events".into()
+            }
+        );
+        lose.join().unwrap();
+    }
+}
