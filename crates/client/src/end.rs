@@ -1,7 +1,7 @@
 //! This process's state for one channel end ([`EndState`]), the handle that keeps an
 //! end held ([`EndGuard`]), and the end's receive mode ([`RecvMode`]).
 //!
-//! The [`Node`](crate::Node) keeps one `EndState` per end this process holds and fills
+//! The [`Node`] keeps one `EndState` per end this process holds and fills
 //! its queue from the frames the hub sends ([`crate::node`]); channel handles
 //! ([`crate::channel`]), passive dispatchers ([`crate::passive`]) and selectors
 //! ([`crate::select`]) take from it. Send credit (in messages and in bytes) lives here
@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use parking_lot::{Condvar, Mutex};
 use yukicomm_wire::EndRef;
 
-use crate::node::NodeInner;
-use crate::passive::ErasedHandler;
+use crate::node::{Node, NodeInner};
 
 /// How an end receives in this process: not yet, actively (`recv` and friends) or
 /// passively (`on_receive`). Once set it stays, except that a failed `on_receive`
@@ -74,6 +74,13 @@ impl ModeCell {
     pub(crate) fn reset(&self) {
         self.0.store(RecvMode::Unset as u8, Ordering::Release);
     }
+}
+
+/// A passive receiver's filter and handler with the message type erased: what an end
+/// receiving passively runs for each message (implemented in [`crate::passive`]).
+pub(crate) trait ErasedHandler: Send + Sync {
+    /// Decodes `body` and runs the filter, then the handler if the filter accepts it.
+    fn run(&self, node: &Node, body: &Bytes, channel: &str) -> BoxFuture<'static, ()>;
 }
 
 /// An item in an end's inbound queue.

@@ -7,6 +7,15 @@
 //! - [`Store`] ([`shared_memory`]): the shared key-value store with publish/subscribe,
 //!   the same from every process.
 //!
+//! Inside, in layers from the bottom: a transport carries frames to the hub and back
+//! (`remote.rs`, the socket of a child; the supervisor's direct calls in the main
+//! process) through the hidden `transport` module; the node (`node.rs`) holds the state
+//! of every channel end of the process (`end.rs`) and hands each arriving frame to its
+//! end, or to a sink a feature registered on it; the features sit on top: channels
+//! (`channel.rs`, `passive.rs`, `select.rs`), the registry (`registry.rs`), the store
+//! (`store/`, which registers its own sink, `store/sink.rs`), and the child's
+//! [`Context`] (`context.rs`).
+//!
 //! A child started by a yukicomm supervisor joins with [`connect`]:
 //!
 //! ```no_run

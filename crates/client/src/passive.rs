@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::Channel;
-use crate::end::{Item, RecvMode};
+use crate::end::{ErasedHandler, Item, RecvMode};
 use crate::error::{OnReceiveError, RecvError};
 
 /// Marker for plain-function filters and handlers.
@@ -99,12 +99,6 @@ where
     fn into_future(self) -> BoxFuture<'static, Option<String>> {
         self.map(HandlerOutput::failure).boxed()
     }
-}
-
-/// A registered filter and handler with the message type erased.
-pub(crate) trait ErasedHandler: Send + std::marker::Sync {
-    fn run(&self, node: &crate::Node, body: &bytes::Bytes, channel: &str)
-        -> BoxFuture<'static, ()>;
 }
 
 /// Marker types of a registered filter and handler.

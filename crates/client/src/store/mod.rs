@@ -14,6 +14,11 @@
 //! while more than 16 others await replies leaves its request to the connection's
 //! flusher, so that the requests of many tasks share one write.
 //!
+//! The store's state in this process (the queues of its subscriptions and watches, the
+//! failures of writes sent without waiting) lives in a sink it registers on the node
+//! (`store/sink.rs`): the node hands it the frames that are the store's, and knows
+//! nothing of the store itself.
+//!
 //! Values are any `serde` type, stored as MessagePack; reading one back as a type it does
 //! not decode as is a [`StoreError::Decode`] naming the key and the type.
 //!
