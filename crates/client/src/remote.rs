@@ -2,7 +2,7 @@
 //! request and event.
 //!
 //! **Reading.** Whoever holds the *read role* reads the socket, decodes frames and hands
-//! them to the node's [`Driver`]. Usually that is the background reader thread. A thread about to
+//! them to the [`Driver`]. Usually that is the background reader thread. A thread about to
 //! block in a receive takes the role instead ([`Transport::pump`]): it asks the reader to
 //! step aside (through a pipe the reader polls along with the socket), then reads the
 //! socket itself until its own message is there. Its message then reaches it with no
