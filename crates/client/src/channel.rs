@@ -10,11 +10,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use yukicomm_wire::{ChanId, End, Notice};
 
+use crate::end::{EndGuard, EndState, Item, RecvMode, SendBlock};
 use crate::error::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError};
-use crate::node::{
-    EndGuard, EndState, Item, Node, Pump, SendBlock, TransportError, MODE_ACTIVE, MODE_PASSIVE,
-    MODE_UNSET,
-};
+use crate::node::Node;
+use crate::transport::{Pump, TransportError};
 use crate::value;
 
 /// What a send does when the channel's window is used up.
@@ -454,14 +453,11 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
             });
         }
         let st = self.state();
-        if st.mode.load(Ordering::Acquire) == MODE_ACTIVE {
+        if st.mode.get() == RecvMode::Active {
             return Ok(());
         }
-        match st
-            .mode
-            .compare_exchange(MODE_UNSET, MODE_ACTIVE, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => {
+        match st.mode.claim(RecvMode::Active) {
+            Ok(true) => {
                 if let Some(t) = self.guard.node.transport() {
                     t.notice(Notice::Attach {
                         chan: st.key.chan,
@@ -472,10 +468,10 @@ impl<T: Serialize + DeserializeOwned> Channel<T> {
                 }
                 Ok(())
             }
-            Err(MODE_PASSIVE) => Err(RecvError::ModeConflict {
+            Ok(false) => Ok(()),
+            Err(_) => Err(RecvError::ModeConflict {
                 channel: self.name(),
             }),
-            Err(_) => Ok(()),
         }
     }
 
@@ -732,7 +728,7 @@ mod tests {
     use yukicomm_wire::{ChanId, End, EndRef, Frame, Msg, Notice, Reply, Request};
 
     use crate::error::LinkError;
-    use crate::node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
+    use crate::transport::{Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
 
     /// A transport whose `pump` gives up at once, deadline or not, and tells the test
     /// each time it did.
@@ -776,15 +772,16 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let node = Node::new(16, 1 << 20, rt.handle().clone(), Duration::from_secs(5));
+        let driver = Driver::new(16, 1 << 20, rt.handle().clone(), Duration::from_secs(5));
+        let node = driver.node();
         let (pumped, gave_up) = flume::unbounded();
-        node.set_transport(Arc::new(GivesUp(pumped)));
+        driver.set_transport(Arc::new(GivesUp(pumped)));
         let key = EndRef {
             chan: ChanId(7),
             end: End::B,
         };
         let channel = super::Channel::<u32>::from_guard(node.acquire(key, true, Some("seven")));
-        let sender = node.clone();
+        let sender = driver.clone();
         let delivery = std::thread::spawn(move || {
             // Only once the receiver's transport gave up does the message come.
             gave_up.recv().unwrap();

@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::channel::Channel;
+use crate::end::{ErasedHandler, Item, RecvMode};
 use crate::error::{OnReceiveError, RecvError};
-use crate::node::{Item, MODE_ACTIVE, MODE_PASSIVE, MODE_UNSET};
 
 /// Marker for plain-function filters and handlers.
 #[derive(Debug)]
@@ -99,12 +99,6 @@ where
     fn into_future(self) -> BoxFuture<'static, Option<String>> {
         self.map(HandlerOutput::failure).boxed()
     }
-}
-
-/// A registered filter and handler with the message type erased.
-pub(crate) trait ErasedHandler: Send + std::marker::Sync {
-    fn run(&self, node: &crate::Node, body: &bytes::Bytes, channel: &str)
-        -> BoxFuture<'static, ()>;
 }
 
 /// Marker types of a registered filter and handler.
@@ -221,19 +215,13 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
                 channel: self.name(),
             });
         }
-        let first = match st.mode.compare_exchange(
-            MODE_UNSET,
-            MODE_PASSIVE,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => true,
-            Err(MODE_ACTIVE) => {
+        let first = match st.mode.claim(RecvMode::Passive) {
+            Ok(first) => first,
+            Err(_) => {
                 return Err(OnReceiveError::ModeConflict {
                     channel: self.name(),
                 })
             }
-            Err(_) => false,
         };
         st.handlers.lock().push(Arc::new(Registered {
             filter,
@@ -248,7 +236,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Channel<T> {
                 .name(name)
                 .spawn(move || dispatch(keep))
             {
-                st.mode.store(MODE_UNSET, Ordering::Release);
+                st.mode.reset();
                 st.handlers.lock().clear();
                 tracing::error!(channel = %self.name(), "cannot start the handler thread: {e}");
                 return Err(OnReceiveError::Closed {

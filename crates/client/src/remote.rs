@@ -2,7 +2,7 @@
 //! request and event.
 //!
 //! **Reading.** Whoever holds the *read role* reads the socket, decodes frames and hands
-//! them to the [`Node`]. Usually that is the background reader thread. A thread about to
+//! them to the [`Driver`]. Usually that is the background reader thread. A thread about to
 //! block in a receive takes the role instead ([`Transport::pump`]): it asks the reader to
 //! step aside (through a pipe the reader polls along with the socket), then reads the
 //! socket itself until its own message is there. Its message then reaches it with no
@@ -36,7 +36,8 @@ use yukicomm_wire::{
 };
 
 use crate::error::{ConnectError, LinkError};
-use crate::node::{EncodeFn, Node, OpFuture, Pump, Transport, TransportError};
+use crate::node::Node;
+use crate::transport::{Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
 use yukicomm_link::role::{ReadRole, LINGER};
 use yukicomm_link::sys::{fired, pollfd, read_into, read_into_nowait, wait_readable};
 
@@ -97,7 +98,7 @@ pub(crate) struct Remote {
     next_op: AtomicU32,
     outbox: Outbox,
     flusher: OnceLock<Thread>,
-    node: OnceLock<Node>,
+    driver: OnceLock<Driver>,
     pending: Mutex<HashMap<u32, flume::Sender<Reply>>>,
     next_id: AtomicU32,
     lost: AtomicBool,
@@ -127,10 +128,10 @@ impl OutboxSink for Remote {
 }
 
 impl Remote {
-    fn node(&self) -> &Node {
-        self.node
+    fn driver(&self) -> &Driver {
+        self.driver
             .get()
-            .expect("the node is set before any reading starts")
+            .expect("the driver is set before any reading starts")
     }
 
     fn push_control(&self, frame: &Frame) -> Result<(), LinkError> {
@@ -171,7 +172,7 @@ impl Remote {
                 let _ = tx.send(Ok(reply));
             }
             // A reply to an operation sent without waiting is always a failure.
-            None => self.node().dispatch(Frame::OpReply { id, reply }),
+            None => self.driver().dispatch(Frame::OpReply { id, reply }),
         }
     }
 
@@ -253,7 +254,7 @@ impl Remote {
             n += 1;
         };
         // Frames decoded before a bad one are still handed over.
-        self.node().dispatch_all(st.frames.drain(..));
+        self.driver().dispatch_all(st.frames.drain(..));
         result
     }
 
@@ -295,7 +296,7 @@ impl Remote {
         }
         self.outbox.break_with(std::io::ErrorKind::BrokenPipe);
         self.wake_flusher();
-        self.node().connection_lost();
+        self.driver().connection_lost();
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.read_role.wake_all();
         if self.exit_on_disconnect {
@@ -677,14 +678,14 @@ pub(crate) fn join(
 
     let read_role = ReadRole::new().map_err(io)?;
     let spin_allowed = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
-    let node = Node::new(window, window_bytes, runtime, Duration::from_secs(30));
+    let driver = Driver::new(window, window_bytes, runtime, Duration::from_secs(30));
     let remote = Arc::new(Remote {
         stream,
         ops: Mutex::new(rustc_hash::FxHashMap::default()),
         next_op: AtomicU32::new(1),
         outbox: Outbox::new(BURST_WINDOW),
         flusher: OnceLock::new(),
-        node: OnceLock::new(),
+        driver: OnceLock::new(),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU32::new(1),
         lost: AtomicBool::new(false),
@@ -699,8 +700,8 @@ pub(crate) fn join(
         spin_allowed,
         spin: AtomicBool::new(spin_allowed),
     });
-    let _ = remote.node.set(node.clone());
-    node.set_transport(remote.clone());
+    let _ = remote.driver.set(driver.clone());
+    driver.set_transport(remote.clone());
 
     let flusher_remote = remote.clone();
     let flusher = std::thread::Builder::new()
@@ -713,7 +714,7 @@ pub(crate) fn join(
         .name("yukicomm-reader".into())
         .spawn(move || remote.background_reader())
         .map_err(io)?;
-    Ok((node, welcome))
+    Ok((driver.node(), welcome))
 }
 
 fn flusher_loop(remote: &Remote) {

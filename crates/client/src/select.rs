@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::channel::Channel;
 use crate::error::RecvError;
 
-use crate::node::Item;
+use crate::end::Item;
 
 /// An arm of a selector. `Send`, so that a selector, and the future of
 /// [`Selector::wait_async`], can move between threads.

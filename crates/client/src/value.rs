@@ -285,12 +285,13 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let node = Node::new(
+        let node = crate::transport::Driver::new(
             8,
             1 << 20,
             rt.handle().clone(),
             std::time::Duration::from_secs(1),
-        );
+        )
+        .node();
         let mut body = Vec::new();
         let sent = Payload::from(vec![7u8; 1000]);
         assert!(encode(&mut body, &("tag", &sent)).unwrap().is_empty());

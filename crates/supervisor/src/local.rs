@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use yukicomm_client::{EncodeFn, LinkError, Node, OpFuture, Pump, Transport, TransportError};
+use yukicomm_client::transport::{Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
+use yukicomm_client::{LinkError, Node};
 use yukicomm_hub::Hub;
 use yukicomm_wire::store::{Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef, Frame, Notice, Reply, Request};
@@ -94,18 +95,18 @@ impl Transport for Local {
 
 /// Makes the main process's node and wires it to the hub in both directions.
 pub(crate) fn local_node(hub: Arc<Hub>, runtime: tokio::runtime::Handle) -> Node {
-    let node = Node::new(
+    let driver = Driver::new(
         hub.window(),
         hub.window_bytes(),
         runtime,
         Duration::from_secs(30),
     );
-    node.set_transport(Arc::new(Local {
+    driver.set_transport(Arc::new(Local {
         hub: hub.clone(),
         max_frame: hub.max_frame() as usize,
     }));
-    let dispatch = node.clone();
-    hub.set_local(Arc::new(move |frames| dispatch.dispatch_all(frames)));
+    let node = driver.node();
+    hub.set_local(Arc::new(move |frames| driver.dispatch_all(frames)));
     yukicomm_client::store::set_process_node(&node);
     node
 }

@@ -14,6 +14,11 @@
 //! while more than 16 others await replies leaves its request to the connection's
 //! flusher, so that the requests of many tasks share one write.
 //!
+//! The store's state in this process (the queues of its subscriptions and watches, the
+//! failures of writes sent without waiting) lives in a sink it registers on the node
+//! (`store/sink.rs`): the node hands it the frames that are the store's, and knows
+//! nothing of the store itself.
+//!
 //! Values are any `serde` type, stored as MessagePack; reading one back as a type it does
 //! not decode as is a [`StoreError::Decode`] naming the key and the type.
 //!
@@ -30,9 +35,11 @@
 //! # }
 //! ```
 
+mod sink;
 mod subscribe;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,12 +54,13 @@ pub use yukicomm_wire::store::ChangeKind;
 
 use crate::error::LinkError;
 use crate::node::Node;
+use sink::StoreSink;
 
-/// The node `shared_memory()` reaches: set when this process joins a program.
-static CURRENT: RwLock<Option<Node>> = RwLock::new(None);
+/// The store `shared_memory()` reaches: set when this process joins a program.
+static CURRENT: RwLock<Option<Store>> = RwLock::new(None);
 
 pub(crate) fn set_current(node: &Node) {
-    *CURRENT.write() = Some(node.clone());
+    *CURRENT.write() = Some(Store::new(node));
 }
 
 #[doc(hidden)]
@@ -71,21 +79,27 @@ pub fn set_process_node(node: &Node) {
 /// may) reaches the store of the one started last; `ctx.store()` names its hub
 /// explicitly.
 pub fn shared_memory() -> Store {
-    Store {
-        node: CURRENT.read().clone(),
-    }
+    CURRENT.read().clone().unwrap_or(Store { link: None })
 }
 
 /// A handle on the shared store. Cheap to clone; every clone reaches the same store.
 #[derive(Clone)]
 pub struct Store {
-    node: Option<Node>,
+    link: Option<Link>,
+}
+
+/// A store reached through a node: the node's transport carries the operations, the
+/// sink registered on it gets the deliveries.
+#[derive(Clone)]
+struct Link {
+    node: Node,
+    sink: Arc<StoreSink>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("connected", &self.node.is_some())
+            .field("connected", &self.link.is_some())
             .finish()
     }
 }
@@ -317,12 +331,19 @@ impl Store {
     /// The store reached through `node`.
     pub fn new(node: &Node) -> Store {
         Store {
-            node: Some(node.clone()),
+            link: Some(Link {
+                node: node.clone(),
+                sink: node.sink(StoreSink::new),
+            }),
         }
     }
 
+    fn link(&self) -> Result<&Link, StoreError> {
+        self.link.as_ref().ok_or(StoreError::NotConnected)
+    }
+
     fn node(&self) -> Result<&Node, StoreError> {
-        self.node.as_ref().ok_or(StoreError::NotConnected)
+        Ok(&self.link()?.node)
     }
 
     fn call(&self, key: &str, op: Op) -> Result<OpReply, StoreError> {
@@ -383,11 +404,14 @@ impl Store {
         value: &T,
     ) -> Result<(), StoreError> {
         let op = set_op(key, value, None, false)?;
-        let node = self.node()?;
-        let t = node.transport().map_err(|e| StoreError::link(key, e))?;
+        let link = self.link()?;
+        let t = link
+            .node
+            .transport()
+            .map_err(|e| StoreError::link(key, e))?;
         let sent = t.store_send(op).map_err(|e| StoreError::link(key, e))?;
         if let Some(OpReply::Error { code, message }) = sent {
-            node.store_failed(code, message);
+            link.sink.failed(code, message);
         }
         Ok(())
     }
@@ -401,7 +425,7 @@ impl Store {
     /// hub.
     pub fn flush(&self) -> Result<(), StoreError> {
         expect!("", self.call("", Op::Sync)?, OpReply::Done => ())?;
-        self.node()?.take_store_failures()
+        self.link()?.sink.take_failures()
     }
 
     /// Stores `value` at `key` for `ttl`; then the key disappears.
@@ -975,40 +999,9 @@ fn entries(e: Vec<(String, Bytes)>) -> BTreeMap<String, StoredValue> {
         .collect()
 }
 
-/// Failures of writes sent without waiting, kept until [`Store::flush`].
-#[derive(Default)]
-pub(crate) struct NowaitFailures {
-    count: usize,
-    first: Option<String>,
-}
-
 impl Node {
     /// The shared store, reached through this process's connection.
     pub fn store(&self) -> Store {
         Store::new(self)
     }
-
-    /// A write sent without waiting failed.
-    pub(crate) fn store_failed(&self, code: ErrorCode, message: String) {
-        tracing::warn!(
-            ?code,
-            "a store write sent without waiting failed: {message}"
-        );
-        let mut f = self.inner.nowait_failures.lock();
-        f.count += 1;
-        f.first.get_or_insert(message);
-    }
-
-    fn take_store_failures(&self) -> Result<(), StoreError> {
-        let f = std::mem::take(&mut *self.inner.nowait_failures.lock());
-        match f.first {
-            None => Ok(()),
-            Some(first) => Err(StoreError::NowaitFailed {
-                count: f.count,
-                first,
-            }),
-        }
-    }
 }
-
-pub(crate) use subscribe::SubQueue;

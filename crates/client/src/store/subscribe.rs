@@ -22,15 +22,11 @@ use serde::de::DeserializeOwned;
 use yukicomm_wire::store::{ChangeKind, Delivery, Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef};
 
-use super::{key_bytes, Store, StoreError, StoredValue};
-use crate::node::Node;
+use super::{key_bytes, Link, Store, StoreError, StoredValue};
 use crate::passive::HandlerReturn;
 
 /// Credit asked for; the hub grants at most its `subscription_buffer`.
 const ASK_CREDIT: u32 = 1024;
-
-/// A subscription's queue in this process, fed by the node's dispatch.
-pub(crate) type SubQueue = flume::Sender<Delivery>;
 
 /// A published message, as a subscriber receives it. Dereferences to the message.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,7 +110,7 @@ pub enum SubscriberError {
 
 /// A subscription being set up: undone if it fails or its future is dropped.
 struct Starting {
-    node: Node,
+    link: Link,
     sub: u32,
     armed: bool,
 }
@@ -122,8 +118,8 @@ struct Starting {
 impl Drop for Starting {
     fn drop(&mut self) {
         if self.armed {
-            self.node.inner.subs.lock().remove(&self.sub);
-            if let Ok(t) = self.node.transport() {
+            self.link.sink.remove_sub(self.sub);
+            if let Ok(t) = self.link.node.transport() {
                 let _ = t.store_send(Op::Unsubscribe { sub: self.sub });
             }
         }
@@ -132,7 +128,7 @@ impl Drop for Starting {
 
 /// What every kind of subscription shares: its number, its queue, its credit.
 struct Core {
-    node: Node,
+    link: Link,
     sub: u32,
     pattern: String,
     rx: flume::Receiver<Delivery>,
@@ -151,14 +147,13 @@ impl Core {
         pattern: &str,
         watch: Option<bool>,
     ) -> Result<(Starting, flume::Receiver<Delivery>, Op), StoreError> {
-        let node = store.node()?.clone();
+        let link = store.link()?.clone();
         let key = key_bytes(pattern).or_else(|e| match watch {
             Some(true) if pattern.is_empty() => Ok(Bytes::new()),
             _ => Err(e),
         })?;
-        let sub = node.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = flume::unbounded();
-        node.inner.subs.lock().insert(sub, tx);
+        let sub = link.sink.add_sub(tx);
         let op = match watch {
             None => Op::Subscribe {
                 sub,
@@ -174,7 +169,7 @@ impl Core {
         };
         Ok((
             Starting {
-                node,
+                link,
                 sub,
                 armed: true,
             },
@@ -199,7 +194,7 @@ impl Core {
         };
         starting.armed = false;
         Ok(Core {
-            node: starting.node.clone(),
+            link: starting.link.clone(),
             sub: starting.sub,
             pattern: pattern.to_string(),
             rx,
@@ -231,7 +226,7 @@ impl Core {
         if c >= self.batch {
             let n = self.consumed.swap(0, Ordering::AcqRel);
             if n > 0 {
-                if let Ok(t) = self.node.transport() {
+                if let Ok(t) = self.link.node.transport() {
                     let _ = t.store_send(Op::Credit { sub: self.sub, n });
                 }
             }
@@ -250,16 +245,13 @@ impl Core {
             return Ok(d);
         }
         // In a child, read the connection on this thread while waiting: no hand-off.
-        if let Ok(t) = self.node.transport() {
+        let node = &self.link.node;
+        if let Ok(t) = node.transport() {
             let key = EndRef {
                 chan: ChanId(0),
                 end: End::A,
             };
-            let _ = t.pump(
-                key,
-                &|| !self.rx.is_empty() || self.node.is_lost(),
-                deadline,
-            );
+            let _ = t.pump(key, &|| !self.rx.is_empty() || node.is_lost(), deadline);
         }
         match deadline {
             None => self.rx.recv().map_err(|_| self.disconnected()),
@@ -286,8 +278,8 @@ impl Core {
     }
 
     fn stop(&self) {
-        self.node.inner.subs.lock().remove(&self.sub);
-        if let Ok(t) = self.node.transport() {
+        self.link.sink.remove_sub(self.sub);
+        if let Ok(t) = self.link.node.transport() {
             let _ = t.store_send(Op::Unsubscribe { sub: self.sub });
         }
     }
@@ -480,7 +472,7 @@ where
     R: HandlerReturn<M>,
 {
     let task = core.clone();
-    core.node.runtime().spawn(async move {
+    core.link.node.runtime().spawn(async move {
         while let Ok(d) = task.next_async().await {
             match publication::<T>(&task, d) {
                 Ok(p) => {

@@ -1,0 +1,142 @@
+//! What a transport implements and calls: the face of the client that the byte
+//! streams to the hub plug into, not meant for applications.
+//!
+//! A transport carries a process's frames to the hub and back: in a child, the socket
+//! connection (`remote.rs`); in the main process, direct calls into the hub (in
+//! the supervisor crate). It implements [`Transport`], and hands what arrives to the
+//! node's [`Driver`], which also hears when the connection is lost. Applications never
+//! see either: they hold a [`Node`](crate::Node) or a [`Context`](crate::Context).
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use yukicomm_wire::store::{Op, OpReply};
+use yukicomm_wire::{ChanId, End, EndRef, Notice, Reply, Request};
+
+use crate::error::LinkError;
+
+pub use crate::node::Driver;
+
+/// Why a transport could not take a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// The value did not encode; nothing was sent.
+    Encode(String),
+    /// The connection to the hub is gone.
+    Broken,
+    /// The encoded message is larger than the hub accepts; nothing was sent.
+    TooLarge {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The largest frame the hub accepts.
+        max: usize,
+    },
+    /// The end's window in bytes is used up; nothing was sent.
+    NoRoom,
+}
+
+/// What [`Transport::pump`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pump {
+    /// The condition holds (or the connection is gone and the queue was woken).
+    Ready,
+    /// The deadline passed first.
+    Timeout,
+    /// This transport has no reading to share: wait on the queue.
+    Unavailable,
+}
+
+/// Writes a message body in place and returns the channel ends it encoded.
+///
+/// A transport calls it at the point where the message takes its place in the
+/// connection's order (so that the window in bytes it checks is the one the hub sees);
+/// on an error it leaves the buffer as it found it.
+pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<EndRef>, TransportError>;
+
+/// How a process's frames reach the hub.
+///
+/// Implemented by the socket connection of a child and, in the main process, by the
+/// supervisor on top of the hub itself. Incoming frames are handed to
+/// [`Driver::dispatch`].
+pub trait Transport: Send + Sync + 'static {
+    /// Sends a message on `chan` to end `to`; `encode` writes the body.
+    fn send_msg(&self, chan: ChanId, to: End, encode: EncodeFn<'_>) -> Result<(), TransportError>;
+    /// Grants the hub `n` more messages and `bytes` more bytes for `end`, where this
+    /// process receives.
+    fn send_credit(&self, chan: ChanId, end: End, n: u32, bytes: u64);
+    /// Sends a one-way notice.
+    fn notice(&self, notice: Notice);
+    /// Sends a request and waits for its reply.
+    fn request(&self, request: Request, timeout: Duration) -> Result<Reply, LinkError>;
+    /// Lets a thread that is about to block receiving at `key` read the connection
+    /// itself until `ready` holds or `deadline` passes, saving a thread hand-off on the
+    /// receive path. Transports with nothing to read return [`Pump::Unavailable`].
+    fn pump(
+        &self,
+        key: EndRef,
+        ready: &dyn Fn() -> bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Pump {
+        let _ = (key, ready, deadline);
+        Pump::Unavailable
+    }
+    /// Sends a request; the future resolves with its reply.
+    fn request_async(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Reply, LinkError>>;
+    /// Sends a store operation and waits for its reply.
+    fn store_call(&self, op: Op, timeout: Duration) -> Result<OpReply, LinkError>;
+    /// Sends a store operation; the future resolves with its reply. Any number may be
+    /// in flight.
+    fn store_call_async(&self, op: Op, timeout: Duration) -> OpFuture;
+    /// Sends a store operation without waiting. A transport that applies it at once
+    /// returns the reply; otherwise a failure reaches the node later.
+    fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError>;
+}
+
+/// The reply to a store operation sent with [`Transport::store_call_async`]: a plain
+/// future, so that an operation costs no boxing.
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct OpFuture(OpFutureState);
+
+#[derive(Debug)]
+enum OpFutureState {
+    Ready(Option<Result<OpReply, LinkError>>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<OpReply, LinkError>>),
+}
+
+impl OpFuture {
+    /// A future that resolves with `reply` at once.
+    pub fn ready(reply: Result<OpReply, LinkError>) -> OpFuture {
+        OpFuture(OpFutureState::Ready(Some(reply)))
+    }
+
+    /// A future that resolves with what is sent on `rx`, or `Disconnected` if the
+    /// sender is dropped.
+    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<OpReply, LinkError>>) -> OpFuture {
+        OpFuture(OpFutureState::Waiting(rx))
+    }
+}
+
+impl std::future::Future for OpFuture {
+    type Output = Result<OpReply, LinkError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            OpFutureState::Ready(reply) => std::task::Poll::Ready(
+                reply
+                    .take()
+                    .expect("an OpFuture is not polled after it completed"),
+            ),
+            OpFutureState::Waiting(rx) => std::pin::Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(LinkError::Disconnected))),
+        }
+    }
+}
