@@ -120,6 +120,10 @@ impl OutboxSink for Remote {
         (&self.stream).write(buf)
     }
 
+    fn write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        (&self.stream).write_vectored(bufs)
+    }
+
     fn wake_flusher(&self) {
         if let Some(t) = self.flusher.get() {
             t.unpark();
@@ -726,7 +730,7 @@ fn flusher_loop(remote: &Remote) {
             next_expiry = Instant::now() + EXPIRY_CHECK;
         }
         while let Some(data) = remote.outbox.take_for_flush() {
-            let result = (&remote.stream).write_all(&data);
+            let result = data.write_all(&mut &remote.stream);
             remote.outbox.flushed(data, result.err().map(|e| e.kind()));
         }
         if remote.lost.load(Ordering::Acquire) {

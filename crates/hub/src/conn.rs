@@ -24,8 +24,11 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 use yukicomm_link::role::{ReadRole, LINGER};
 use yukicomm_link::sys::{drain, fired, pollfd, read_into, wait_readable};
-use yukicomm_link::{Outbox, OutboxSink};
-use yukicomm_wire::{encode_control, encode_credit, encode_msg_raw, Decoder, Frame, Request};
+use yukicomm_link::{Outbox, OutboxSink, Pending};
+use yukicomm_wire::{
+    encode_control, encode_credit, encode_msg_head, encode_msg_raw, encode_msg_tail, Decoder,
+    Frame, Msg, Request,
+};
 
 use crate::router::ConnId;
 use crate::Inner;
@@ -36,6 +39,20 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BURST_WINDOW: Duration = Duration::from_micros(3);
 /// The socket send buffer asked for (see [`yukicomm_link::sys::set_send_buffer`]).
 const SEND_BUFFER: usize = 1 << 20;
+/// Message bodies at least this large are written from where they are rather than
+/// copied into the connection's buffer.
+const SPLICE_FROM: usize = 16 * 1024;
+/// Appends message `m` to `out`; a large body is spliced in, not copied.
+fn append_msg(out: &mut Pending, m: &Msg) {
+    if m.body.len() >= SPLICE_FROM {
+        encode_msg_head(out.bytes(), m.chan, m.to, &m.carried, m.body.len());
+        out.splice(m.body.clone());
+        encode_msg_tail(out.bytes(), &m.carried);
+    } else {
+        encode_msg_raw(out.bytes(), m.chan, m.to, &m.carried, &m.body);
+    }
+}
+
 /// Bytes read from the socket at a time.
 const READ_SIZE: usize = 256 * 1024;
 /// A child's connection, shared by every thread that routes to it.
@@ -81,6 +98,10 @@ impl OutboxSink for Conn {
         (&self.stream).write(buf)
     }
 
+    fn write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        (&self.stream).write_vectored(bufs)
+    }
+
     fn wake_flusher(&self) {
         self.flush.notify_one();
     }
@@ -90,17 +111,17 @@ impl Conn {
     /// Appends frames to this connection's buffer (encoded in one go); [`Conn::kick`]
     /// writes them.
     pub(crate) fn append_all<'a>(&self, frames: impl Iterator<Item = &'a Frame>) {
-        let r = self.outbox.append::<()>(|buf| {
+        let r = self.outbox.append_spliced::<()>(|out| {
             for f in frames {
                 match f {
-                    Frame::Msg(m) => encode_msg_raw(buf, m.chan, m.to, &m.carried, &m.body),
+                    Frame::Msg(m) => append_msg(out, m),
                     Frame::Credit {
                         chan,
                         end,
                         n,
                         bytes,
-                    } => encode_credit(buf, *chan, *end, *n, *bytes),
-                    other => encode_control(buf, other),
+                    } => encode_credit(out.bytes(), *chan, *end, *n, *bytes),
+                    other => encode_control(out.bytes(), other),
                 }
             }
             Ok(())
@@ -115,6 +136,16 @@ impl Conn {
             self.outbox.break_with(std::io::ErrorKind::OutOfMemory);
             self.shut();
         }
+    }
+
+    /// Appends one message; `false` if the connection is broken.
+    pub(crate) fn append_msg(&self, m: &Msg) -> bool {
+        self.outbox
+            .append_spliced::<()>(|out| {
+                append_msg(out, m);
+                Ok(())
+            })
+            .is_ok()
     }
 
     /// Appends what `encode` writes; `Err(None)` if the connection is broken.
@@ -325,7 +356,7 @@ async fn flusher(conn: Arc<Conn>) {
                     failure = Some(std::io::ErrorKind::ConnectionAborted);
                     break;
                 }
-                match (&conn.stream).write(&data[written..]) {
+                match data.write_from(written, &mut &conn.stream) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

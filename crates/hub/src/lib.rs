@@ -780,11 +780,7 @@ impl Hub {
                 .filter(|_| m.carried.iter().all(|&k| r.holds_end(LOCAL, k)))
                 .and_then(|target| Some((target, self.inner.conns.read().get(&target).cloned()?)));
             if let Some((target, conn)) = direct {
-                let appended = conn.append_with(|buf| {
-                    yukicomm_wire::encode_msg_raw(buf, chan, to, &m.carried, &m.body);
-                    Ok::<(), ()>(())
-                });
-                if appended.is_ok() {
+                if conn.append_msg(&m) {
                     r.delivered_direct(LOCAL, &m, target, out);
                     return ((), Some(First::Kick(conn)));
                 }

@@ -37,7 +37,9 @@
 #![deny(missing_docs)]
 
 mod outbox;
+mod pending;
 pub mod role;
 pub mod sys;
 
 pub use outbox::{Outbox, OutboxSink, Push};
+pub use pending::{Mark, Pending};

@@ -14,9 +14,11 @@
 //! Exactly one party owns the socket's write side at any time, so frames are never
 //! interleaved. The buffer is bounded by the protocol's credit windows, not here.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crate::pending::{Mark, Pending};
 
 /// What an [`Outbox`] writes to.
 pub trait OutboxSink: Send + Sync {
@@ -24,6 +26,14 @@ pub trait OutboxSink: Send + Sync {
     /// return [`io::ErrorKind::WouldBlock`] when the socket is full; the rest is then
     /// left to the flusher.
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// As [`OutboxSink::write`], gathering `bufs` in order (one system call).
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        self.write(first)
+    }
     /// Tells the flusher that it owns the buffer and should call
     /// [`Outbox::take_for_flush`] until it returns `None`.
     fn wake_flusher(&self);
@@ -51,9 +61,9 @@ enum Owner {
 
 #[derive(Debug)]
 struct State {
-    buf: Vec<u8>,
+    buf: Pending,
     /// A cleared buffer kept so that its allocation is reused.
-    spare: Vec<u8>,
+    spare: Pending,
     owner: Owner,
     last_push: Option<Instant>,
     broken: Option<io::ErrorKind>,
@@ -77,8 +87,8 @@ impl Outbox {
     pub fn new(burst_window: Duration) -> Outbox {
         Outbox {
             state: Mutex::new(State {
-                buf: Vec::with_capacity(64 * 1024),
-                spare: Vec::with_capacity(64 * 1024),
+                buf: Pending::with_capacity(64 * 1024),
+                spare: Pending::with_capacity(64 * 1024),
                 owner: Owner::Nobody,
                 last_push: None,
                 broken: None,
@@ -105,7 +115,7 @@ impl Outbox {
         sink: &dyn OutboxSink,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), Push<E>> {
-        let st = self.append_locked(encode)?;
+        let st = self.append_locked(|p| encode(p.bytes()))?;
         self.kick_locked(st, sink, false).map_err(Push::Broken)
     }
 
@@ -121,7 +131,7 @@ impl Outbox {
         sink: &dyn OutboxSink,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), Push<E>> {
-        let st = self.append_locked(encode)?;
+        let st = self.append_locked(|p| encode(p.bytes()))?;
         self.kick_locked(st, sink, true).map_err(Push::Broken)
     }
 
@@ -135,6 +145,19 @@ impl Outbox {
     pub fn append<E>(
         &self,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), Push<E>> {
+        self.append_locked(|p| encode(p.bytes())).map(drop)
+    }
+
+    /// As [`Outbox::append`], for an encoder that may also splice shared buffers in
+    /// (large message bodies, written from where they are, without a copy).
+    ///
+    /// # Errors
+    ///
+    /// As [`Outbox::push`].
+    pub fn append_spliced<E>(
+        &self,
+        encode: impl FnOnce(&mut Pending) -> Result<(), E>,
     ) -> Result<(), Push<E>> {
         self.append_locked(encode).map(drop)
     }
@@ -154,13 +177,13 @@ impl Outbox {
 
     fn append_locked<E>(
         &self,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        encode: impl FnOnce(&mut Pending) -> Result<(), E>,
     ) -> Result<MutexGuard<'_, State>, Push<E>> {
         let mut st = self.lock();
         if let Some(kind) = st.broken {
             return Err(Push::Broken(kind));
         }
-        let start = st.buf.len();
+        let start = st.buf.mark();
         // Whatever `encode` does, failing or panicking, no part of its frame stays.
         let cut = CutOnUnwind {
             buf: &mut st.buf,
@@ -203,7 +226,7 @@ impl Outbox {
 
         let mut written = 0;
         let result = loop {
-            match sink.write(&data[written..]) {
+            match data.write_from(written, &mut SinkWriter(sink)) {
                 Ok(0) => break Err(io::ErrorKind::WriteZero),
                 Ok(n) => {
                     written += n;
@@ -228,8 +251,8 @@ impl Outbox {
                 if written < data.len() {
                     // The socket is full: put the unwritten rest in front of what others
                     // appended meanwhile and let the flusher wait for room.
-                    data.drain(..written);
-                    data.extend_from_slice(&st.buf);
+                    data.advance(written);
+                    data.append(&st.buf);
                     let appended = std::mem::replace(&mut st.buf, data);
                     st.spare = clear(appended);
                 } else {
@@ -250,7 +273,7 @@ impl Outbox {
     /// For the flusher: takes everything buffered, or returns `None` (and gives up
     /// ownership) when there is nothing left. Return the buffer with
     /// [`Outbox::flushed`] after writing it.
-    pub fn take_for_flush(&self) -> Option<Vec<u8>> {
+    pub fn take_for_flush(&self) -> Option<Pending> {
         let mut st = self.lock();
         if st.owner != Owner::Flusher {
             return None;
@@ -265,7 +288,7 @@ impl Outbox {
 
     /// For the flusher: the buffer from [`Outbox::take_for_flush`] was written (or the
     /// write failed with `error`).
-    pub fn flushed(&self, data: Vec<u8>, error: Option<io::ErrorKind>) {
+    pub fn flushed(&self, data: Pending, error: Option<io::ErrorKind>) {
         let mut st = self.lock();
         if st.spare.capacity() < data.capacity() {
             st.spare = clear(data);
@@ -296,8 +319,8 @@ impl Outbox {
 /// Cuts a buffer back to `start` when dropped, which only happens if an encoder panics
 /// (`append_locked` forgets it otherwise).
 struct CutOnUnwind<'a> {
-    buf: &'a mut Vec<u8>,
-    start: usize,
+    buf: &'a mut Pending,
+    start: Mark,
 }
 
 impl Drop for CutOnUnwind<'_> {
@@ -306,9 +329,26 @@ impl Drop for CutOnUnwind<'_> {
     }
 }
 
-fn clear(mut v: Vec<u8>) -> Vec<u8> {
+fn clear(mut v: Pending) -> Pending {
     v.clear();
     v
+}
+
+/// An [`OutboxSink`] as an [`io::Write`].
+struct SinkWriter<'a>(&'a dyn OutboxSink);
+
+impl io::Write for SinkWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +376,12 @@ mod tests {
         fn wake_flusher(&self) {
             self.wakes.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    fn flat(p: &Pending) -> Vec<u8> {
+        let mut out = Vec::new();
+        p.write_all(&mut out).unwrap();
+        out
     }
 
     fn push(o: &Outbox, s: &Sink, bytes: &[u8]) {
@@ -367,7 +413,7 @@ mod tests {
         assert_eq!(s.wakes.load(Ordering::SeqCst), 1);
         push(&o, &s, b"ef"); // flusher owns the buffer: only appended
         let data = o.take_for_flush().unwrap();
-        assert_eq!(&data, b"cdef");
+        assert_eq!(flat(&data), b"cdef");
         o.flushed(data, None);
         assert!(o.take_for_flush().is_none());
         // Ownership returned: the next push writes directly again.
@@ -393,7 +439,7 @@ mod tests {
         push(&o, &s, b"3"); // the flusher owns the buffer: appended too
         assert!(s.written.lock().unwrap().is_empty());
         assert_eq!(s.wakes.load(Ordering::SeqCst), 1);
-        assert_eq!(o.take_for_flush().unwrap(), b"123");
+        assert_eq!(flat(&o.take_for_flush().unwrap()), b"123");
     }
 
     #[test]
@@ -416,7 +462,7 @@ mod tests {
         }));
         assert!(panicked.is_err());
         push(&o, &s, b"3");
-        assert_eq!(o.take_for_flush().unwrap(), b"23");
+        assert_eq!(flat(&o.take_for_flush().unwrap()), b"23");
     }
 
     #[test]
@@ -428,8 +474,8 @@ mod tests {
         push(&o, &s, b"2");
         push(&o, &s, b"3");
         assert_eq!(&*s.written.lock().unwrap(), b"1");
-        assert_eq!(o.take_for_flush().unwrap(), b"23");
-        o.flushed(Vec::new(), Some(io::ErrorKind::BrokenPipe));
+        assert_eq!(flat(&o.take_for_flush().unwrap()), b"23");
+        o.flushed(Pending::default(), Some(io::ErrorKind::BrokenPipe));
         assert!(matches!(
             o.push::<()>(&s, |_| Ok(())),
             Err(Push::Broken(io::ErrorKind::BrokenPipe))

@@ -350,6 +350,33 @@ pub fn encode_msg<E>(
     Ok(())
 }
 
+/// Appends the part of a `Msg` frame before its body, for a body of `body_len` bytes
+/// and `carried` ends; the body, then [`encode_msg_tail`], must follow. For a body that
+/// is written from elsewhere, without a copy.
+pub fn encode_msg_head(
+    out: &mut Vec<u8>,
+    chan: ChanId,
+    to: End,
+    carried: &[EndRef],
+    body_len: usize,
+) {
+    let n = carried.len().min(u16::MAX as usize);
+    let len = (8 + body_len + 5 * n) as u32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(Kind::Msg as u8);
+    out.extend_from_slice(&chan.0.to_le_bytes());
+    out.push(to as u8);
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+}
+
+/// Appends the part of a `Msg` frame after its body (see [`encode_msg_head`]).
+pub fn encode_msg_tail(out: &mut Vec<u8>, carried: &[EndRef]) {
+    for c in &carried[..carried.len().min(u16::MAX as usize)] {
+        out.extend_from_slice(&c.chan.0.to_le_bytes());
+        out.push(c.end as u8);
+    }
+}
+
 /// Appends a `Msg` frame whose body is already encoded.
 pub fn encode_msg_raw(out: &mut Vec<u8>, chan: ChanId, to: End, carried: &[EndRef], body: &[u8]) {
     let r: Result<(), std::convert::Infallible> = encode_msg(out, chan, to, |b| {
@@ -417,6 +444,21 @@ fn write_named<T: Serialize>(out: &mut Vec<u8>, value: &T) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_msg_in_parts_is_the_msg_whole() {
+        let carried = [EndRef {
+            chan: ChanId(9),
+            end: End::B,
+        }];
+        let mut whole = Vec::new();
+        encode_msg_raw(&mut whole, ChanId(3), End::A, &carried, b"body");
+        let mut parts = Vec::new();
+        encode_msg_head(&mut parts, ChanId(3), End::A, &carried, 4);
+        parts.extend_from_slice(b"body");
+        encode_msg_tail(&mut parts, &carried);
+        assert_eq!(parts, whole);
+    }
+
     use super::*;
     use crate::ErrorCode;
 

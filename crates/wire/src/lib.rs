@@ -35,8 +35,8 @@ mod names;
 pub mod store;
 
 pub use codec::{
-    encode_control, encode_credit, encode_frame, encode_msg, encode_msg_raw, Decoder, FrameError,
-    Kind, HEADER_LEN, MAX_CONTROL_DEPTH,
+    encode_control, encode_credit, encode_frame, encode_msg, encode_msg_head, encode_msg_raw,
+    encode_msg_tail, Decoder, FrameError, Kind, HEADER_LEN, MAX_CONTROL_DEPTH,
 };
 pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
