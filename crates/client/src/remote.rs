@@ -16,11 +16,10 @@
 //! waiter has a deadline. When the socket closes, every channel end is marked
 //! disconnected, every waiter wakes, and (for a supervised child) the process exits.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -37,7 +36,8 @@ use yukicomm_wire::{
 
 use crate::error::{ConnectError, LinkError};
 use crate::node::Node;
-use crate::transport::{Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
+use crate::transport::{Answer, Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
+use yukicomm_link::calls::{Calls, Slot, Waiter};
 use yukicomm_link::role::{ReadRole, LINGER};
 use yukicomm_link::sys::{fired, pollfd, read_into, read_into_nowait, wait_readable};
 
@@ -73,34 +73,15 @@ struct ReadState {
     frames: Vec<Frame>,
 }
 
-/// Who waits for the reply to a store operation.
-enum OpWaiter {
-    /// A blocked thread, which may be reading the socket itself.
-    Thread(Arc<OpSlot>),
-    /// A task.
-    /// A task; it fails with `Timeout` at its deadline (see `expire_ops`).
-    Task(
-        tokio::sync::oneshot::Sender<Result<OpReply, LinkError>>,
-        Instant,
-    ),
-}
-
-/// Where a blocked thread's reply lands.
-struct OpSlot {
-    reply: Mutex<Option<OpReply>>,
-    thread: Thread,
-}
-
 pub(crate) struct Remote {
     stream: UnixStream,
-    /// Store operations waiting for their replies, by id.
-    ops: Mutex<rustc_hash::FxHashMap<u32, OpWaiter>>,
-    next_op: AtomicU32,
+    /// Registry requests and store operations waiting for their replies: one table,
+    /// one id space (a blocked thread may read the socket itself while it waits; a
+    /// task's call fails at its deadline, see `flusher_loop`).
+    calls: Calls<Answer>,
     outbox: Outbox,
     flusher: OnceLock<Thread>,
     driver: OnceLock<Driver>,
-    pending: Mutex<HashMap<u32, flume::Sender<Reply>>>,
-    next_id: AtomicU32,
     lost: AtomicBool,
     exit_on_disconnect: bool,
     max_frame: usize,
@@ -147,68 +128,76 @@ impl Remote {
             .map_err(|_| LinkError::Disconnected)
     }
 
-    fn start_request(&self, request: Request) -> Result<(u32, flume::Receiver<Reply>), LinkError> {
-        let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if id == 0 {
-            id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        }
-        let (tx, rx) = flume::bounded(1);
-        self.pending.lock().insert(id, tx);
+    /// Sends a registry request; `waiter` gets its reply.
+    fn send_request(&self, request: Request, waiter: Waiter<Answer>) -> Result<u32, LinkError> {
+        let id = self.calls.next_id();
+        self.calls.insert(id, waiter);
         if self.lost.load(Ordering::Acquire) {
-            self.pending.lock().remove(&id);
+            self.calls.remove(id);
             return Err(LinkError::Disconnected);
         }
         if let Err(e) = self.push_control(&Frame::Request { id, body: request }) {
-            self.pending.lock().remove(&id);
+            self.calls.remove(id);
             return Err(e);
         }
-        Ok((id, rx))
+        Ok(id)
     }
 
     /// Hands a store reply to whoever waits for it.
     fn op_reply(&self, id: u32, reply: OpReply) {
-        match self.ops.lock().remove(&id) {
-            Some(OpWaiter::Thread(slot)) => {
-                *slot.reply.lock() = Some(reply);
-                slot.thread.unpark();
-            }
-            Some(OpWaiter::Task(tx, _)) => {
-                let _ = tx.send(Ok(reply));
-            }
-            // A reply to an operation sent without waiting is always a failure.
-            None => self.driver().dispatch(Frame::OpReply { id, reply }),
+        // A reply to an operation sent without waiting is always a failure.
+        if let Some(Answer::Op(reply)) = self.calls.complete(id, Answer::Op(reply)) {
+            self.driver().dispatch(Frame::OpReply { id, reply });
         }
     }
 
-    /// Fails the tasks whose store operations are past their deadline.
-    fn expire_ops(&self) {
-        let now = Instant::now();
-        let mut ops = self.ops.lock();
-        let overdue: Vec<u32> = ops
-            .iter()
-            .filter(|(_, w)| matches!(w, OpWaiter::Task(_, d) if *d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in overdue {
-            if let Some(OpWaiter::Task(tx, _)) = ops.remove(&id) {
-                let _ = tx.send(Err(LinkError::Timeout));
+    /// Waits on this thread for the answer to call `id`, reading the socket itself when
+    /// no other thread is waiting to, until `deadline`.
+    fn wait_answer(
+        &self,
+        id: u32,
+        slot: &Slot<Answer>,
+        deadline: Instant,
+    ) -> Result<Answer, LinkError> {
+        let ready = || slot.is_ready() || self.lost.load(Ordering::Acquire);
+        loop {
+            if let Some(a) = slot.take() {
+                return Ok(a);
+            }
+            if self.lost.load(Ordering::Acquire) {
+                return Err(LinkError::Disconnected);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.calls.remove(id);
+                return slot.take().ok_or(LinkError::Timeout);
+            }
+            // Read the reply on this thread if no other thread is waiting to; otherwise
+            // whoever reads it wakes this thread. Many threads taking turns at the
+            // socket would only pass the role around.
+            let pumped = !self.read_role.others_want(0) && self.read_reply(&ready, deadline);
+            if pumped {
+                // Others wait for replies too: let the reader thread take over at once.
+                if !self.calls.is_empty() {
+                    self.read_role.read_on();
+                }
+            } else if !ready() {
+                std::thread::park_timeout((deadline - now).min(Duration::from_millis(5)));
             }
         }
     }
 
     /// Sends a store operation; `waiter` (if any) gets its reply.
-    fn send_op(&self, op: &Op, waiter: Option<OpWaiter>) -> Result<u32, LinkError> {
-        let id = self.next_op.fetch_add(1, Ordering::Relaxed);
+    fn send_op(&self, op: &Op, waiter: Option<Waiter<Answer>>) -> Result<u32, LinkError> {
+        let id = self.calls.next_id();
         let quiet = waiter.is_none();
         let mut coalesce = false;
         if let Some(w) = waiter {
-            let task = matches!(w, OpWaiter::Task(..));
-            let mut ops = self.ops.lock();
-            ops.insert(id, w);
-            coalesce = task && ops.len() > COALESCE_IN_FLIGHT;
+            let task = matches!(w, Waiter::Task(..));
+            coalesce = self.calls.insert(id, w) > COALESCE_IN_FLIGHT && task;
         }
         if self.lost.load(Ordering::Acquire) {
-            self.ops.lock().remove(&id);
+            self.calls.remove(id);
             return Err(LinkError::Disconnected);
         }
         let encode = |buf: &mut Vec<u8>| {
@@ -231,7 +220,7 @@ impl Remote {
             self.outbox.push(self, encode)
         };
         if let Err(e) = pushed {
-            self.ops.lock().remove(&id);
+            self.calls.remove(id);
             return Err(match e {
                 Push::Encode(e) => e,
                 Push::Broken(_) => LinkError::Disconnected,
@@ -246,9 +235,8 @@ impl Remote {
         let result = loop {
             match st.decoder.decode(&mut st.buf) {
                 Ok(Some(Frame::Reply { id, body })) => {
-                    if let Some(tx) = self.pending.lock().remove(&id) {
-                        let _ = tx.send(body);
-                    }
+                    // A reply nobody waits for any more (given up) is dropped.
+                    let _ = self.calls.complete(id, Answer::Reply(body));
                 }
                 Ok(Some(Frame::OpReply { id, reply })) => self.op_reply(id, reply),
                 Ok(Some(frame)) => st.frames.push(frame),
@@ -292,12 +280,7 @@ impl Remote {
         if self.lost.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.pending.lock().clear();
-        for (_, w) in self.ops.lock().drain() {
-            if let OpWaiter::Thread(slot) = w {
-                slot.thread.unpark();
-            }
-        }
+        self.calls.fail_all();
         self.outbox.break_with(std::io::ErrorKind::BrokenPipe);
         self.wake_flusher();
         self.driver().connection_lost();
@@ -432,15 +415,10 @@ impl Transport for Remote {
     }
 
     fn request(&self, request: Request, timeout: Duration) -> Result<Reply, LinkError> {
-        let (id, rx) = self.start_request(request)?;
-        match rx.recv_timeout(timeout) {
-            Ok(reply) => Ok(reply),
-            Err(flume::RecvTimeoutError::Timeout) => {
-                self.pending.lock().remove(&id);
-                Err(LinkError::Timeout)
-            }
-            Err(flume::RecvTimeoutError::Disconnected) => Err(LinkError::Disconnected),
-        }
+        let deadline = Instant::now() + timeout;
+        let slot = Slot::for_this_thread();
+        let id = self.send_request(request, Waiter::Thread(slot.clone()))?;
+        self.wait_answer(id, &slot, deadline)?.into_reply()
     }
 
     fn request_async(
@@ -448,57 +426,31 @@ impl Transport for Remote {
         request: Request,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Reply, LinkError>> {
-        let started = self.start_request(request);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // No timer per call: the flusher thread fails overdue ones.
+        let sent = self.send_request(request, Waiter::Task(tx, Instant::now() + timeout));
         async move {
-            let (_, rx) = started?;
-            match tokio::time::timeout(timeout, rx.recv_async()).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(LinkError::Disconnected),
-                Err(_) => Err(LinkError::Timeout),
+            sent?;
+            match rx.await {
+                Ok(Ok(answer)) => answer.into_reply(),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(LinkError::Disconnected),
             }
         }
         .boxed()
     }
 
     fn store_call(&self, op: Op, timeout: Duration) -> Result<OpReply, LinkError> {
-        let slot = Arc::new(OpSlot {
-            reply: Mutex::new(None),
-            thread: std::thread::current(),
-        });
-        let id = self.send_op(&op, Some(OpWaiter::Thread(slot.clone())))?;
         let deadline = Instant::now() + timeout;
-        let ready = || slot.reply.lock().is_some() || self.lost.load(Ordering::Acquire);
-        loop {
-            if let Some(r) = slot.reply.lock().take() {
-                return Ok(r);
-            }
-            if self.lost.load(Ordering::Acquire) {
-                return Err(LinkError::Disconnected);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                self.ops.lock().remove(&id);
-                return slot.reply.lock().take().ok_or(LinkError::Timeout);
-            }
-            // Read the reply on this thread if no other thread is waiting to; otherwise
-            // whoever reads it wakes this thread. Many threads taking turns at the
-            // socket would only pass the role around.
-            let pumped = !self.read_role.others_want(0) && self.read_reply(&ready, deadline);
-            if pumped {
-                // Others wait for replies too: let the reader thread take over at once.
-                if !self.ops.lock().is_empty() {
-                    self.read_role.read_on();
-                }
-            } else if !ready() {
-                std::thread::park_timeout((deadline - now).min(Duration::from_millis(5)));
-            }
-        }
+        let slot = Slot::for_this_thread();
+        let id = self.send_op(&op, Some(Waiter::Thread(slot.clone())))?;
+        self.wait_answer(id, &slot, deadline)?.into_op()
     }
 
     fn store_call_async(&self, op: Op, timeout: Duration) -> OpFuture {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // No timer per operation: the flusher thread fails overdue ones (`expire_ops`).
-        match self.send_op(&op, Some(OpWaiter::Task(tx, Instant::now() + timeout))) {
+        // No timer per call: the flusher thread fails overdue ones.
+        match self.send_op(&op, Some(Waiter::Task(tx, Instant::now() + timeout))) {
             Ok(_) => OpFuture::waiting(rx),
             Err(e) => OpFuture::ready(Err(e)),
         }
@@ -685,13 +637,10 @@ pub(crate) fn join(
     let driver = Driver::new(window, window_bytes, runtime, Duration::from_secs(30));
     let remote = Arc::new(Remote {
         stream,
-        ops: Mutex::new(rustc_hash::FxHashMap::default()),
-        next_op: AtomicU32::new(1),
+        calls: Calls::default(),
         outbox: Outbox::new(BURST_WINDOW),
         flusher: OnceLock::new(),
         driver: OnceLock::new(),
-        pending: Mutex::new(HashMap::new()),
-        next_id: AtomicU32::new(1),
         lost: AtomicBool::new(false),
         exit_on_disconnect,
         max_frame: max_frame as usize,
@@ -726,7 +675,7 @@ fn flusher_loop(remote: &Remote) {
     loop {
         std::thread::park_timeout(EXPIRY_CHECK);
         if Instant::now() >= next_expiry {
-            remote.expire_ops();
+            remote.calls.expire(Instant::now());
             next_expiry = Instant::now() + EXPIRY_CHECK;
         }
         while let Some(data) = remote.outbox.take_for_flush() {

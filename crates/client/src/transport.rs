@@ -14,6 +14,7 @@ use yukicomm_wire::store::{Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef, Notice, Reply, Request};
 
 use crate::error::LinkError;
+use yukicomm_link::calls::CallError;
 
 pub use crate::node::Driver;
 
@@ -105,7 +106,51 @@ pub struct OpFuture(OpFutureState);
 #[derive(Debug)]
 enum OpFutureState {
     Ready(Option<Result<OpReply, LinkError>>),
-    Waiting(tokio::sync::oneshot::Receiver<Result<OpReply, LinkError>>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<Answer, CallError>>),
+}
+
+/// What answers a call on a connection: a reply to a registry request, or to a store
+/// operation. One table of calls (`yukicomm_link::calls::Calls<Answer>`) waits for both.
+#[derive(Debug)]
+pub enum Answer {
+    /// The reply to a `Request`.
+    Reply(Reply),
+    /// The reply to an `Op`.
+    Op(OpReply),
+}
+
+impl Answer {
+    /// The store reply. A reply of the other kind breaks the protocol (ids are unique
+    /// per connection): it is logged and counts as a lost connection.
+    pub fn into_op(self) -> Result<OpReply, LinkError> {
+        match self {
+            Answer::Op(r) => Ok(r),
+            Answer::Reply(r) => {
+                tracing::error!("the hub answered a store operation with {r:?}");
+                Err(LinkError::Disconnected)
+            }
+        }
+    }
+
+    /// The request reply; as [`Answer::into_op`] for a reply of the other kind.
+    pub fn into_reply(self) -> Result<Reply, LinkError> {
+        match self {
+            Answer::Reply(r) => Ok(r),
+            Answer::Op(r) => {
+                tracing::error!("the hub answered a request with {r:?}");
+                Err(LinkError::Disconnected)
+            }
+        }
+    }
+}
+
+impl From<CallError> for LinkError {
+    fn from(e: CallError) -> LinkError {
+        match e {
+            CallError::Timeout => LinkError::Timeout,
+            CallError::Disconnected => LinkError::Disconnected,
+        }
+    }
 }
 
 impl OpFuture {
@@ -114,9 +159,9 @@ impl OpFuture {
         OpFuture(OpFutureState::Ready(Some(reply)))
     }
 
-    /// A future that resolves with what is sent on `rx`, or `Disconnected` if the
-    /// sender is dropped.
-    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<OpReply, LinkError>>) -> OpFuture {
+    /// A future that resolves with the store reply sent on `rx`, or `Disconnected` if
+    /// the sender is dropped.
+    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<Answer, CallError>>) -> OpFuture {
         OpFuture(OpFutureState::Waiting(rx))
     }
 }
@@ -134,9 +179,11 @@ impl std::future::Future for OpFuture {
                     .take()
                     .expect("an OpFuture is not polled after it completed"),
             ),
-            OpFutureState::Waiting(rx) => std::pin::Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(LinkError::Disconnected))),
+            OpFutureState::Waiting(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| match r {
+                Ok(Ok(answer)) => answer.into_op(),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(LinkError::Disconnected),
+            }),
         }
     }
 }

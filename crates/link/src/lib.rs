@@ -8,6 +8,7 @@
 //!   one writer at a time;
 //! - [`role::ReadRole`]: the read side, shared between a background reader and threads
 //!   that read the socket themselves while they wait for their own message;
+//! - [`calls::Calls`]: the calls awaiting replies, in one table with one id space;
 //! - [`sys`]: the few system calls under them (`poll`, pipes, socket options), through
 //!   `rustix`.
 //!
@@ -36,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod calls;
 mod outbox;
 mod pending;
 pub mod role;
