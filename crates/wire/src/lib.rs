@@ -31,16 +31,20 @@
 
 mod codec;
 mod control;
+mod kinds;
+mod msgpack;
 mod names;
 pub mod store;
 
 pub use codec::{
     encode_control, encode_credit, encode_frame, encode_msg, encode_msg_head, encode_msg_raw,
-    encode_msg_tail, Decoder, FrameError, Kind, HEADER_LEN, MAX_CONTROL_DEPTH,
+    encode_msg_tail, Decoder, HEADER_LEN,
 };
 pub use control::{
     ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
 };
+pub use kinds::{FrameError, Kind};
+pub use msgpack::MAX_CONTROL_DEPTH;
 pub use names::{abbreviate, ChannelName, NameError, ProcessName};
 
 use bytes::Bytes;

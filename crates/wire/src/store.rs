@@ -18,7 +18,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{FrameError, Kind};
+use crate::kinds::{FrameError, Kind};
 use crate::ErrorCode;
 
 /// An operation on the store, from a process to the hub.
@@ -662,7 +662,7 @@ pub(crate) fn decode_op_reply(p: BytesMut) -> Result<(u32, OpReply), FrameError>
                 message: String,
             }
             let rest = f.rest();
-            crate::codec::check_msgpack(&rest).map_err(|e| FrameError::Malformed {
+            crate::msgpack::check_msgpack(&rest).map_err(|e| FrameError::Malformed {
                 kind: Kind::OpReply,
                 reason: e.into(),
             })?;
