@@ -38,8 +38,9 @@ use crate::error::{ConnectError, LinkError};
 use crate::node::Node;
 use crate::transport::{Answer, Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
 use yukicomm_link::calls::{Calls, Slot, Waiter};
-use yukicomm_link::role::{ReadRole, LINGER};
-use yukicomm_link::sys::{fired, pollfd, read_into, read_into_nowait, wait_readable};
+use yukicomm_link::reader::{background, FrameHandler, ReadBuffer, READ_SIZE};
+use yukicomm_link::role::ReadRole;
+use yukicomm_link::sys::{fired, pollfd, wait_readable};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
@@ -49,8 +50,6 @@ const SEND_BUFFER: usize = 1 << 20;
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// The longest a blocking read of the socket waits before its caller looks around.
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
-/// Bytes read from the socket at a time.
-const READ_SIZE: usize = 256 * 1024;
 /// How long a thread waiting for a store reply polls the socket before it blocks (see
 /// [`Remote::read_reply`]).
 const SPIN: Duration = Duration::from_micros(50);
@@ -63,14 +62,6 @@ pub(crate) struct Welcome {
     pub(crate) name: String,
     pub(crate) active: ChanId,
     pub(crate) passive: ChanId,
-}
-
-/// The reading side, owned by whoever holds the read role.
-struct ReadState {
-    buf: BytesMut,
-    decoder: Decoder,
-    /// Decoded frames waiting to be handed over (reused).
-    frames: Vec<Frame>,
 }
 
 pub(crate) struct Remote {
@@ -86,7 +77,7 @@ pub(crate) struct Remote {
     exit_on_disconnect: bool,
     max_frame: usize,
     /// The read role.
-    role: Mutex<ReadState>,
+    role: Mutex<ReadBuffer>,
     /// Who may read, and how they hand the role over (see [`ReadRole`]).
     read_role: ReadRole,
     /// Whether a thread waiting for a store reply polls before it blocks (see
@@ -141,14 +132,6 @@ impl Remote {
             return Err(e);
         }
         Ok(id)
-    }
-
-    /// Hands a store reply to whoever waits for it.
-    fn op_reply(&self, id: u32, reply: OpReply) {
-        // A reply to an operation sent without waiting is always a failure.
-        if let Some(Answer::Op(reply)) = self.calls.complete(id, Answer::Op(reply)) {
-            self.driver().dispatch(Frame::OpReply { id, reply });
-        }
     }
 
     /// Waits on this thread for the answer to call `id`, reading the socket itself when
@@ -229,50 +212,11 @@ impl Remote {
         Ok(id)
     }
 
-    /// Decodes and hands over every complete frame in the buffer; returns how many.
-    fn handle_buffered(&self, st: &mut ReadState) -> Result<usize, String> {
-        let mut n = 0;
-        let result = loop {
-            match st.decoder.decode(&mut st.buf) {
-                Ok(Some(Frame::Reply { id, body })) => {
-                    // A reply nobody waits for any more (given up) is dropped.
-                    let _ = self.calls.complete(id, Answer::Reply(body));
-                }
-                Ok(Some(Frame::OpReply { id, reply })) => self.op_reply(id, reply),
-                Ok(Some(frame)) => st.frames.push(frame),
-                Ok(None) => break Ok(n),
-                Err(e) => break Err(format!("bad frame from the hub: {e}")),
-            }
-            n += 1;
-        };
-        // Frames decoded before a bad one are still handed over.
-        self.driver().dispatch_all(st.frames.drain(..));
-        result
-    }
-
     /// One read from the socket, which blocks until it has something (or until
     /// [`READ_TIMEOUT`]) unless `nowait`.
-    fn read_some(&self, st: &mut ReadState, nowait: bool) -> Result<(), String> {
-        let fd = &self.stream;
-        let read = if nowait {
-            read_into_nowait(fd, &mut st.buf, READ_SIZE)
-        } else {
-            read_into(fd, &mut st.buf, READ_SIZE)
-        };
-        match read {
-            Ok(0) if st.buf.is_empty() => Err("the hub closed the connection".into()),
-            Ok(0) => Err("the hub closed the connection mid-frame".into()),
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+    fn read_some(&self, st: &mut ReadBuffer, nowait: bool) -> Result<(), String> {
+        st.read_from(&self.stream, nowait)
+            .map_err(|reason| reason.unwrap_or_else(|| "the hub closed the connection".into()))
     }
 
     /// The connection is gone: fail everything, once.
@@ -314,7 +258,7 @@ impl Remote {
         let mut spin_until = self.spin.load(Ordering::Relaxed).then(|| start + SPIN);
         let mut handled = 0;
         loop {
-            match self.handle_buffered(&mut st) {
+            match st.process(self) {
                 Ok(n) => handled += n,
                 Err(reason) => {
                     drop(st);
@@ -349,37 +293,32 @@ impl Remote {
 
     /// The background reader: holds the read role unless a receiver wants it.
     fn background_reader(&self) {
-        let mut fds = [
-            pollfd(self.stream.as_fd()),
-            pollfd(self.read_role.wake_fd()),
-        ];
-        let mut nap = LINGER;
-        while !self.lost.load(Ordering::Acquire) {
-            if !self.read_role.background_may_read(&mut nap) {
-                continue;
-            }
-            let mut st = self.role.lock();
-            if !self.read_role.start_polling(0) {
-                continue;
-            }
-            let ready = wait_readable(&mut fds, None);
-            self.read_role.stop_polling();
-            if fired(&fds[1]) {
-                self.read_role.drain_wakes();
-            }
-            let result = match ready {
-                Err(e) => Err(e.to_string()),
-                Ok(_) if fired(&fds[0]) => self
-                    .read_some(&mut st, false)
-                    .and_then(|()| self.handle_buffered(&mut st).map(drop)),
-                Ok(_) => Ok(()),
-            };
-            if let Err(reason) = result {
-                drop(st);
-                self.lose(&reason);
-                return;
-            }
+        let lost = || self.lost.load(Ordering::Acquire);
+        let reason = background(&self.stream, &self.read_role, &self.role, self, &lost);
+        if !lost() {
+            self.lose(reason.as_deref().unwrap_or("the hub closed the connection"));
         }
+    }
+}
+
+impl FrameHandler for Remote {
+    /// Replies go to their callers; everything else, in order, to the node. A reply to
+    /// a store operation sent without waiting (always a failure) goes to the node too.
+    fn frames(&self, frames: &mut Vec<Frame>) -> Result<(), String> {
+        self.driver()
+            .dispatch_all(frames.drain(..).filter_map(|f| match f {
+                Frame::Reply { id, body } => {
+                    // A reply nobody waits for any more (given up) is dropped.
+                    let _ = self.calls.complete(id, Answer::Reply(body));
+                    None
+                }
+                Frame::OpReply { id, reply } => match self.calls.complete(id, Answer::Op(reply)) {
+                    Some(Answer::Op(reply)) => Some(Frame::OpReply { id, reply }),
+                    _ => None,
+                },
+                other => Some(other),
+            }));
+        Ok(())
     }
 }
 
@@ -484,7 +423,7 @@ impl Transport for Remote {
                 pollfd(self.read_role.wake_fd()),
             ];
             loop {
-                match self.handle_buffered(&mut st) {
+                match st.process(self) {
                     Ok(n) => routed += n,
                     Err(reason) => {
                         drop(st);
@@ -644,11 +583,8 @@ pub(crate) fn join(
         lost: AtomicBool::new(false),
         exit_on_disconnect,
         max_frame: max_frame as usize,
-        role: Mutex::new(ReadState {
-            buf,
-            decoder: Decoder::new(max_frame.max(1024)),
-            frames: Vec::new(),
-        }),
+        // What was read after the welcome stays first in line.
+        role: Mutex::new(ReadBuffer::starting_with(buf, max_frame.max(1024))),
         read_role,
         spin_allowed,
         spin: AtomicBool::new(spin_allowed),

@@ -17,17 +17,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
-use yukicomm_link::role::{ReadRole, LINGER};
-use yukicomm_link::sys::{drain, fired, pollfd, read_into, wait_readable};
+use yukicomm_link::reader::{background, FrameHandler, ReadBuffer};
+use yukicomm_link::role::ReadRole;
+use yukicomm_link::sys::{drain, fired, pollfd, wait_readable};
 use yukicomm_link::{Outbox, OutboxSink, Pending};
 use yukicomm_wire::{
-    encode_control, encode_credit, encode_msg_head, encode_msg_raw, encode_msg_tail, Decoder,
-    Frame, Msg, Request,
+    encode_control, encode_credit, encode_msg_head, encode_msg_raw, encode_msg_tail, Frame, Msg,
+    Request,
 };
 
 use crate::router::ConnId;
@@ -53,8 +53,6 @@ fn append_msg(out: &mut Pending, m: &Msg) {
     }
 }
 
-/// Bytes read from the socket at a time.
-const READ_SIZE: usize = 256 * 1024;
 /// A child's connection, shared by every thread that routes to it.
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
@@ -67,18 +65,11 @@ pub(crate) struct Conn {
     flush: Notify,
     closed: AtomicBool,
     /// The read role: the bytes read and not yet decoded.
-    read: Mutex<ReadSide>,
-    decoder: Decoder,
+    read: Mutex<ReadBuffer>,
+    /// Why the connection must close, found by a reader that is not the reader thread.
+    failure: Mutex<Option<String>>,
     /// Who may read, and how they hand the role over (see [`ReadRole`]).
     role: ReadRole,
-}
-
-/// What the reader of a connection owns.
-struct ReadSide {
-    buf: BytesMut,
-    frames: Vec<Frame>,
-    /// Why the connection must close, found by a reader that is not the reader thread.
-    failure: Option<String>,
 }
 
 thread_local! {
@@ -166,50 +157,6 @@ impl Conn {
         }
     }
 
-    /// Decodes and routes every complete frame read so far.
-    fn process(&self, inner: &Inner, rs: &mut ReadSide) -> Result<(), String> {
-        self.process_counted(inner, rs).map(drop)
-    }
-
-    /// As `process`; returns how many frames it routed.
-    fn process_counted(&self, inner: &Inner, rs: &mut ReadSide) -> Result<usize, String> {
-        let bad = loop {
-            match self.decoder.decode(&mut rs.buf) {
-                Ok(Some(f)) => rs.frames.push(f),
-                Ok(None) => break None,
-                Err(e) => break Some(e.to_string()),
-            }
-        };
-        let n = rs.frames.len();
-        if n > 0 {
-            inner.frames(self.id, &mut rs.frames)?;
-        }
-        bad.map_or(Ok(n), Err)
-    }
-
-    /// One read; `Err` with the reason (`None` for a clean close) when the connection
-    /// is over.
-    fn read_some(&self, rs: &mut ReadSide) -> Result<(), Option<String>> {
-        match read_into(&self.stream, &mut rs.buf, READ_SIZE) {
-            Ok(0) if rs.buf.is_empty() => Err(None),
-            Ok(0) => Err(Some("connection closed mid-frame".into())),
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
-            }
-            // A peer that dies with unread data resets the connection: a close.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && rs.buf.is_empty() => {
-                Err(None)
-            }
-            Err(e) => Err(Some(e.to_string())),
-        }
-    }
-
     /// Reads this connection on the calling thread until `ready` holds, `deadline`
     /// passes, or the connection fails; see the module documentation.
     pub(crate) fn pump(
@@ -251,7 +198,7 @@ impl Conn {
     fn pump_locked(
         &self,
         inner: &Inner,
-        mut rs: parking_lot::MutexGuard<'_, ReadSide>,
+        mut rs: parking_lot::MutexGuard<'_, ReadBuffer>,
         ready: &dyn Fn() -> bool,
         deadline: Option<Instant>,
         routed: &mut usize,
@@ -262,12 +209,11 @@ impl Conn {
             pollfd(inner.pump_wake.0.as_fd()),
         ];
         loop {
-            match self.process_counted(inner, &mut rs) {
+            match rs.process(&Route { inner, id: self.id }) {
                 Ok(n) => *routed += n,
                 Err(e) => {
-                    rs.failure = Some(e);
                     drop(rs);
-                    self.shut();
+                    self.fail(Some(e));
                     return Pumped::Unavailable;
                 }
             }
@@ -289,14 +235,20 @@ impl Conn {
                 drain(&inner.pump_wake.0);
             }
             if fired(&fds[0]) {
-                if let Err(reason) = self.read_some(&mut rs) {
-                    rs.failure = reason;
+                if let Err(reason) = rs.read_from(&self.stream, false) {
                     drop(rs);
-                    self.shut();
+                    self.fail(reason);
                     return Pumped::Unavailable;
                 }
             }
         }
+    }
+
+    /// Closes the connection for `reason` (`None`: the peer closed it), found by a
+    /// thread other than its reader thread, which reports it.
+    fn fail(&self, reason: Option<String>) {
+        *self.failure.lock() = reason;
+        self.shut();
     }
 
     /// Closes the connection: the reader stops and the hub forgets it.
@@ -312,36 +264,22 @@ impl Conn {
     /// The reader thread's loop: reads and routes until the connection closes; returns
     /// why it closed (`None` for a clean close).
     fn read_loop(&self, inner: &Inner) -> Option<String> {
-        let mut fds = [pollfd(self.stream.as_fd()), pollfd(self.role.wake_fd())];
-        let mut nap = LINGER;
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return self.read.lock().failure.take();
-            }
-            if !self.role.background_may_read(&mut nap) {
-                continue;
-            }
-            let mut rs = self.read.lock();
-            if !self.role.start_polling(0) {
-                continue;
-            }
-            let waited = wait_readable(&mut fds, None);
-            self.role.stop_polling();
-            if let Err(e) = waited {
-                return Some(e.to_string());
-            }
-            if fired(&fds[1]) {
-                self.role.drain_wakes();
-            }
-            if fired(&fds[0]) {
-                if let Err(reason) = self.read_some(&mut rs) {
-                    return reason;
-                }
-                if let Err(e) = self.process(inner, &mut rs) {
-                    return Some(e);
-                }
-            }
-        }
+        let closed = || self.closed.load(Ordering::Acquire);
+        let route = Route { inner, id: self.id };
+        background(&self.stream, &self.role, &self.read, &route, &closed)
+            .or_else(|| self.failure.lock().take())
+    }
+}
+
+/// Hands the frames a connection brings to the hub.
+struct Route<'a> {
+    inner: &'a Inner,
+    id: ConnId,
+}
+
+impl FrameHandler for Route<'_> {
+    fn frames(&self, frames: &mut Vec<Frame>) -> Result<(), String> {
+        self.inner.frames(self.id, frames)
     }
 }
 
@@ -397,16 +335,12 @@ async fn wait_writable(stream: &UnixStream) -> std::io::Result<()> {
 /// Reads the first frame, by `deadline` if there is one.
 fn read_hello(
     conn: &Conn,
-    rs: &mut ReadSide,
+    rs: &mut ReadBuffer,
     deadline: Option<Instant>,
 ) -> Result<Option<Frame>, String> {
     let mut fds = [pollfd(conn.stream.as_fd())];
     loop {
-        if let Some(f) = conn
-            .decoder
-            .decode(&mut rs.buf)
-            .map_err(|e| e.to_string())?
-        {
+        if let Some(f) = rs.decode_one()? {
             return Ok(Some(f));
         }
         match wait_readable(&mut fds, deadline) {
@@ -414,7 +348,7 @@ fn read_hello(
             Ok(false) => return Err("no hello in time".into()),
             Err(e) => return Err(e.to_string()),
         }
-        match conn.read_some(rs) {
+        match rs.read_from(&conn.stream, false) {
             Ok(()) => {}
             Err(None) => return Ok(None),
             Err(Some(e)) => return Err(e),
@@ -506,12 +440,8 @@ impl Conn {
             max_buffered,
             flush: Notify::new(),
             closed: AtomicBool::new(false),
-            read: Mutex::new(ReadSide {
-                buf: BytesMut::with_capacity(READ_SIZE),
-                frames: Vec::new(),
-                failure: None,
-            }),
-            decoder: Decoder::new(max_frame),
+            read: Mutex::new(ReadBuffer::new(max_frame)),
+            failure: Mutex::new(None),
             role: ReadRole::new()?,
         })
     }

@@ -7,7 +7,9 @@
 //! - [`Outbox`]: the write side, which coalesces frames into few writes and has exactly
 //!   one writer at a time;
 //! - [`role::ReadRole`]: the read side, shared between a background reader and threads
-//!   that read the socket themselves while they wait for their own message;
+//!   that read the socket themselves while they wait for their own message, and
+//!   [`reader`]: the read buffer, decoding and handing frames over, and the background
+//!   reader's loop;
 //! - [`calls::Calls`]: the calls awaiting replies, in one table with one id space;
 //! - [`sys`]: the few system calls under them (`poll`, pipes, socket options), through
 //!   `rustix`.
@@ -40,6 +42,7 @@
 pub mod calls;
 mod outbox;
 mod pending;
+pub mod reader;
 pub mod role;
 pub mod sys;
 

@@ -1,0 +1,159 @@
+//! The read side of a connection, the same at both ends: the bytes read and not yet
+//! decoded ([`ReadBuffer`]), one read, decoding and handing frames over to the owner of
+//! the connection (a [`FrameHandler`]), and the background reader's loop
+//! ([`background`]), which holds the read role (see [`crate::role`]) unless a thread
+//! waiting for its own message wants it.
+
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use yukicomm_wire::{Decoder, Frame};
+
+use crate::role::{ReadRole, LINGER};
+use crate::sys::{fired, pollfd, read_into, read_into_nowait, wait_readable};
+
+/// Bytes read from the socket at a time (at least).
+pub const READ_SIZE: usize = 256 * 1024;
+
+/// What the owner of a connection does with the frames read from it.
+pub trait FrameHandler {
+    /// Takes the frames decoded by one read, in order (it drains `frames`). An error
+    /// says why the connection must close.
+    ///
+    /// # Errors
+    ///
+    /// When a frame breaks the protocol.
+    fn frames(&self, frames: &mut Vec<Frame>) -> Result<(), String>;
+}
+
+/// What the holder of the read role owns: the bytes read and not yet decoded.
+#[derive(Debug)]
+pub struct ReadBuffer {
+    buf: BytesMut,
+    decoder: Decoder,
+    /// Decoded frames on their way to the handler (the allocation is reused).
+    frames: Vec<Frame>,
+}
+
+impl ReadBuffer {
+    /// An empty buffer that accepts frames of up to `max_frame` bytes.
+    pub fn new(max_frame: u32) -> ReadBuffer {
+        ReadBuffer {
+            buf: BytesMut::with_capacity(READ_SIZE),
+            decoder: Decoder::new(max_frame),
+            frames: Vec::new(),
+        }
+    }
+
+    /// A buffer that holds `read` already (bytes read past an earlier frame).
+    pub fn starting_with(read: BytesMut, max_frame: u32) -> ReadBuffer {
+        ReadBuffer {
+            buf: read,
+            decoder: Decoder::new(max_frame),
+            frames: Vec::new(),
+        }
+    }
+
+    /// One read from `stream` (never blocking if `nowait`; a blocking socket may return
+    /// at its read timeout with nothing). `Err(None)` when the peer closed the
+    /// connection cleanly (between frames), `Err(Some(reason))` when it failed.
+    ///
+    /// # Errors
+    ///
+    /// As above.
+    pub fn read_from(&mut self, stream: &UnixStream, nowait: bool) -> Result<(), Option<String>> {
+        let read = if nowait {
+            read_into_nowait(stream, &mut self.buf, READ_SIZE)
+        } else {
+            read_into(stream, &mut self.buf, READ_SIZE)
+        };
+        match read {
+            Ok(0) if self.buf.is_empty() => Err(None),
+            Ok(0) => Err(Some("the peer closed the connection mid-frame".into())),
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => Ok(()),
+            // A peer that dies with unread data resets the connection: a close.
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && self.buf.is_empty() => Err(None),
+            Err(e) => Err(Some(e.to_string())),
+        }
+    }
+
+    /// Decodes the next frame, if one was read whole.
+    ///
+    /// # Errors
+    ///
+    /// A bad frame.
+    pub fn decode_one(&mut self) -> Result<Option<Frame>, String> {
+        self.decoder
+            .decode(&mut self.buf)
+            .map_err(|e| format!("bad frame: {e}"))
+    }
+
+    /// Decodes every complete frame read so far and hands them to `handler`; returns
+    /// how many. Frames decoded before a bad one are still handed over.
+    ///
+    /// # Errors
+    ///
+    /// A bad frame, or the handler's error.
+    pub fn process(&mut self, handler: &dyn FrameHandler) -> Result<usize, String> {
+        let bad = loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(f)) => self.frames.push(f),
+                Ok(None) => break None,
+                Err(e) => break Some(format!("bad frame: {e}")),
+            }
+        };
+        let n = self.frames.len();
+        if n > 0 {
+            handler.frames(&mut self.frames)?;
+            self.frames.clear();
+        }
+        bad.map_or(Ok(n), Err)
+    }
+}
+
+/// The background reader's loop: holds the read role unless a receiver wants it, reads
+/// and hands frames over until `stop` holds or the connection ends. Returns why it
+/// ended: `None` for `stop` or a clean close by the peer.
+pub fn background(
+    stream: &UnixStream,
+    role: &ReadRole,
+    side: &Mutex<ReadBuffer>,
+    handler: &dyn FrameHandler,
+    stop: &dyn Fn() -> bool,
+) -> Option<String> {
+    let mut fds = [pollfd(stream.as_fd()), pollfd(role.wake_fd())];
+    let mut nap: Duration = LINGER;
+    loop {
+        if stop() {
+            return None;
+        }
+        if !role.background_may_read(&mut nap) {
+            continue;
+        }
+        let mut rs = side.lock();
+        if !role.start_polling(0) {
+            continue;
+        }
+        let waited = wait_readable(&mut fds, None);
+        role.stop_polling();
+        if let Err(e) = waited {
+            return Some(e.to_string());
+        }
+        if fired(&fds[1]) {
+            role.drain_wakes();
+        }
+        if fired(&fds[0]) {
+            if let Err(reason) = rs.read_from(stream, false) {
+                return reason;
+            }
+            if let Err(e) = rs.process(handler) {
+                return Some(e);
+            }
+        }
+    }
+}
