@@ -17,7 +17,6 @@
 //! disconnected, every waiter wakes, and (for a supervised child) the process exits.
 
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -38,9 +37,8 @@ use crate::error::{ConnectError, LinkError};
 use crate::node::Node;
 use crate::transport::{Answer, Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
 use yukicomm_link::calls::{Calls, Slot, Waiter};
-use yukicomm_link::reader::{background, FrameHandler, ReadBuffer, READ_SIZE};
+use yukicomm_link::reader::{self, background, FrameHandler, Pumped, ReadBuffer, READ_SIZE};
 use yukicomm_link::role::ReadRole;
-use yukicomm_link::sys::{fired, pollfd, wait_readable};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
@@ -400,76 +398,28 @@ impl Transport for Remote {
     }
 
     fn pump(&self, _key: EndRef, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pump {
-        if self.lost.load(Ordering::Acquire) {
+        let lost = || self.lost.load(Ordering::Acquire);
+        if lost() {
             return Pump::Unavailable;
         }
-        self.read_role.want();
-        let mut routed = 0;
-        let result = 'outer: loop {
-            if ready() {
-                break Pump::Ready;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break Pump::Timeout;
-            }
-            // Whoever holds the role steps aside when it is waiting in `poll`: ask it to.
-            // Meanwhile look at our own queue now and then.
-            self.read_role.poke_if_polling();
-            let Some(mut st) = self.role.try_lock_for(Duration::from_micros(50)) else {
-                continue;
-            };
-            let mut fds = [
-                pollfd(self.stream.as_fd()),
-                pollfd(self.read_role.wake_fd()),
-            ];
-            loop {
-                match st.process(self) {
-                    Ok(n) => routed += n,
-                    Err(reason) => {
-                        drop(st);
-                        self.lose(&reason);
-                        break 'outer Pump::Ready;
-                    }
-                }
-                if ready() {
-                    break 'outer Pump::Ready;
-                }
-                let waited = if self.read_role.start_polling(1) {
-                    let w = wait_readable(&mut fds, deadline).map(Some);
-                    self.read_role.stop_polling();
-                    w
-                } else {
-                    // Someone else wants the role: let them have it, and wait on our
-                    // queue, which whoever reads fills.
-                    Ok(None)
-                };
-                match waited {
-                    Ok(None) => break 'outer Pump::Unavailable,
-                    Ok(Some(true)) => {}
-                    Ok(Some(false)) => break 'outer Pump::Timeout,
-                    Err(e) => {
-                        drop(st);
-                        self.lose(&e.to_string());
-                        break 'outer Pump::Ready;
-                    }
-                }
-                if fired(&fds[1]) {
-                    self.read_role.drain_wakes();
-                    if self.read_role.others_want(1) {
-                        break 'outer Pump::Unavailable;
-                    }
-                }
-                if fired(&fds[0]) {
-                    if let Err(reason) = self.read_some(&mut st, false) {
-                        drop(st);
-                        self.lose(&reason);
-                        break 'outer Pump::Ready;
-                    }
-                }
-            }
+        let pump = reader::Pump {
+            stream: &self.stream,
+            role: &self.read_role,
+            side: &self.role,
+            handler: self,
+            closed: &lost,
+            also_wake: None,
         };
-        self.read_role.release(routed);
-        result
+        match reader::pump(&pump, ready, deadline) {
+            Pumped::Ready => Pump::Ready,
+            Pumped::Timeout => Pump::Timeout,
+            Pumped::Unavailable => Pump::Unavailable,
+            Pumped::Ended(reason) => {
+                self.lose(reason.as_deref().unwrap_or("the hub closed the connection"));
+                // Every waiter is woken: look at the queue.
+                Pump::Ready
+            }
+        }
     }
 }
 

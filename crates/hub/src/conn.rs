@@ -1,4 +1,6 @@
-//! One child connection: its reader thread, its outbox and its flusher task.
+//! One child connection, the hub's end: what differs from the child's end (accepting and
+//! checking the peer, its hello, handing frames to the router); the rest is the
+//! connection engine (`yukicomm_link`), shared with the child's end.
 //!
 //! Reading is a role, as on the child's side. Usually the connection's reader thread
 //! holds it: it waits in `poll` on the socket (and on a wake-up pipe) and routes what it
@@ -21,9 +23,9 @@ use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
-use yukicomm_link::reader::{background, FrameHandler, ReadBuffer};
+use yukicomm_link::reader::{self, background, FrameHandler, Pumped, ReadBuffer};
 use yukicomm_link::role::ReadRole;
-use yukicomm_link::sys::{drain, fired, pollfd, wait_readable};
+use yukicomm_link::sys::{pollfd, wait_readable};
 use yukicomm_link::{Outbox, OutboxSink, Pending};
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg_head, encode_msg_raw, encode_msg_tail, Frame, Msg,
@@ -75,13 +77,6 @@ pub(crate) struct Conn {
 thread_local! {
     /// Set on the thread that is pumping a connection.
     pub(crate) static IS_PUMPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// What [`Conn::pump`] did.
-pub(crate) enum Pumped {
-    Ready,
-    Timeout,
-    Unavailable,
 }
 
 impl OutboxSink for Conn {
@@ -170,78 +165,26 @@ impl Conn {
         if inner.pumping.swap(true, Ordering::SeqCst) {
             return Pumped::Unavailable;
         }
-        self.role.want();
         IS_PUMPING.with(|p| p.set(true));
-        let mut routed = 0;
-        let result = loop {
-            if ready() {
-                break Pumped::Ready;
+        let closed = || self.closed.load(Ordering::Acquire);
+        let pump = reader::Pump {
+            stream: &self.stream,
+            role: &self.role,
+            side: &self.read,
+            handler: &Route { inner, id: self.id },
+            closed: &closed,
+            also_wake: Some(&inner.pump_wake.0),
+        };
+        let result = match reader::pump(&pump, ready, deadline) {
+            Pumped::Ended(reason) => {
+                self.fail(reason);
+                Pumped::Unavailable
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break Pumped::Timeout;
-            }
-            if self.closed.load(Ordering::Acquire) {
-                break Pumped::Unavailable;
-            }
-            // The reader thread steps aside when poked out of `poll`.
-            self.role.poke_if_polling();
-            if let Some(rs) = self.read.try_lock_for(Duration::from_micros(50)) {
-                break self.pump_locked(inner, rs, ready, deadline, &mut routed);
-            }
+            other => other,
         };
         IS_PUMPING.with(|p| p.set(false));
-        self.role.release(routed);
         inner.pumping.store(false, Ordering::SeqCst);
         result
-    }
-
-    fn pump_locked(
-        &self,
-        inner: &Inner,
-        mut rs: parking_lot::MutexGuard<'_, ReadBuffer>,
-        ready: &dyn Fn() -> bool,
-        deadline: Option<Instant>,
-        routed: &mut usize,
-    ) -> Pumped {
-        let mut fds = [
-            pollfd(self.stream.as_fd()),
-            pollfd(self.role.wake_fd()),
-            pollfd(inner.pump_wake.0.as_fd()),
-        ];
-        loop {
-            match rs.process(&Route { inner, id: self.id }) {
-                Ok(n) => *routed += n,
-                Err(e) => {
-                    drop(rs);
-                    self.fail(Some(e));
-                    return Pumped::Unavailable;
-                }
-            }
-            if ready() {
-                return Pumped::Ready;
-            }
-            if self.closed.load(Ordering::Acquire) {
-                return Pumped::Unavailable;
-            }
-            match wait_readable(&mut fds, deadline) {
-                Ok(true) => {}
-                Ok(false) => return Pumped::Timeout,
-                Err(_) => return Pumped::Unavailable,
-            }
-            if fired(&fds[1]) {
-                self.role.drain_wakes();
-            }
-            if fired(&fds[2]) {
-                drain(&inner.pump_wake.0);
-            }
-            if fired(&fds[0]) {
-                if let Err(reason) = rs.read_from(&self.stream, false) {
-                    drop(rs);
-                    self.fail(reason);
-                    return Pumped::Unavailable;
-                }
-            }
-        }
     }
 
     /// Closes the connection for `reason` (`None`: the peer closed it), found by a

@@ -842,9 +842,9 @@ impl Hub {
         }
         let conn = self.inner.conns.read().get(&id).cloned()?;
         match conn.pump(&self.inner, ready, deadline) {
-            conn::Pumped::Ready => Some(true),
-            conn::Pumped::Timeout => Some(false),
-            conn::Pumped::Unavailable => None,
+            yukicomm_link::reader::Pumped::Ready => Some(true),
+            yukicomm_link::reader::Pumped::Timeout => Some(false),
+            _ => None,
         }
     }
 

@@ -7,14 +7,16 @@
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFd;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use yukicomm_wire::{Decoder, Frame};
 
 use crate::role::{ReadRole, LINGER};
-use crate::sys::{fired, pollfd, read_into, read_into_nowait, wait_readable};
+use crate::sys::{drain, fired, pollfd, read_into, read_into_nowait, wait_readable};
 
 /// Bytes read from the socket at a time (at least).
 pub const READ_SIZE: usize = 256 * 1024;
@@ -153,6 +155,124 @@ pub fn background(
             }
             if let Err(e) = rs.process(handler) {
                 return Some(e);
+            }
+        }
+    }
+}
+
+/// What [`pump`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// `ready` holds.
+    Ready,
+    /// The deadline passed first.
+    Timeout,
+    /// Another party reads the connection (or the connection is closed): wait for
+    /// what it hands over instead.
+    Unavailable,
+    /// The connection ended while this thread read it: `None` when the peer closed it
+    /// cleanly, or why it failed.
+    Ended(Option<String>),
+}
+
+/// How a thread about to block for its own message reads the connection itself.
+pub struct Pump<'a> {
+    /// The connection.
+    pub stream: &'a UnixStream,
+    /// Its read role.
+    pub role: &'a ReadRole,
+    /// What the holder of the role owns.
+    pub side: &'a Mutex<ReadBuffer>,
+    /// Where the frames go.
+    pub handler: &'a dyn FrameHandler,
+    /// Whether the connection is closed (stop at once).
+    pub closed: &'a dyn Fn() -> bool,
+    /// Another descriptor that wakes the pumping thread (emptied when it fires): for a
+    /// message that may reach it by another way.
+    pub also_wake: Option<&'a std::os::fd::OwnedFd>,
+}
+
+/// Reads the connection on the calling thread until `ready` holds or `deadline`
+/// passes, stepping aside for another receiver that wants the read role (see
+/// [`crate::role`]): no thread hand-off on the way to the message it waits for.
+pub fn pump(p: &Pump<'_>, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pumped {
+    p.role.want();
+    let mut routed = 0;
+    let result = loop {
+        if ready() {
+            break Pumped::Ready;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break Pumped::Timeout;
+        }
+        if (p.closed)() {
+            break Pumped::Unavailable;
+        }
+        // Whoever holds the role steps aside when it is waiting in `poll`: ask it to.
+        // Meanwhile look at our own queue now and then.
+        p.role.poke_if_polling();
+        if let Some(rs) = p.side.try_lock_for(Duration::from_micros(50)) {
+            break pump_locked(p, rs, ready, deadline, &mut routed);
+        }
+    };
+    p.role.release(routed);
+    result
+}
+
+fn pump_locked(
+    p: &Pump<'_>,
+    mut rs: parking_lot::MutexGuard<'_, ReadBuffer>,
+    ready: &dyn Fn() -> bool,
+    deadline: Option<Instant>,
+    routed: &mut usize,
+) -> Pumped {
+    let wake = p.also_wake.map(|fd| pollfd(fd.as_fd()));
+    let mut fds = [pollfd(p.stream.as_fd()), pollfd(p.role.wake_fd())];
+    let mut with_wake;
+    let fds: &mut [PollFd<'_>] = match wake {
+        Some(w) => {
+            with_wake = [fds[0].clone(), fds[1].clone(), w];
+            &mut with_wake
+        }
+        None => &mut fds,
+    };
+    loop {
+        match rs.process(p.handler) {
+            Ok(n) => *routed += n,
+            Err(reason) => return Pumped::Ended(Some(reason)),
+        }
+        if ready() {
+            return Pumped::Ready;
+        }
+        if (p.closed)() {
+            return Pumped::Unavailable;
+        }
+        if !p.role.start_polling(1) {
+            // Someone else wants the role: let them have it, and wait for what whoever
+            // reads hands over.
+            return Pumped::Unavailable;
+        }
+        let waited = wait_readable(fds, deadline);
+        p.role.stop_polling();
+        match waited {
+            Ok(true) => {}
+            Ok(false) => return Pumped::Timeout,
+            Err(e) => return Pumped::Ended(Some(e.to_string())),
+        }
+        if fds.len() > 2 && fired(&fds[2]) {
+            if let Some(fd) = p.also_wake {
+                drain(fd);
+            }
+        }
+        if fired(&fds[1]) {
+            p.role.drain_wakes();
+            if p.role.others_want(1) {
+                return Pumped::Unavailable;
+            }
+        }
+        if fired(&fds[0]) {
+            if let Err(reason) = rs.read_from(p.stream, false) {
+                return Pumped::Ended(reason);
             }
         }
     }
