@@ -32,8 +32,8 @@ use yukicomm_wire::{
     Request,
 };
 
+use crate::core::Inner;
 use crate::router::ConnId;
-use crate::Inner;
 
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
