@@ -48,8 +48,17 @@ pub(crate) struct LocalQueue {
     /// Frames ever queued, and ever handed over.
     queued: u64,
     handed: u64,
-    /// The thread handing frames over, if any.
-    drainer: Option<std::thread::ThreadId>,
+    /// The thread handing frames over, if any (see [`this_thread`]).
+    drainer: Option<usize>,
+    /// An empty buffer with room, which the thread handing over fills next.
+    spare: Vec<Frame>,
+}
+
+/// A number that tells the calling thread from any other running thread: the address of
+/// a thread-local (cheaper than a `ThreadId`, which clones the thread's handle).
+fn this_thread() -> usize {
+    thread_local!(static MARK: u8 = const { 0 });
+    MARK.with(|m| m as *const u8 as usize)
 }
 
 impl LocalQueue {
@@ -138,7 +147,7 @@ impl Inner {
     /// over. Runs with no hub lock held: what the main process does with a frame
     /// (release a handle, send) may enter the hub again.
     fn deliver_local(&self, upto: u64) {
-        let me = std::thread::current().id();
+        let me = this_thread();
         let mut q = self.local_queue.lock();
         loop {
             if q.handed >= upto || q.drainer == Some(me) {
@@ -160,7 +169,8 @@ impl Inner {
                 self.0.local_handed.notify_all();
             }
         }
-        let mut batch = Vec::new();
+        // The two buffers trade places, so that neither is allocated again.
+        let mut batch = std::mem::take(&mut q.spare);
         while !q.frames.is_empty() {
             std::mem::swap(&mut q.frames, &mut batch);
             drop(q);
@@ -176,8 +186,8 @@ impl Inner {
             }
             q = self.local_queue.lock();
             q.handed += n;
-            self.local_handed.notify_all();
         }
+        q.spare = batch;
         q.drainer = None;
         drop(q);
         self.local_handed.notify_all();
