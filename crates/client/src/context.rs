@@ -144,8 +144,8 @@ fn connect_with(
 /// Takes the descriptor named by `YUKICOMM_FD`: checks that it is an open stream socket
 /// and makes it close-on-exec.
 fn inherited(text: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    use rustix::io::{fcntl_getfd, fcntl_setfd, FdFlags};
+    use rustix::net::{sockopt::socket_type, SocketType};
     use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
     let invalid =
         |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
@@ -158,15 +158,15 @@ fn inherited(text: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
     // SAFETY: `raw` is not -1, and the borrow is used only for the two checks below,
     // which fail cleanly (EBADF, ENOTSOCK) if the number is not an open socket.
     let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-    fcntl(borrowed, FcntlArg::F_GETFD)?;
-    if getsockopt(&borrowed, sockopt::SockType)? != SockType::Stream {
+    fcntl_getfd(borrowed)?;
+    if socket_type(borrowed)? != SocketType::STREAM {
         return Err(invalid("not a stream socket"));
     }
     // SAFETY: the descriptor is open (checked above), and the supervisor made it for
     // this process to own; nothing else in the process uses it, and the variable naming
     // it is removed right after, so it is taken once.
     let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    fcntl_setfd(&owned, FdFlags::CLOEXEC)?;
     Ok(std::os::unix::net::UnixStream::from(owned))
 }
 
