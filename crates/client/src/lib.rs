@@ -84,8 +84,8 @@ pub use yukicomm_wire::{ChanId, ChannelInfo, End};
 /// ```
 ///
 /// ```compile_fail
-/// fn demo(ctx: &yukicomm_client::Context) {
-///     ctx.dispatch(todo!());
+/// fn demo(ctx: &yukicomm_client::Context, frame: yukicomm_wire::Frame) {
+///     ctx.dispatch(frame);
 /// }
 /// ```
 ///
@@ -102,8 +102,8 @@ pub use yukicomm_wire::{ChanId, ChannelInfo, End};
 /// ```
 ///
 /// ```compile_fail
-/// fn demo(ctx: &yukicomm_client::Context) {
-///     ctx.set_transport(todo!());
+/// fn demo(ctx: &yukicomm_client::Context, t: std::sync::Arc<dyn yukicomm_client::transport::Transport>) {
+///     ctx.set_transport(t);
 /// }
 /// ```
 ///
