@@ -175,12 +175,13 @@ fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
             }
         }
         for (role, name, report) in reports {
-            // After a failure here, do not wait for a child that may wait for us.
-            let got = if failures.is_empty() {
-                report.recv_timeout(REPORT_WAIT).map_err(|e| e.to_string())
+            // After a failure here, wait only briefly for a child that may wait for us.
+            let wait = if failures.is_empty() {
+                REPORT_WAIT
             } else {
-                report.try_recv().map_err(|e| e.to_string())
+                Duration::from_secs(5)
             };
+            let got = report.recv_timeout(wait).map_err(|e| e.to_string());
             match got {
                 Ok(s) if s == OK || s == DIED => {}
                 Ok(s) => failures.push(format!("role {role:?} in child '{name}': {s}")),
