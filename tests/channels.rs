@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use support::{app, child, run_main, watchdog};
+use support::{child, run_main};
 use yukicomm::{
     accept_all, Channel, Context, RecvError, RecvTimeoutError, RegistryError, RestartPolicy,
     Selector, SendError,
@@ -30,8 +30,7 @@ async fn echo(ctx: Context) -> yukicomm::Result<()> {
 
 #[test]
 fn duplex_both_ways() {
-    let _w = watchdog("duplex_both_ways", Duration::from_secs(60));
-    let mut app = app("duplex_both_ways");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("echo", echo);
     run_main(app, |ctx| {
         let passive = ctx.get_channel::<String>("echo-passive").unwrap();
@@ -68,11 +67,7 @@ async fn sender(ctx: Context) -> yukicomm::Result<()> {
 
 #[test]
 fn order_is_kept_per_sender_with_four_concurrent_senders() {
-    let _w = watchdog(
-        "order_is_kept_per_sender_with_four_concurrent_senders",
-        Duration::from_secs(90),
-    );
-    let mut app = app("order_is_kept_per_sender_with_four_concurrent_senders");
+    let (mut app, _w) = test_app!(Duration::from_secs(90));
     for i in 0..4 {
         app.add_target(&format!("s{i}"), sender);
     }
@@ -148,11 +143,7 @@ async fn mistyped(ctx: Context) -> yukicomm::Result<()> {
 
 #[test]
 fn type_mismatch_and_unknown_names_are_clear_errors() {
-    let _w = watchdog(
-        "type_mismatch_and_unknown_names_are_clear_errors",
-        Duration::from_secs(60),
-    );
-    let mut app = app("type_mismatch_and_unknown_names_are_clear_errors");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("typed", mistyped);
     app.on_before_start(|ctx| async move {
         let numbers = ctx.channel::<u32>()?;
@@ -225,8 +216,7 @@ fn type_mismatch_and_unknown_names_are_clear_errors() {
 
 #[test]
 fn one_end_receives_in_one_mode() {
-    let _w = watchdog("one_end_receives_in_one_mode", Duration::from_secs(60));
-    let mut app = app("one_end_receives_in_one_mode");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("idle", |ctx: Context| async move {
         let _ = ctx.active_channel::<u8>().recv_async().await;
         Ok(())
@@ -268,11 +258,7 @@ async fn server(ctx: Context) -> yukicomm::Result<()> {
 
 #[test]
 fn a_request_carries_its_reply_channel() {
-    let _w = watchdog(
-        "a_request_carries_its_reply_channel",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_request_carries_its_reply_channel");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("server", server);
     run_main(app, |ctx| {
         let requests = ctx.get_channel::<Request>("server-active").unwrap();
@@ -291,8 +277,7 @@ fn a_request_carries_its_reply_channel() {
 
 #[test]
 fn select_and_close() {
-    let _w = watchdog("select_and_close", Duration::from_secs(60));
-    let mut app = app("select_and_close");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("talker", |ctx: Context| async move {
         child(async move {
             let passive = ctx.passive_channel::<String>();
@@ -329,11 +314,7 @@ fn select_and_close() {
 
 #[test]
 fn a_blocked_recv_wakes_when_the_peer_dies() {
-    let _w = watchdog(
-        "a_blocked_recv_wakes_when_the_peer_dies",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_blocked_recv_wakes_when_the_peer_dies");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("victim", |ctx: Context| async move {
         ctx.active_channel::<u32>()
             .send_async(std::process::id())
@@ -370,11 +351,7 @@ fn a_blocked_recv_wakes_when_the_peer_dies() {
 
 #[test]
 fn a_full_window_waits_or_fails_by_policy_and_loses_nothing() {
-    let _w = watchdog(
-        "a_full_window_waits_or_fails_by_policy_and_loses_nothing",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_full_window_waits_or_fails_by_policy_and_loses_nothing");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.hub_config(yukicomm::HubConfig {
         window: 4,
         ..Default::default()
@@ -426,8 +403,7 @@ fn a_full_window_waits_or_fails_by_policy_and_loses_nothing() {
 
 #[test]
 fn async_select_and_iteration() {
-    let _w = watchdog("async_select_and_iteration", Duration::from_secs(60));
-    let mut app = app("async_select_and_iteration");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("counter", |ctx: Context| async move {
         child(async move {
             let active = ctx.active_channel::<u32>();
@@ -471,11 +447,7 @@ fn async_select_and_iteration() {
 /// messages; nobody waits for a deadline to get theirs.
 #[test]
 fn several_receivers_in_one_process_each_get_their_messages() {
-    let _w = watchdog(
-        "several_receivers_in_one_process_each_get_their_messages",
-        Duration::from_secs(90),
-    );
-    let mut app = app("several_receivers_in_one_process_each_get_their_messages");
+    let (mut app, _w) = test_app!(Duration::from_secs(90));
     app.add_target("multi", |ctx: Context| async move {
         child(async move {
             let report = ctx.active_channel::<String>();
@@ -544,11 +516,7 @@ fn several_receivers_in_one_process_each_get_their_messages() {
 /// or panics changes nothing for the others or for later messages.
 #[test]
 fn failing_or_panicking_handlers_do_not_stop_the_others() {
-    let _w = watchdog(
-        "failing_or_panicking_handlers_do_not_stop_the_others",
-        Duration::from_secs(60),
-    );
-    let mut app = app("failing_or_panicking_handlers_do_not_stop_the_others");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("source", |ctx: Context| async move {
         child(async move {
             let out = ctx.active_channel::<u32>();
@@ -616,11 +584,7 @@ fn failing_or_panicking_handlers_do_not_stop_the_others() {
 
 #[test]
 fn a_child_registers_a_channel_and_everyone_can_list_it() {
-    let _w = watchdog(
-        "a_child_registers_a_channel_and_everyone_can_list_it",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_child_registers_a_channel_and_everyone_can_list_it");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("maker", |ctx: Context| async move {
         child(async move {
             let made = ctx.channel_async::<String>().await?;
@@ -722,11 +686,7 @@ async fn receiver_after_close(ctx: Context) -> yukicomm::Result<()> {
 /// receiving only after it.
 #[test]
 fn what_was_sent_before_a_close_arrives_before_it() {
-    let _w = watchdog(
-        "what_was_sent_before_a_close_arrives_before_it",
-        Duration::from_secs(60),
-    );
-    let mut app = app("what_was_sent_before_a_close_arrives_before_it");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("closing", receiver_after_close);
     run_main(app, |ctx| {
         let active = ctx.get_channel::<u32>("closing-active").unwrap();
@@ -746,11 +706,7 @@ fn what_was_sent_before_a_close_arrives_before_it() {
 /// hub for its credit).
 #[test]
 fn what_a_departed_peer_sent_arrives_before_its_departure() {
-    let _w = watchdog(
-        "what_a_departed_peer_sent_arrives_before_its_departure",
-        Duration::from_secs(60),
-    );
-    let mut app = app("what_a_departed_peer_sent_arrives_before_its_departure");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("late", late_receiver);
     run_main(app, |ctx| {
         let active = ctx.get_channel::<u32>("late-active").unwrap();
@@ -782,11 +738,7 @@ async fn send_and_exit(ctx: Context) -> yukicomm::Result<()> {
 /// What a child sent just before its target returned is not lost when it exits.
 #[test]
 fn what_a_child_sent_before_it_ended_is_delivered() {
-    let _w = watchdog(
-        "what_a_child_sent_before_it_ended_is_delivered",
-        Duration::from_secs(60),
-    );
-    let mut app = app("what_a_child_sent_before_it_ended_is_delivered");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("brief", send_and_exit);
     run_main(app, |ctx| {
         let passive = ctx.get_channel::<u32>("brief-passive").unwrap();
@@ -806,11 +758,7 @@ fn what_a_child_sent_before_it_ended_is_delivered() {
 /// the other ready arms.
 #[test]
 fn an_always_ready_arm_does_not_starve_the_others() {
-    let _w = watchdog(
-        "an_always_ready_arm_does_not_starve_the_others",
-        Duration::from_secs(60),
-    );
-    let mut app = app("an_always_ready_arm_does_not_starve_the_others");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.on_before_start(|ctx| async move {
         let kept = ctx.channel::<u32>()?;
         ctx.set_channel("dropped-by-child", &kept)?;
@@ -881,11 +829,7 @@ fn a_selector_future_is_send_and_can_be_spawned() {
     fn assert_send<F: Send>(f: F) -> F {
         f
     }
-    let _w = watchdog(
-        "a_selector_future_is_send_and_can_be_spawned",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_selector_future_is_send_and_can_be_spawned");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("pinger", |ctx: Context| async move {
         child(async move {
             ctx.passive_channel::<String>()
@@ -940,11 +884,7 @@ fn a_send_error_in_the_crate_error_keeps_the_value() {
         ch.send_timeout("late".into(), Duration::from_millis(10))?;
         Ok(())
     }
-    let _w = watchdog(
-        "a_send_error_in_the_crate_error_keeps_the_value",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_send_error_in_the_crate_error_keeps_the_value");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.hub_config(yukicomm::HubConfig {
         window: 2,
         ..Default::default()
@@ -1022,11 +962,7 @@ async fn own_mistyped(ctx: Context) -> yukicomm::Result<()> {
 /// type the channel was first used with, as `get_channel` does.
 #[test]
 fn a_childs_own_channels_check_their_type() {
-    let _w = watchdog(
-        "a_childs_own_channels_check_their_type",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_childs_own_channels_check_their_type");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("own", own_mistyped);
     run_main(app, |ctx| {
         let report = ctx.get_channel::<String>("own-passive").unwrap();

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use support::{app, child, run_main, watchdog};
+use support::{child, run_main};
 use yukicomm::wire::store::{Op, OpReply};
 use yukicomm::wire::{
     encode_frame, ChanId, Decoder, End, EndRef, ErrorCode, Event, Frame, Msg, Notice, Reply,
@@ -28,7 +28,6 @@ use yukicomm::wire::{
 use yukicomm::{Context, RecvError, RecvTimeoutError, RestartPolicy};
 
 const T: Duration = Duration::from_secs(30);
-const TEST: &str = "hostile_frames_after_hello_are_refused_and_everyone_else_is_served";
 
 /// A `close` notice whose unknown key holds 100,000 nested arrays: beyond what the hub
 /// decodes (§3.3), so it closes the connection that sends it.
@@ -767,7 +766,7 @@ fn hostile_frames_after_hello_are_refused_and_everyone_else_is_served() {
         };
         std::process::exit(code);
     }
-    let _w = watchdog(TEST, Duration::from_secs(240));
+    let (mut app, _w) = test_app!(Duration::from_secs(240));
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let name = std::thread::current().name().unwrap_or("?").to_string();
@@ -776,7 +775,6 @@ fn hostile_frames_after_hello_are_refused_and_everyone_else_is_served() {
         }
         default_hook(info);
     }));
-    let mut app = app(TEST);
     app.add_target("echo", echo);
     app.add_target("hostile", |_ctx: Context| async move {
         unreachable!("the hostile child joins by hand")

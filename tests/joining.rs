@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::{app, eventually, run_main, watchdog};
+use support::{eventually, run_main};
 use yukicomm::wire::{encode_control, Frame, Request, PROTOCOL_VERSION};
 
 const T: Duration = Duration::from_secs(20);
-const NAME: &str = "a_supervised_child_has_no_secret_to_steal";
 
 /// The child: writes its pid, waits for the test's go-ahead (so that an impostor has
 /// all the time it wants), joins, reports what a process it starts inherits, then
@@ -156,18 +155,17 @@ fn a_supervised_child_has_no_secret_to_steal() {
     if let Some(dir) = std::env::var_os("ACT_AS_JOINING_CHILD") {
         act_as_child(Path::new(&dir));
     }
-    let _w = watchdog(NAME, Duration::from_secs(120));
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     let dir = scratch();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "--exact",
-        NAME,
+        test_name!(),
         "--nocapture",
         "--test-threads=1",
         "--quiet",
     ])
     .env("ACT_AS_JOINING_CHILD", &dir);
-    let mut app = app(NAME);
     app.add_command("joiner", cmd);
     run_main(app, move |ctx| {
         check_child(&ctx, &dir);
@@ -181,7 +179,6 @@ fn a_supervised_child_has_no_secret_to_steal() {
 /// joined, the token is gone from what the kernel shows of its environment.
 #[test]
 fn a_token_from_the_environment_is_erased_once_read() {
-    const TEST: &str = "a_token_from_the_environment_is_erased_once_read";
     if std::env::var_os("ACT_AS_TOKEN_JOINER").is_some() {
         let token = std::env::var("YUKICOMM_TOKEN").unwrap();
         let ctx = yukicomm::connect().expect("joins with the token");
@@ -194,7 +191,7 @@ fn a_token_from_the_environment_is_erased_once_read() {
         );
         std::process::exit(0);
     }
-    let _w = watchdog(TEST, Duration::from_secs(60));
+    let _w = test_watchdog!(Duration::from_secs(60));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = rt.block_on(async {
         let hub = yukicomm_hub::Hub::bind(yukicomm::HubConfig::default()).unwrap();
@@ -203,7 +200,7 @@ fn a_token_from_the_environment_is_erased_once_read() {
         let mut cmd = tokio::process::Command::new(std::env::current_exe().unwrap());
         cmd.args([
             "--exact",
-            TEST,
+            test_name!(),
             "--nocapture",
             "--test-threads=1",
             "--quiet",

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize, Serializer};
-use support::{app, child, run_main, watchdog};
+use support::{child, run_main};
 use yukicomm::{Context, Payload, RestartPolicy, SendError};
 
 const T: Duration = Duration::from_secs(20);
@@ -52,9 +52,7 @@ async fn bomber(ctx: Context) -> yukicomm::Result<()> {
 
 #[test]
 fn a_panicking_serialize_leaves_nothing_half_sent_in_child_or_main() {
-    let name = "a_panicking_serialize_leaves_nothing_half_sent_in_child_or_main";
-    let _w = watchdog(name, Duration::from_secs(60));
-    let mut app = app(name);
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("bomber", bomber)
         .restart(RestartPolicy::Never);
     run_main(app, |ctx| {
@@ -109,9 +107,7 @@ impl Serialize for Slow {
 
 #[test]
 fn a_slow_serialize_in_the_main_process_does_not_stall_routing() {
-    let name = "a_slow_serialize_in_the_main_process_does_not_stall_routing";
-    let _w = watchdog(name, Duration::from_secs(60));
-    let mut app = app(name);
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("ticker", |ctx: Context| async move {
         child(async move {
             // Receiving at its active end (so that the main process's messages go
@@ -175,9 +171,7 @@ const MIB: usize = 1 << 20;
 
 #[test]
 fn a_child_waiting_for_its_restart_queues_at_most_its_byte_window() {
-    let name = "a_child_waiting_for_its_restart_queues_at_most_its_byte_window";
-    let _w = watchdog(name, Duration::from_secs(120));
-    let mut app = app(name);
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     let window_bytes = 8 * MIB as u64;
     app.hub_config(yukicomm::HubConfig {
         window_bytes,
@@ -251,9 +245,7 @@ fn a_child_waiting_for_its_restart_queues_at_most_its_byte_window() {
 
 #[test]
 fn a_stopped_child_cannot_make_the_main_process_hold_more_than_a_byte_window() {
-    let name = "a_stopped_child_cannot_make_the_main_process_hold_more_than_a_byte_window";
-    let _w = watchdog(name, Duration::from_secs(120));
-    let mut app = app(name);
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.add_target("stopped", |ctx: Context| async move {
         child(async move {
             ctx.passive_channel::<u32>()

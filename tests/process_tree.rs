@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{app, eventually, process_gone, run_main, watchdog};
+use support::{app, eventually, process_gone, run_main};
 use yukicomm::RestartPolicy;
 
 const T: Duration = Duration::from_secs(20);
@@ -69,13 +69,9 @@ fn cleanup(pids: &[i32]) {
 
 #[test]
 fn grandchildren_end_when_their_child_is_stopped() {
-    let _w = watchdog(
-        "grandchildren_end_when_their_child_is_stopped",
-        Duration::from_secs(60),
-    );
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     let dir = scratch("stop");
     let file = dir.join("pids");
-    let mut app = app("grandchildren_end_when_their_child_is_stopped");
     app.add_command("family", family(&file, "wait"))
         .stop_timeout(Duration::from_millis(500));
     run_main(app, move |ctx| {
@@ -93,13 +89,9 @@ fn grandchildren_end_when_their_child_is_stopped() {
 
 #[test]
 fn grandchildren_end_when_their_child_is_restarted() {
-    let _w = watchdog(
-        "grandchildren_end_when_their_child_is_restarted",
-        Duration::from_secs(60),
-    );
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     let dir = scratch("restart");
     let file = dir.join("pids");
-    let mut app = app("grandchildren_end_when_their_child_is_restarted");
     app.add_command("family", family(&file, "wait"))
         .stop_timeout(Duration::from_millis(500));
     run_main(app, move |ctx| {
@@ -123,13 +115,9 @@ fn grandchildren_end_when_their_child_is_restarted() {
 
 #[test]
 fn grandchildren_end_when_their_child_crashes() {
-    let _w = watchdog(
-        "grandchildren_end_when_their_child_crashes",
-        Duration::from_secs(60),
-    );
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     let dir = scratch("crash");
     let file = dir.join("pids");
-    let mut app = app("grandchildren_end_when_their_child_crashes");
     app.add_command("family", family(&file, "kill -9 $$"))
         .restart(RestartPolicy::Never)
         .stop_timeout(Duration::from_millis(500));
@@ -148,20 +136,19 @@ fn grandchildren_end_when_their_child_crashes() {
 /// the test kills it with SIGKILL.
 #[test]
 fn grandchildren_end_when_the_main_process_is_killed() {
-    const NAME: &str = "grandchildren_end_when_the_main_process_is_killed";
     if let Some(file) = std::env::var_os("ACT_AS_MAIN_PROCESS") {
-        let mut app = app(NAME);
+        let mut app = app(test_name!());
         app.add_command("family", family(Path::new(&file), "wait"));
         app.run().unwrap();
         std::process::exit(0);
     }
-    let _w = watchdog(NAME, Duration::from_secs(60));
+    let _w = test_watchdog!(Duration::from_secs(60));
     let dir = scratch("main");
     let file = dir.join("pids");
     let mut main = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            NAME,
+            test_name!(),
             "--nocapture",
             "--test-threads=1",
             "--quiet",

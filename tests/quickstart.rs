@@ -6,10 +6,7 @@ mod support;
 
 #[test]
 fn quickstart_prints_both_receives_and_exits_cleanly() {
-    let _w = support::watchdog(
-        "quickstart_prints_both_receives_and_exits_cleanly",
-        Duration::from_secs(60),
-    );
+    let _w = test_watchdog!(Duration::from_secs(60));
     let stdout = support::run_example("quickstart", &["--rounds", "3", "--interval-ms", "100"]);
     let count = |text: &str| {
         stdout
@@ -24,10 +21,7 @@ fn quickstart_prints_both_receives_and_exits_cleanly() {
 
 #[test]
 fn restart_example_shows_a_new_pid_each_time() {
-    let _w = support::watchdog(
-        "restart_example_shows_a_new_pid_each_time",
-        Duration::from_secs(60),
-    );
+    let _w = test_watchdog!(Duration::from_secs(60));
     let stdout = support::run_example("restart", &["--restarts", "2"]);
     let line = stdout
         .lines()
@@ -43,10 +37,7 @@ fn restart_example_shows_a_new_pid_each_time() {
 
 #[test]
 fn shared_store_example_counts_and_hears_every_event() {
-    let _w = support::watchdog(
-        "shared_store_example_counts_and_hears_every_event",
-        Duration::from_secs(60),
-    );
+    let _w = test_watchdog!(Duration::from_secs(60));
     let stdout = support::run_example("shared_store", &["--rounds", "4", "--interval-ms", "20"]);
     assert!(stdout.contains("final counter: 8"), "{stdout}");
     let count = |prefix: &str, text: &str| {

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use support::{app, child, run_main, watchdog};
+use support::{child, run_main};
 use yukicomm::wire::{encode_control, Frame, Request, PROTOCOL_VERSION};
 use yukicomm::{Context, SendError};
 
@@ -41,11 +41,7 @@ fn closed_by_hub(mut s: UnixStream) -> bool {
 
 #[test]
 fn bad_peers_are_cut_off_and_everyone_else_is_served() {
-    let _w = watchdog(
-        "bad_peers_are_cut_off_and_everyone_else_is_served",
-        Duration::from_secs(90),
-    );
-    let mut app = app("bad_peers_are_cut_off_and_everyone_else_is_served");
+    let (mut app, _w) = test_app!(Duration::from_secs(90));
     app.add_target("echo", echo);
     run_main(app, |ctx| {
         let echo = ctx.get_channel::<Vec<u8>>("echo-active").unwrap();
@@ -124,11 +120,7 @@ fn bad_peers_are_cut_off_and_everyone_else_is_served() {
 
 #[test]
 fn an_oversized_message_from_a_child_is_refused_and_the_child_goes_on() {
-    let _w = watchdog(
-        "an_oversized_message_from_a_child_is_refused_and_the_child_goes_on",
-        Duration::from_secs(90),
-    );
-    let mut app = app("an_oversized_message_from_a_child_is_refused_and_the_child_goes_on");
+    let (mut app, _w) = test_app!(Duration::from_secs(90));
     app.add_target("big", |ctx: Context| async move {
         child(async move {
             let active = ctx.active_channel::<String>();

@@ -39,11 +39,7 @@ async fn snippet_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn upstream_snippet_from_main_and_child() {
     let _alone = ONE_APP.write();
-    let _w = watchdog(
-        "upstream_snippet_from_main_and_child",
-        Duration::from_secs(60),
-    );
-    let mut app = app("upstream_snippet_from_main_and_child");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.on_before_start(|ctx| async move {
         ctx.store().set("from-main", &"value from main")?;
         Ok(())
@@ -137,11 +133,7 @@ async fn ryw_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn a_returned_write_is_read_by_every_other_process() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "a_returned_write_is_read_by_every_other_process",
-        Duration::from_secs(120),
-    );
-    let mut app = app("a_returned_write_is_read_by_every_other_process");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.add_target("ryw", ryw_child);
     run_main(app, |ctx| {
         let store = ctx.store();
@@ -205,11 +197,7 @@ async fn in_flight_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn many_async_calls_in_flight_each_get_their_own_reply() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "many_async_calls_in_flight_each_get_their_own_reply",
-        Duration::from_secs(120),
-    );
-    let mut app = app("many_async_calls_in_flight_each_get_their_own_reply");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.add_target("flight", in_flight_child);
     run_main(app, |ctx| {
         let ok = ctx.get_channel::<bool>("flight-passive").unwrap();
@@ -273,11 +261,7 @@ async fn counter_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn concurrent_increments_from_many_processes_all_count() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "concurrent_increments_from_many_processes_all_count",
-        Duration::from_secs(300),
-    );
-    let mut app = app("concurrent_increments_from_many_processes_all_count");
+    let (mut app, _w) = test_app!(Duration::from_secs(300));
     for i in 0..COUNTER_CHILDREN {
         app.add_target(&format!("c{i}"), counter_child);
     }
@@ -333,11 +317,7 @@ async fn cas_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn compare_and_swap_loops_lose_no_update() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "compare_and_swap_loops_lose_no_update",
-        Duration::from_secs(180),
-    );
-    let mut app = app("compare_and_swap_loops_lose_no_update");
+    let (mut app, _w) = test_app!(Duration::from_secs(180));
     for i in 0..CAS_CHILDREN {
         app.add_target(&format!("cas{i}"), cas_child);
     }
@@ -408,9 +388,8 @@ async fn ttl_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn keys_expire_on_the_store_clock() {
     let _shared = ONE_APP.read();
-    let _w = watchdog("keys_expire_on_the_store_clock", Duration::from_secs(120));
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     let clock = ManualClock::new();
-    let mut app = app("keys_expire_on_the_store_clock");
     app.hub_config(store_config(|s| s.clock = Clock::Manual(clock.clone())));
     app.add_target("ttl", ttl_child);
     run_main(app, move |ctx| {
@@ -565,11 +544,7 @@ async fn subscriber(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn publications_reach_exactly_the_matching_subscribers_in_order() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "publications_reach_exactly_the_matching_subscribers_in_order",
-        Duration::from_secs(120),
-    );
-    let mut app = app("publications_reach_exactly_the_matching_subscribers_in_order");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.add_target("publisher", publisher);
     app.add_target("subscriber", subscriber);
     run_main(app, |ctx| {
@@ -662,11 +637,7 @@ async fn handing_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn a_subscriber_handed_to_a_handler_keeps_receiving() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "a_subscriber_handed_to_a_handler_keeps_receiving",
-        Duration::from_secs(120),
-    );
-    let mut app = app("a_subscriber_handed_to_a_handler_keeps_receiving");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.add_target("handing", handing_child);
     run_main(app, |ctx| {
         let store = ctx.store();
@@ -730,11 +701,7 @@ async fn slow_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn a_slow_subscriber_misses_messages_and_is_told_how_many() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "a_slow_subscriber_misses_messages_and_is_told_how_many",
-        Duration::from_secs(120),
-    );
-    let mut app = app("a_slow_subscriber_misses_messages_and_is_told_how_many");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.hub_config(store_config(|s| s.subscription_buffer = 4));
     app.add_target("slow", slow_child);
     run_main(app, |ctx| {
@@ -767,11 +734,7 @@ fn a_slow_subscriber_misses_messages_and_is_told_how_many() {
 #[test]
 fn a_slow_subscriber_is_told_what_it_missed_without_more_traffic() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "a_slow_subscriber_is_told_what_it_missed_without_more_traffic",
-        Duration::from_secs(120),
-    );
-    let mut app = app("a_slow_subscriber_is_told_what_it_missed_without_more_traffic");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.hub_config(store_config(|s| s.subscription_buffer = 4));
     app.add_target("slow", slow_child);
     run_main(app, |ctx| {
@@ -819,8 +782,7 @@ fn journal_writer_main_process() {
     let Some(journal) = std::env::var_os(JOURNAL_ENV) else {
         return;
     };
-    let _w = watchdog("journal_writer_main_process", Duration::from_secs(120));
-    let mut app = app("journal_writer_main_process");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.hub_config(store_config(|s| {
         s.journal = Some(journal.into());
         s.fsync = Fsync::Never;
@@ -840,8 +802,8 @@ impl Drop for Reap {
 }
 
 /// Runs an app whose store is restored from `journal`, with `check` as its main body.
-fn restart_with(journal: &Path, check: impl FnOnce(Store) + Send + 'static) {
-    let mut app = app("acked_writes_survive_kill_9_of_the_main_process");
+fn restart_with(test: &str, journal: &Path, check: impl FnOnce(Store) + Send + 'static) {
+    let mut app = app(test);
     let journal = journal.to_path_buf();
     app.hub_config(store_config(|s| s.journal = Some(journal)));
     run_main(app, move |ctx| check(ctx.store()));
@@ -852,10 +814,8 @@ fn restart_with(journal: &Path, check: impl FnOnce(Store) + Send + 'static) {
 #[test]
 fn acked_writes_survive_kill_9_of_the_main_process() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "acked_writes_survive_kill_9_of_the_main_process",
-        Duration::from_secs(180),
-    );
+    let name = test_name!();
+    let _w = watchdog(name, Duration::from_secs(180));
     let base = std::env::temp_dir().join(format!("yukicomm-store-test-{}", std::process::id()));
     let journal = base.with_extension("journal");
     let stderr_log = base.with_extension("stderr");
@@ -918,7 +878,7 @@ fn acked_writes_survive_kill_9_of_the_main_process() {
         .unwrap()
         .write_all(&[0x20, 0, 0, 0, 0xde, 0xad, 0xbe])
         .unwrap();
-    restart_with(&journal, move |store| {
+    restart_with(name, &journal, move |store| {
         for i in 0..acked_count {
             assert_eq!(
                 store.get::<u64>(&format!("key{i}")).unwrap(),
@@ -929,7 +889,7 @@ fn acked_writes_survive_kill_9_of_the_main_process() {
         store.set("after-restart", &true).unwrap();
     });
     // Writes after the torn tail was cut off are kept too.
-    restart_with(&journal, move |store| {
+    restart_with(name, &journal, move |store| {
         assert_eq!(store.get::<bool>("after-restart").unwrap(), Some(true));
         assert!(store.len().unwrap() as u64 > acked_count);
         assert_eq!(
@@ -988,11 +948,7 @@ async fn limits_child(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn errors_name_the_key_and_the_store_keeps_working() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "errors_name_the_key_and_the_store_keeps_working",
-        Duration::from_secs(120),
-    );
-    let mut app = app("errors_name_the_key_and_the_store_keeps_working");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.hub_config(HubConfig {
         max_frame: 64 * 1024,
         ..store_config(|s| s.max_value = 1024)
@@ -1111,11 +1067,7 @@ async fn cfg_watcher(ctx: Context) -> yukicomm::Result<()> {
 #[test]
 fn a_prefix_watch_sees_changes_under_the_prefix_only() {
     let _shared = ONE_APP.read();
-    let _w = watchdog(
-        "a_prefix_watch_sees_changes_under_the_prefix_only",
-        Duration::from_secs(120),
-    );
-    let mut app = app("a_prefix_watch_sees_changes_under_the_prefix_only");
+    let (mut app, _w) = test_app!(Duration::from_secs(120));
     app.add_target("watcher", cfg_watcher);
     run_main(app, |ctx| {
         let store = ctx.store();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use support::{app, child, eventually, example, process_gone, run_main, watchdog};
+use support::{child, eventually, example, process_gone, run_main};
 use yukicomm::{Context, RecvTimeoutError, RestartPolicy};
 
 const T: Duration = Duration::from_secs(20);
@@ -54,11 +54,7 @@ fn started(up: &yukicomm::Channel<Up>) -> u32 {
 
 #[test]
 fn restart_on_request_from_main_keeps_channels_working() {
-    let _w = watchdog(
-        "restart_on_request_from_main_keeps_channels_working",
-        Duration::from_secs(60),
-    );
-    let mut app = app("restart_on_request_from_main_keeps_channels_working");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("w", worker);
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let l1 = log.clone();
@@ -92,8 +88,7 @@ fn restart_on_request_from_main_keeps_channels_working() {
 
 #[test]
 fn restart_on_request_from_the_child() {
-    let _w = watchdog("restart_on_request_from_the_child", Duration::from_secs(60));
-    let mut app = app("restart_on_request_from_the_child");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("w", worker);
     run_main(app, |ctx| {
         let up = ctx.get_channel::<Up>("w-passive").unwrap();
@@ -112,11 +107,7 @@ fn restart_on_request_from_the_child() {
 
 #[test]
 fn a_killed_child_is_restarted_by_policy() {
-    let _w = watchdog(
-        "a_killed_child_is_restarted_by_policy",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_killed_child_is_restarted_by_policy");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("w", worker)
         .restart(RestartPolicy::OnFailure)
         .backoff(Duration::from_millis(10), Duration::from_millis(50));
@@ -135,11 +126,7 @@ fn a_killed_child_is_restarted_by_policy() {
 
 #[test]
 fn the_intensity_limit_stops_a_crash_loop() {
-    let _w = watchdog(
-        "the_intensity_limit_stops_a_crash_loop",
-        Duration::from_secs(60),
-    );
-    let mut app = app("the_intensity_limit_stops_a_crash_loop");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("crasher", |ctx: Context| async move {
         ctx.passive_channel::<Up>()
             .send_async(Up::Started(std::process::id()))
@@ -173,11 +160,7 @@ fn the_intensity_limit_stops_a_crash_loop() {
 
 #[test]
 fn hooks_run_in_order_with_names_and_stop_stops() {
-    let _w = watchdog(
-        "hooks_run_in_order_with_names_and_stop_stops",
-        Duration::from_secs(60),
-    );
-    let mut app = app("hooks_run_in_order_with_names_and_stop_stops");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("a", worker);
     app.add_target("b", worker).restart(RestartPolicy::Always);
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -260,10 +243,7 @@ fn start_quickstart() -> (
 
 #[test]
 fn killing_the_main_process_with_sigkill_leaves_no_child() {
-    let _w = watchdog(
-        "killing_the_main_process_with_sigkill_leaves_no_child",
-        Duration::from_secs(60),
-    );
+    let _w = test_watchdog!(Duration::from_secs(60));
     let (mut main, child_pid, _out) = start_quickstart();
     assert!(!process_gone(child_pid));
     main.kill().unwrap();
@@ -276,7 +256,7 @@ fn killing_the_main_process_with_sigkill_leaves_no_child() {
 
 #[test]
 fn sigterm_shuts_down_in_order() {
-    let _w = watchdog("sigterm_shuts_down_in_order", Duration::from_secs(60));
+    let _w = test_watchdog!(Duration::from_secs(60));
     let (mut main, child_pid, mut out) = start_quickstart();
     // SAFETY: plain syscall on our own child.
     unsafe { libc::kill(main.id() as i32, libc::SIGTERM) };
@@ -306,19 +286,10 @@ fn a_command_child_joins_with_connect() {
         }
         std::process::exit(0);
     }
-    let _w = watchdog(
-        "a_command_child_joins_with_connect",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_command_child_joins_with_connect");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "a_command_child_joins_with_connect",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("ACT_AS_COMMAND_CHILD", "1");
+    cmd.args(["--exact", test_name!(), "--nocapture", "--test-threads=1"])
+        .env("ACT_AS_COMMAND_CHILD", "1");
     app.add_command("cmd", cmd);
     run_main(app, |ctx| {
         let active = ctx.get_channel::<String>("cmd-active").unwrap();
@@ -329,11 +300,7 @@ fn a_command_child_joins_with_connect() {
 
 #[test]
 fn a_child_ignoring_sigterm_is_killed_after_its_stop_timeout() {
-    let _w = watchdog(
-        "a_child_ignoring_sigterm_is_killed_after_its_stop_timeout",
-        Duration::from_secs(60),
-    );
-    let mut app = app("a_child_ignoring_sigterm_is_killed_after_its_stop_timeout");
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
     app.add_target("stubborn", |ctx: Context| async move {
         // SAFETY: setting a signal disposition to "ignore" is always sound.
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };

@@ -1,5 +1,9 @@
 //! Shared helpers for the end-to-end tests: a watchdog, and an `App` whose children are
 //! this test binary re-executed to run one test.
+//!
+//! A test starts with `let (mut app, _w) = test_app!(limit);` (or `test_watchdog!` when
+//! it has no app): the test's name, which the watchdog reports and the children need to
+//! run the same test, comes from the test function itself.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -38,6 +42,58 @@ impl Drop for Watchdog {
     fn drop(&mut self) {
         self.done.store(true, Ordering::Release);
     }
+}
+
+/// The name the test harness gives the test in whose body this expands: its path in
+/// this test binary, such as `duplex_both_ways` or `close::main_child`. Children are this
+/// binary re-executed with that name, so a test writes its own name nowhere.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn f() {}
+        $crate::support::test_name_of(::std::any::type_name_of_val(&f))
+    }};
+}
+
+/// The one way a test starts: `let (mut app, _w) = test_app!(limit);` gives a watchdog
+/// that fails the binary after `limit`, and an [`App`] whose children run this test (see
+/// [`start`]).
+#[macro_export]
+macro_rules! test_app {
+    ($limit:expr) => {
+        $crate::support::start($crate::test_name!(), $limit)
+    };
+}
+
+/// For a test without an [`App`] of its own: `let _w = test_watchdog!(limit);`.
+#[macro_export]
+macro_rules! test_watchdog {
+    ($limit:expr) => {
+        $crate::support::watchdog($crate::test_name!(), $limit)
+    };
+}
+
+/// The test's name from the path of a function `f` declared in its body (perhaps in a
+/// closure or async block there): `binary::path::to::test::{{closure}}::f` becomes
+/// `path::to::test`.
+pub fn test_name_of(path: &'static str) -> &'static str {
+    let mut inner = path
+        .strip_suffix("::f")
+        .and_then(|p| p.split_once("::"))
+        .map(|(_binary, test)| test)
+        .unwrap_or_else(|| panic!("'{path}' is not the path of a test's `f`"));
+    while let Some(outer) = inner.strip_suffix("::{{closure}}") {
+        inner = outer;
+    }
+    assert!(!inner.contains('{'), "no test name in '{path}'");
+    inner
+}
+
+/// A watchdog for the test `name` and an app whose children run that test; the
+/// watchdog is the second element so that `let (app, _w) = ...` keeps it to the end.
+pub fn start(name: &'static str, limit: Duration) -> (App, Watchdog) {
+    let w = watchdog(name, limit);
+    (app(name), w)
 }
 
 /// An app whose re-executed children run only the test `name` of this binary (where
