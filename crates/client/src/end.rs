@@ -109,10 +109,10 @@ pub(crate) struct EndState {
     credit_lock: Mutex<()>,
     credit_cv: Condvar,
     pub(crate) credit_notify: tokio::sync::Notify,
-    /// Messages consumed since credit was last returned.
-    consumed: AtomicU32,
-    /// Bytes of the messages consumed since credit was last returned.
-    consumed_bytes: AtomicU64,
+    /// What was consumed since credit was last returned, in one word so that a
+    /// message costs one atomic step: messages in the low [`COUNT_BITS`] bits, their
+    /// bytes above.
+    consumed: AtomicU64,
     pub(crate) peer_gone: AtomicBool,
     /// With `peer_gone`: what the peer sent before it went is still on its way here,
     /// so receivers are not told yet (see [`Event::PeerGone`](yukicomm_wire::Event)).
@@ -147,8 +147,7 @@ impl EndState {
             credit_lock: Mutex::new(()),
             credit_cv: Condvar::new(),
             credit_notify: tokio::sync::Notify::new(),
-            consumed: AtomicU32::new(0),
-            consumed_bytes: AtomicU64::new(0),
+            consumed: AtomicU64::new(0),
             peer_gone: AtomicBool::new(peer_gone),
             peer_queued: AtomicBool::new(false),
             close_queued: AtomicBool::new(false),
@@ -294,13 +293,17 @@ impl EndState {
     /// Counts a consumed message of `size` bytes and returns credit to the hub in
     /// batches of half a window (in messages or in bytes).
     pub(crate) fn consumed(&self, node: &NodeInner, size: usize) {
-        let half = (node.window / 2).max(1);
-        let half_bytes = (node.window_bytes / 2).max(1);
-        let b = self.consumed_bytes.fetch_add(size as u64, Ordering::AcqRel) + size as u64;
-        let c = self.consumed.fetch_add(1, Ordering::AcqRel) + 1;
-        if c >= half || b >= half_bytes {
-            let n = self.consumed.swap(0, Ordering::AcqRel);
-            let bytes = self.consumed_bytes.swap(0, Ordering::AcqRel);
+        // The count stays below 2^COUNT_BITS: credit goes back before it gets there.
+        let half = u64::from((node.window / 2).max(1)).min(1 << (COUNT_BITS - 1));
+        let half_bytes = (node.window_bytes / 2).clamp(1, 1 << 38);
+        let step = ((size as u64) << COUNT_BITS) | 1;
+        let now = self
+            .consumed
+            .fetch_add(step, Ordering::AcqRel)
+            .wrapping_add(step);
+        if now & COUNT_MASK >= half || now >> COUNT_BITS >= half_bytes {
+            let taken = self.consumed.swap(0, Ordering::AcqRel);
+            let (n, bytes) = ((taken & COUNT_MASK) as u32, taken >> COUNT_BITS);
             if n > 0 || bytes > 0 {
                 if let Some(t) = node.transport() {
                     t.send_credit(self.key.chan, self.key.end, n, bytes);
@@ -318,6 +321,10 @@ impl EndState {
         self.wake_senders();
     }
 }
+
+/// Bits of [`EndState::consumed`] that count messages; the bytes (up to 2^40) sit above.
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 /// Why a send cannot proceed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
