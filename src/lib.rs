@@ -52,6 +52,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub use yukicomm_client::service;
 pub use yukicomm_client::{
     accept_all, connect, error, registry, ChanId, Channel, ChannelInfo, ConnectError, Context,
     ControlError, End, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
@@ -63,6 +64,28 @@ pub use yukicomm_client::{
     Subscriber, SubscriberError, Subscription, Ttl, Watch,
 };
 pub use yukicomm_hub::{Clock, Fsync, HubConfig, ManualClock, StoreConfig};
+/// Makes a trait a service that any process can serve and call, or lets the type of an
+/// `impl` of one be served as it is. See [the module `service`](mod@service) for the
+/// calls' behaviour, and the crate documentation's "Services" section for an example.
+///
+/// On a trait, every method must be `async fn`, take `&self`, and take and return
+/// owned serde types (arguments by plain name); anything else is a compile error
+/// pointing at it. A method returning `Result<T, E>` passes the service's error `E`
+/// back typed. The attribute generates, beside the trait (whose methods then return
+/// `impl Future + Send`, which an `async fn` in an `impl` satisfies):
+///
+/// - `NameClient`: `new(&node, "name")`, `with_timeout`, `waiting_for_server`,
+///   `blocking()`, and each method, sent at once, resolving to
+///   `Result<T, CallError<E>>` (`CallError` without `E` for methods that cannot fail);
+/// - `NameBlockingClient`: each method, waiting on the calling thread;
+/// - `NameServer<T>`: serves any `T: Name` (`node.serve("name", NameServer::new(t))`).
+///
+/// On an `impl Name for MyType` block, it also makes `MyType` itself servable:
+/// `node.serve("name", MyType::new())`.
+///
+/// Methods are named on the wire: a server that gained methods still serves older
+/// callers, and a method the server lacks is [`service::CallErrorKind::UnknownMethod`].
+pub use yukicomm_macros::service;
 pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RestartPolicy};
 
 /// The wire format, for tools and other-language clients.

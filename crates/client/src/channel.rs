@@ -763,6 +763,31 @@ mod tests {
         fn store_send(&self, _: Op) -> Result<Option<OpReply>, LinkError> {
             Err(LinkError::Disconnected)
         }
+        fn call(
+            &self,
+            _: crate::transport::CallHead<'_>,
+            _: crate::transport::BodyFn<'_>,
+            _: yukicomm_link::calls::Waiter<crate::transport::Answer>,
+        ) -> Result<u32, TransportError> {
+            Err(TransportError::Broken)
+        }
+        fn wait(
+            &self,
+            _: u32,
+            _: &yukicomm_link::calls::Slot<crate::transport::Answer>,
+            _: Instant,
+        ) -> Result<crate::transport::Answer, LinkError> {
+            Err(LinkError::Disconnected)
+        }
+        fn cancel(&self, _: u32) {}
+        fn reply(
+            &self,
+            _: u32,
+            _: yukicomm_wire::call::CallStatus,
+            _: crate::transport::BodyFn<'_>,
+        ) -> Result<(), TransportError> {
+            Err(TransportError::Broken)
+        }
     }
 
     /// Issue 8: a blocking `recv` whose transport stops reading without a deadline waits

@@ -385,6 +385,13 @@ pub enum Error {
     /// See [`SubscriberError`](crate::store::SubscriberError).
     #[error(transparent)]
     Subscriber(#[from] crate::store::SubscriberError),
+    /// See [`ServeError`](crate::service::ServeError).
+    #[error(transparent)]
+    Serve(#[from] crate::service::ServeError),
+    /// A call failed (see [`CallError`](crate::service::CallError)); the service's own
+    /// error, if that is what came back, is kept as its message.
+    #[error(transparent)]
+    Call(crate::service::CallError<String>),
     /// An I/O failure, with what was being done.
     #[error("{context}: {source}")]
     Io {
@@ -571,3 +578,9 @@ impl<T: Send + 'static> From<SendTimeoutError<T>> for SendFailure {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl<E: fmt::Display> From<crate::service::CallError<E>> for Error {
+    fn from(e: crate::service::CallError<E>) -> Error {
+        Error::Call(e.map_service(|e| e.to_string()))
+    }
+}

@@ -39,6 +39,7 @@ mod passive;
 pub mod registry;
 mod remote;
 mod select;
+pub mod service;
 pub mod store;
 #[doc(hidden)]
 pub mod transport;

@@ -35,17 +35,20 @@ use yukicomm_wire::{
 
 use crate::error::{ConnectError, LinkError};
 use crate::node::Node;
-use crate::transport::{Answer, Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
+use crate::transport::{
+    Answer, BodyFn, CallHead, Driver, EncodeFn, OpFuture, Pump, Transport, TransportError,
+};
 use yukicomm_link::calls::{Calls, Slot, Waiter};
 use yukicomm_link::reader::{self, background, FrameHandler, Pumped, ReadBuffer, READ_SIZE};
 use yukicomm_link::role::ReadRole;
+use yukicomm_wire::call::{encode_call, encode_call_reply, encode_cancel, CallStatus};
 
 /// Frames pushed closer together than this are coalesced into one write.
 const BURST_WINDOW: Duration = Duration::from_micros(3);
 /// The socket send buffer asked for (see [`yukicomm_link::sys::set_send_buffer`]).
 const SEND_BUFFER: usize = 1 << 20;
-/// How often overdue store operations of tasks are looked for.
-const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// The longest the flusher sleeps with nothing to write and no deadline to watch.
+const IDLE_NAP: Duration = Duration::from_millis(500);
 /// The longest a blocking read of the socket waits before its caller looks around.
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 /// How long a thread waiting for a store reply polls the socket before it blocks (see
@@ -210,6 +213,35 @@ impl Remote {
         Ok(id)
     }
 
+    /// Appends a frame that `encode` writes, refusing one larger than the hub accepts.
+    fn push_checked(
+        &self,
+        coalesce: bool,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), TransportError>,
+    ) -> Result<(), TransportError> {
+        let max = self.max_frame;
+        let encode = |buf: &mut Vec<u8>| {
+            let start = buf.len();
+            encode(buf)?;
+            // The length prefix does not count.
+            let size = buf.len() - start - 4;
+            if size > max {
+                buf.truncate(start);
+                return Err(TransportError::TooLarge { size, max });
+            }
+            Ok(())
+        };
+        let pushed = if coalesce {
+            self.outbox.push_coalesced(self, encode)
+        } else {
+            self.outbox.push(self, encode)
+        };
+        pushed.map_err(|e| match e {
+            Push::Encode(e) => e,
+            Push::Broken(_) => TransportError::Broken,
+        })
+    }
+
     /// One read from the socket, which blocks until it has something (or until
     /// [`READ_TIMEOUT`]) unless `nowait`.
     fn read_some(&self, st: &mut ReadBuffer, nowait: bool) -> Result<(), String> {
@@ -314,6 +346,11 @@ impl FrameHandler for Remote {
                     Some(Answer::Op(reply)) => Some(Frame::OpReply { id, reply }),
                     _ => None,
                 },
+                Frame::CallReply { id, status, body } => {
+                    // A reply to a call given up meanwhile is dropped.
+                    let _ = self.calls.complete(id, Answer::Call(status, body));
+                    None
+                }
                 other => Some(other),
             }));
         Ok(())
@@ -395,6 +432,57 @@ impl Transport for Remote {
 
     fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError> {
         self.send_op(&op, None).map(|_| None)
+    }
+
+    fn call(
+        &self,
+        head: CallHead<'_>,
+        body: BodyFn<'_>,
+        waiter: Waiter<Answer>,
+    ) -> Result<u32, TransportError> {
+        let id = self.calls.next_id();
+        let task = matches!(waiter, Waiter::Task(..));
+        let coalesce = self.calls.insert(id, waiter) > COALESCE_IN_FLIGHT && task;
+        if self.lost.load(Ordering::Acquire) {
+            self.calls.remove(id);
+            return Err(TransportError::Broken);
+        }
+        let pushed = self.push_checked(coalesce, |buf| {
+            encode_call(
+                buf,
+                id,
+                head.timeout_ms,
+                head.flags,
+                head.service,
+                head.method,
+                &mut *body,
+            )
+        });
+        match pushed {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                self.calls.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    fn wait(&self, id: u32, slot: &Slot<Answer>, deadline: Instant) -> Result<Answer, LinkError> {
+        self.wait_answer(id, slot, deadline)
+    }
+
+    fn cancel(&self, id: u32) {
+        // Sent even if the waiter is gone (its deadline passed): the hub ignores the
+        // cancellation of a call it already answered.
+        self.calls.remove(id);
+        let _ = self.outbox.push::<()>(self, |buf| {
+            encode_cancel(buf, id);
+            Ok(())
+        });
+    }
+
+    fn reply(&self, id: u32, status: CallStatus, body: BodyFn<'_>) -> Result<(), TransportError> {
+        self.push_checked(false, |buf| encode_call_reply(buf, id, status, &mut *body))
     }
 
     fn pump(&self, _key: EndRef, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pump {
@@ -556,14 +644,15 @@ pub(crate) fn join(
     Ok((driver.node(), welcome))
 }
 
+/// Writes what accumulated while another write was under way, and fails the calls of
+/// tasks whose deadline passed (the calls table wakes it for an earlier deadline).
 fn flusher_loop(remote: &Remote) {
-    let mut next_expiry = Instant::now() + EXPIRY_CHECK;
+    remote.calls.set_timer(std::thread::current());
     loop {
-        std::thread::park_timeout(EXPIRY_CHECK);
-        if Instant::now() >= next_expiry {
-            remote.calls.expire(Instant::now());
-            next_expiry = Instant::now() + EXPIRY_CHECK;
-        }
+        let now = Instant::now();
+        let next = remote.calls.expire(now);
+        let nap = next.map_or(IDLE_NAP, |d| d.saturating_duration_since(now).min(IDLE_NAP));
+        std::thread::park_timeout(nap);
         while let Some(data) = remote.outbox.take_for_flush() {
             let result = data.write_all(&mut &remote.stream);
             remote.outbox.flushed(data, result.err().map(|e| e.kind()));

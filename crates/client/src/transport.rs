@@ -14,7 +14,9 @@ use yukicomm_wire::store::{Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef, Notice, Reply, Request};
 
 use crate::error::LinkError;
-use yukicomm_link::calls::CallError;
+use bytes::Bytes;
+use yukicomm_link::calls::{CallError, Slot, Waiter};
+use yukicomm_wire::call::CallStatus;
 
 pub use crate::node::Driver;
 
@@ -53,6 +55,23 @@ pub enum Pump {
 /// connection's order (so that the window in bytes it checks is the one the hub sees);
 /// on an error it leaves the buffer as it found it.
 pub type EncodeFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<Vec<EndRef>, TransportError>;
+
+/// Writes the body of a call or of a call's reply in place; on an error it leaves the
+/// buffer as it found it.
+pub type BodyFn<'a> = &'a mut dyn FnMut(&mut Vec<u8>) -> Result<(), TransportError>;
+
+/// What a call names besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct CallHead<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// The method.
+    pub method: &'a str,
+    /// Milliseconds the caller waits for the reply.
+    pub timeout_ms: u32,
+    /// `yukicomm_wire::call::WAIT_FOR_SERVER`, or 0.
+    pub flags: u8,
+}
 
 /// How a process's frames reach the hub.
 ///
@@ -95,6 +114,27 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends a store operation without waiting. A transport that applies it at once
     /// returns the reply; otherwise a failure reaches the node later.
     fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError>;
+    /// Sends a call to a service, whose reply (an [`Answer::Call`]) goes to `waiter`;
+    /// returns the call's id.
+    fn call(
+        &self,
+        head: CallHead<'_>,
+        body: BodyFn<'_>,
+        waiter: Waiter<Answer>,
+    ) -> Result<u32, TransportError>;
+    /// Waits on this thread for the answer to call `id`, whose waiter is `slot`, until
+    /// `deadline`. On a timeout the call is forgotten, not cancelled.
+    fn wait(
+        &self,
+        id: u32,
+        slot: &Slot<Answer>,
+        deadline: std::time::Instant,
+    ) -> Result<Answer, LinkError>;
+    /// Gives call `id` up: forgets its waiter and tells the hub, which cancels it at
+    /// the server.
+    fn cancel(&self, id: u32);
+    /// Answers call `id`, which the hub gave this process to serve.
+    fn reply(&self, id: u32, status: CallStatus, body: BodyFn<'_>) -> Result<(), TransportError>;
 }
 
 /// The reply to a store operation sent with [`Transport::store_call_async`]: a plain
@@ -109,14 +149,17 @@ enum OpFutureState {
     Waiting(tokio::sync::oneshot::Receiver<Result<Answer, CallError>>),
 }
 
-/// What answers a call on a connection: a reply to a registry request, or to a store
-/// operation. One table of calls (`yukicomm_link::calls::Calls<Answer>`) waits for both.
+/// What answers a call on a connection: a reply to a registry request, to a store
+/// operation, or to a call to a service. One table of calls
+/// (`yukicomm_link::calls::Calls<Answer>`) waits for all three.
 #[derive(Debug)]
 pub enum Answer {
     /// The reply to a `Request`.
     Reply(Reply),
     /// The reply to an `Op`.
     Op(OpReply),
+    /// The reply to a `Call`.
+    Call(CallStatus, Bytes),
 }
 
 impl Answer {
@@ -125,8 +168,8 @@ impl Answer {
     pub fn into_op(self) -> Result<OpReply, LinkError> {
         match self {
             Answer::Op(r) => Ok(r),
-            Answer::Reply(r) => {
-                tracing::error!("the hub answered a store operation with {r:?}");
+            other => {
+                tracing::error!("the hub answered a store operation with {other:?}");
                 Err(LinkError::Disconnected)
             }
         }
@@ -136,8 +179,8 @@ impl Answer {
     pub fn into_reply(self) -> Result<Reply, LinkError> {
         match self {
             Answer::Reply(r) => Ok(r),
-            Answer::Op(r) => {
-                tracing::error!("the hub answered a request with {r:?}");
+            other => {
+                tracing::error!("the hub answered a request with {other:?}");
                 Err(LinkError::Disconnected)
             }
         }

@@ -28,7 +28,7 @@ use yukicomm_link::role::ReadRole;
 use yukicomm_link::sys::{pollfd, wait_readable};
 use yukicomm_link::{Outbox, OutboxSink, Pending};
 use yukicomm_wire::{
-    encode_control, encode_credit, encode_msg_head, encode_msg_raw, encode_msg_tail, Frame, Msg,
+    encode_credit, encode_frame, encode_msg_head, encode_msg_raw, encode_msg_tail, Frame, Msg,
     Request,
 };
 
@@ -107,7 +107,7 @@ impl Conn {
                         n,
                         bytes,
                     } => encode_credit(out.bytes(), *chan, *end, *n, *bytes),
-                    other => encode_control(out.bytes(), other),
+                    other => encode_frame(out.bytes(), other),
                 }
             }
             Ok(())

@@ -46,6 +46,8 @@ use yukicomm_wire::store::{Op, OpReply};
 mod config;
 mod core;
 mod dir;
+mod services;
+pub use services::{MAX_WAITING_BYTES, MAX_WAITING_CALLS};
 
 use router::Router;
 pub use router::{ConnId, HubEvent, LOCAL};

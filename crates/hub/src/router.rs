@@ -20,6 +20,9 @@ use std::collections::{HashMap, VecDeque};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use bytes::Bytes;
+use std::time::Instant;
+
+use crate::services::Services;
 use yukicomm_wire::{
     abbreviate, ChanId, ChannelInfo, ChannelName, ControlAction, End, EndRef, ErrorCode, Event,
     Frame, Msg, Notice, Reply, Request, MAX_TYPE_NAME,
@@ -206,6 +209,8 @@ pub(crate) struct Router {
     conns: FxHashMap<ConnId, ConnState>,
     pub(crate) children: HashMap<String, ChildEntry>,
     pub(crate) events: Vec<HubEvent>,
+    /// Who serves what, and the calls in progress (see [`crate::services`]).
+    services: Services,
 }
 
 fn refused(chan: Option<ChanId>, code: ErrorCode, message: String) -> Frame {
@@ -270,6 +275,7 @@ impl Router {
             conns: FxHashMap::default(),
             children: HashMap::new(),
             events: Vec::new(),
+            services: Services::default(),
         };
         r.conns.insert(LOCAL, ConnState::default());
         r
@@ -517,6 +523,10 @@ impl Router {
             return;
         }
         child.gone = true;
+        self.services.child_gone(name, Instant::now(), out);
+        let Some(child) = self.children.get(name) else {
+            return;
+        };
         // The connection of the dead process may not be closed yet: its closing
         // releases the ends then.
         if child.conn.is_some() {
@@ -542,6 +552,14 @@ impl Router {
         let Some(cs) = self.conns.remove(&conn) else {
             return;
         };
+        // Calls to the services of a child the supervisor has not given up on wait for
+        // its next process.
+        let returning = cs
+            .child
+            .as_deref()
+            .filter(|n| self.children.get(*n).is_some_and(|c| !c.gone));
+        self.services
+            .drop_conn(conn, returning, Instant::now(), out);
         // Re-insert a bare entry so that drop_hold can update it, then remove it.
         self.conns.insert(conn, ConnState::default());
         for key in cs.holds {
@@ -598,6 +616,19 @@ impl Router {
             }
             Frame::Notice(n) => {
                 self.notice(conn, n, out);
+                Ok(())
+            }
+            Frame::Call(call) => {
+                self.services.call(conn, call, Instant::now(), out);
+                Ok(())
+            }
+            Frame::CallReply { id, status, body } => {
+                self.services
+                    .reply(conn, id, status, body, Instant::now(), out);
+                Ok(())
+            }
+            Frame::Cancel { id } => {
+                self.services.cancel(conn, id, Instant::now(), out);
                 Ok(())
             }
             Frame::Op { .. } => Err("a store operation reached the router".into()),
@@ -1065,6 +1096,25 @@ impl Router {
                     .collect();
                 channels.sort_by(|a, b| a.name.cmp(&b.name));
                 Reply::Channels { channels }
+            }
+            Request::Serve {
+                name,
+                max_in_flight,
+                when_full,
+            } => {
+                let child = self.conns.get(&conn).and_then(|c| c.child.clone());
+                self.services.serve(
+                    conn,
+                    child.as_deref(),
+                    &name,
+                    (max_in_flight, when_full),
+                    Instant::now(),
+                    out,
+                )
+            }
+            Request::Unserve { name } => {
+                self.services.unserve(conn, &name, Instant::now(), out);
+                Reply::Done
             }
             Request::Control { action, target } => {
                 let own = self.conns.get(&conn).and_then(|c| c.child.clone());

@@ -5,10 +5,11 @@
 //! A caller takes an id ([`Calls::next_id`]), registers how it waits ([`Waiter`]), sends
 //! its frame with that id, and the connection's reader hands the answer over with
 //! [`Calls::complete`]. A blocked thread waits in a [`Slot`] (and may read the
-//! connection itself meanwhile); a task waits on a channel, and the connection's
-//! housekeeping fails it with [`CallError::Timeout`] once it is overdue
-//! ([`Calls::expire`]), so that a call costs no timer. When the connection is lost,
-//! [`Calls::fail_all`] wakes every waiter.
+//! connection itself meanwhile); a task waits on a channel, and the connection's timer
+//! thread ([`Calls::set_timer`]) fails it with [`CallError::Timeout`] once it is overdue
+//! ([`Calls::expire`]), so that a call costs no timer of its own: the table knows its
+//! earliest deadline and wakes that thread when a call with an earlier one arrives.
+//! When the connection is lost, [`Calls::fail_all`] wakes every waiter.
 //!
 //! ```
 //! use std::time::Duration;
@@ -24,7 +25,7 @@
 //! ```
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Instant;
 
@@ -84,15 +85,28 @@ pub enum Waiter<A> {
 /// documentation](self).
 #[derive(Debug)]
 pub struct Calls<A> {
-    waiting: Mutex<FxHashMap<u32, Waiter<A>>>,
+    waiting: Mutex<Table<A>>,
     next: AtomicU32,
+    /// The thread that calls [`Calls::expire`], woken for an earlier deadline.
+    timer: OnceLock<Thread>,
+}
+
+#[derive(Debug)]
+struct Table<A> {
+    calls: FxHashMap<u32, Waiter<A>>,
+    /// The earliest deadline of a task, if any waits.
+    earliest: Option<Instant>,
 }
 
 impl<A> Default for Calls<A> {
     fn default() -> Self {
         Calls {
-            waiting: Mutex::new(FxHashMap::default()),
+            waiting: Mutex::new(Table {
+                calls: FxHashMap::default(),
+                earliest: None,
+            }),
             next: AtomicU32::new(1),
+            timer: OnceLock::new(),
         }
     }
 }
@@ -108,22 +122,43 @@ impl<A> Calls<A> {
         }
     }
 
+    /// Names the thread that calls [`Calls::expire`] when the earliest deadline comes
+    /// (see [`Calls::expire`]); it is unparked when a task with an earlier deadline is
+    /// inserted. Only the first call has an effect.
+    pub fn set_timer(&self, thread: Thread) {
+        let _ = self.timer.set(thread);
+    }
+
     /// Registers how call `id` waits; returns how many calls wait now.
     pub fn insert(&self, id: u32, waiter: Waiter<A>) -> usize {
         let mut waiting = self.waiting.lock();
-        waiting.insert(id, waiter);
-        waiting.len()
+        let mut sooner = false;
+        if let Waiter::Task(_, deadline) = &waiter {
+            if waiting.earliest.is_none_or(|e| *deadline < e) {
+                waiting.earliest = Some(*deadline);
+                sooner = true;
+            }
+        }
+        waiting.calls.insert(id, waiter);
+        let n = waiting.calls.len();
+        drop(waiting);
+        if sooner {
+            if let Some(t) = self.timer.get() {
+                t.unpark();
+            }
+        }
+        n
     }
 
     /// Forgets call `id` (given up, or never sent); whether it was waiting.
     pub fn remove(&self, id: u32) -> bool {
-        self.waiting.lock().remove(&id).is_some()
+        self.waiting.lock().calls.remove(&id).is_some()
     }
 
     /// Hands `answer` to whoever waits for call `id`. Hands it back if nobody does (a
     /// call sent without waiting, or one given up).
     pub fn complete(&self, id: u32, answer: A) -> Option<A> {
-        let waiter = self.waiting.lock().remove(&id);
+        let waiter = self.waiting.lock().calls.remove(&id);
         match waiter {
             Some(Waiter::Thread(slot)) => {
                 *slot.answer.lock() = Some(answer);
@@ -139,25 +174,46 @@ impl<A> Calls<A> {
         }
     }
 
-    /// Fails the tasks whose deadline is `now` or earlier with [`CallError::Timeout`].
-    pub fn expire(&self, now: Instant) {
+    /// Fails the tasks whose deadline is `now` or earlier with [`CallError::Timeout`];
+    /// returns the earliest deadline left, for the timer thread to sleep until.
+    pub fn expire(&self, now: Instant) -> Option<Instant> {
         let mut waiting = self.waiting.lock();
-        let overdue: Vec<u32> = waiting
-            .iter()
-            .filter(|(_, w)| matches!(w, Waiter::Task(_, d) if *d <= now))
-            .map(|(id, _)| *id)
+        if waiting.earliest.is_none_or(|e| e > now) {
+            return waiting.earliest;
+        }
+        let mut earliest: Option<Instant> = None;
+        let mut overdue = Vec::new();
+        for (id, w) in &waiting.calls {
+            if let Waiter::Task(_, d) = w {
+                if *d <= now {
+                    overdue.push(*id);
+                } else if earliest.is_none_or(|e| *d < e) {
+                    earliest = Some(*d);
+                }
+            }
+        }
+        waiting.earliest = earliest;
+        let expired: Vec<Waiter<A>> = overdue
+            .into_iter()
+            .filter_map(|id| waiting.calls.remove(&id))
             .collect();
-        for id in overdue {
-            if let Some(Waiter::Task(tx, _)) = waiting.remove(&id) {
+        drop(waiting);
+        for w in expired {
+            if let Waiter::Task(tx, _) = w {
                 let _ = tx.send(Err(CallError::Timeout));
             }
         }
+        earliest
     }
 
     /// The connection is lost: every waiter wakes without an answer (a task gets
     /// [`CallError::Disconnected`]; a thread finds its slot empty).
     pub fn fail_all(&self) {
-        let waiters: Vec<Waiter<A>> = self.waiting.lock().drain().map(|(_, w)| w).collect();
+        let waiters: Vec<Waiter<A>> = {
+            let mut waiting = self.waiting.lock();
+            waiting.earliest = None;
+            waiting.calls.drain().map(|(_, w)| w).collect()
+        };
         for w in waiters {
             match w {
                 Waiter::Thread(slot) => slot.thread.unpark(),
@@ -170,7 +226,7 @@ impl<A> Calls<A> {
 
     /// Whether no call waits.
     pub fn is_empty(&self) -> bool {
-        self.waiting.lock().is_empty()
+        self.waiting.lock().calls.is_empty()
     }
 }
 
@@ -209,7 +265,7 @@ mod tests {
         let (tx2, mut rx2) = oneshot::channel();
         calls.insert(1, Waiter::Task(tx1, now));
         calls.insert(2, Waiter::Task(tx2, now + Duration::from_secs(60)));
-        calls.expire(now);
+        assert_eq!(calls.expire(now), Some(now + Duration::from_secs(60)));
         assert_eq!(rx1.try_recv().unwrap(), Err(CallError::Timeout));
         assert!(rx2.try_recv().is_err(), "not due yet");
         let slot = Slot::for_this_thread();

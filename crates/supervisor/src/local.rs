@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
-use yukicomm_client::transport::{Driver, EncodeFn, OpFuture, Pump, Transport, TransportError};
+use yukicomm_client::transport::{
+    Answer, BodyFn, CallHead, Driver, EncodeFn, OpFuture, Pump, Transport, TransportError,
+};
 use yukicomm_client::{LinkError, Node};
 use yukicomm_hub::Hub;
+use yukicomm_link::calls::{Calls, Slot, Waiter};
+use yukicomm_wire::call::{Call, CallStatus};
 use yukicomm_wire::store::{Op, OpReply};
 use yukicomm_wire::{ChanId, End, EndRef, Frame, Notice, Reply, Request};
 
@@ -20,6 +24,26 @@ thread_local! {
 pub(crate) struct Local {
     pub(crate) hub: Arc<Hub>,
     pub(crate) max_frame: usize,
+    /// The main process's calls to services awaiting replies (its registry requests and
+    /// store operations are answered at once).
+    calls: Calls<Answer>,
+}
+
+impl Local {
+    /// Encodes a body before the hub is entered (it may run user code), refusing a
+    /// frame of `head` bytes plus the body that exceeds the hub's limit.
+    fn encode_body(&self, head: usize, body: BodyFn<'_>) -> Result<Bytes, TransportError> {
+        let mut buf = Vec::with_capacity(LAST_LEN.with(Cell::get));
+        body(&mut buf)?;
+        let size = head + buf.len();
+        if size > self.max_frame {
+            return Err(TransportError::TooLarge {
+                size,
+                max: self.max_frame,
+            });
+        }
+        Ok(Bytes::from(buf))
+    }
 }
 
 impl Transport for Local {
@@ -91,6 +115,78 @@ impl Transport for Local {
     fn store_send(&self, op: Op) -> Result<Option<OpReply>, LinkError> {
         Ok(Some(self.hub.store_op(op)))
     }
+
+    fn call(
+        &self,
+        head: CallHead<'_>,
+        body: BodyFn<'_>,
+        waiter: Waiter<Answer>,
+    ) -> Result<u32, TransportError> {
+        // Kind byte, id, timeout, flags, and the two names with their lengths.
+        let size = 1 + 4 + 4 + 1 + 2 + head.service.len() + head.method.len();
+        let body = self.encode_body(size, body)?;
+        let id = self.calls.next_id();
+        self.calls.insert(id, waiter);
+        self.hub.local_frames([Frame::Call(Call {
+            id,
+            timeout_ms: head.timeout_ms,
+            flags: head.flags,
+            service: head.service.to_string(),
+            method: head.method.to_string(),
+            body,
+        })]);
+        Ok(id)
+    }
+
+    fn wait(
+        &self,
+        id: u32,
+        slot: &Slot<Answer>,
+        deadline: std::time::Instant,
+    ) -> Result<Answer, LinkError> {
+        loop {
+            if let Some(a) = slot.take() {
+                return Ok(a);
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                self.calls.remove(id);
+                return slot.take().ok_or(LinkError::Timeout);
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    fn cancel(&self, id: u32) {
+        // Sent even if the waiter is gone (its deadline passed): the hub ignores the
+        // cancellation of a call it already answered.
+        self.calls.remove(id);
+        self.hub.local_frames([Frame::Cancel { id }]);
+    }
+
+    fn reply(&self, id: u32, status: CallStatus, body: BodyFn<'_>) -> Result<(), TransportError> {
+        let body = self.encode_body(1 + 4 + 1, body)?;
+        self.hub
+            .local_frames([Frame::CallReply { id, status, body }]);
+        Ok(())
+    }
+}
+
+/// Fails the main process's calls of tasks whose deadline passed; ends with the
+/// transport.
+fn call_timer(local: std::sync::Weak<Local>) {
+    loop {
+        let Some(l) = local.upgrade() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let nap = l.calls.expire(now).map_or(Duration::from_millis(500), |d| {
+            d.saturating_duration_since(now)
+                .min(Duration::from_millis(500))
+        });
+        drop(l);
+        std::thread::park_timeout(nap);
+    }
 }
 
 /// Makes the main process's node and wires it to the hub in both directions.
@@ -101,12 +197,31 @@ pub(crate) fn local_node(hub: Arc<Hub>, runtime: tokio::runtime::Handle) -> Node
         runtime,
         Duration::from_secs(30),
     );
-    driver.set_transport(Arc::new(Local {
+    let local = Arc::new(Local {
         hub: hub.clone(),
         max_frame: hub.max_frame() as usize,
-    }));
+        calls: Calls::default(),
+    });
+    driver.set_transport(local.clone());
+    let weak = Arc::downgrade(&local);
+    match std::thread::Builder::new()
+        .name("yukicomm-call-timer".into())
+        .spawn(move || call_timer(weak))
+    {
+        Ok(t) => local.calls.set_timer(t.thread().clone()),
+        Err(e) => tracing::error!("no thread for the deadlines of calls: {e}"),
+    }
     let node = driver.node();
-    hub.set_local(Arc::new(move |frames| driver.dispatch_all(frames)));
+    hub.set_local(Arc::new(move |frames| {
+        // Replies to calls go to their callers; everything else to the node.
+        driver.dispatch_all(frames.filter_map(|f| match f {
+            Frame::CallReply { id, status, body } => {
+                let _ = local.calls.complete(id, Answer::Call(status, body));
+                None
+            }
+            other => Some(other),
+        }))
+    }));
     yukicomm_client::store::set_process_node(&node);
     node
 }

@@ -149,6 +149,13 @@ fn decode_payload(kind: u8, mut p: BytesMut) -> Result<Frame, FrameError> {
         7 => crate::store::decode_op(p).map(|(id, quiet, op)| Frame::Op { id, quiet, op }),
         8 => crate::store::decode_op_reply(p).map(|(id, reply)| Frame::OpReply { id, reply }),
         9 => crate::store::decode_delivery(p).map(Frame::Delivery),
+        10 => crate::call::decode_call(p).map(Frame::Call),
+        11 => crate::call::decode_call_reply(p).map(|(id, status, body)| Frame::CallReply {
+            id,
+            status,
+            body,
+        }),
+        12 => crate::call::decode_cancel(p).map(|id| Frame::Cancel { id }),
         other => Err(FrameError::UnknownKind(other)),
     }
 }
@@ -166,6 +173,30 @@ pub fn encode_frame(out: &mut Vec<u8>, frame: &Frame) {
         Frame::Op { id, quiet, op } => crate::store::encode_op(out, *id, *quiet, op),
         Frame::OpReply { id, reply } => crate::store::encode_op_reply(out, *id, reply),
         Frame::Delivery(d) => crate::store::encode_delivery(out, d),
+        Frame::Call(c) => {
+            let r: Result<(), std::convert::Infallible> = crate::call::encode_call(
+                out,
+                c.id,
+                c.timeout_ms,
+                c.flags,
+                &c.service,
+                &c.method,
+                |b| {
+                    b.extend_from_slice(&c.body);
+                    Ok(())
+                },
+            );
+            let _ = r;
+        }
+        Frame::CallReply { id, status, body } => {
+            let r: Result<(), std::convert::Infallible> =
+                crate::call::encode_call_reply(out, *id, *status, |b| {
+                    b.extend_from_slice(body);
+                    Ok(())
+                });
+            let _ = r;
+        }
+        Frame::Cancel { id } => crate::call::encode_cancel(out, *id),
         other => encode_control(out, other),
     }
 }
@@ -286,7 +317,10 @@ pub fn encode_control(out: &mut Vec<u8>, frame: &Frame) {
         | Frame::Credit { .. }
         | Frame::Op { .. }
         | Frame::OpReply { .. }
-        | Frame::Delivery(_) => {
+        | Frame::Delivery(_)
+        | Frame::Call(_)
+        | Frame::CallReply { .. }
+        | Frame::Cancel { .. } => {
             panic!("encode_control is for control frames only")
         }
     };
@@ -381,6 +415,47 @@ mod tests {
             end: End::A,
             queued: true,
         }));
+        roundtrip(Frame::Call(crate::call::Call {
+            id: 9,
+            timeout_ms: 30_000,
+            flags: crate::call::WAIT_FOR_SERVER,
+            service: "translator".into(),
+            method: "translate".into(),
+            body: bytes::Bytes::from_static(&[0x92, 0xa1, b'x', 1]),
+        }));
+        roundtrip(Frame::CallReply {
+            id: 9,
+            status: crate::call::CallStatus::ServiceError,
+            body: bytes::Bytes::from_static(&[0xa1, b'e']),
+        });
+        roundtrip(Frame::CallReply {
+            id: 10,
+            status: crate::call::CallStatus::Ok,
+            body: bytes::Bytes::new(),
+        });
+        roundtrip(Frame::Cancel { id: 9 });
+    }
+
+    #[test]
+    fn calls_with_bad_names_or_statuses_are_malformed() {
+        let dec = Decoder::new(1024);
+        let frame = |payload: &[u8]| {
+            let mut buf = BytesMut::from(&((payload.len()) as u32).to_le_bytes()[..]);
+            buf.extend_from_slice(payload);
+            dec.decode(&mut buf)
+        };
+        // Empty service name.
+        let call = [10u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b'm'];
+        assert!(matches!(frame(&call), Err(FrameError::Malformed { .. })));
+        // Method length past the end.
+        let call = [10u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, b's', 9, b'm'];
+        assert!(matches!(frame(&call), Err(FrameError::Malformed { .. })));
+        // Unknown status.
+        let reply = [11u8, 1, 0, 0, 0, 200];
+        assert!(matches!(frame(&reply), Err(FrameError::Malformed { .. })));
+        // Cancel of the wrong size.
+        let cancel = [12u8, 1, 0, 0];
+        assert!(matches!(frame(&cancel), Err(FrameError::Malformed { .. })));
     }
 
     #[test]

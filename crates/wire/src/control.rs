@@ -47,6 +47,24 @@ pub enum Request {
     },
     /// List the registry.
     List,
+    /// Serve calls to the service `name` from now on (see [`crate::call`]). Several
+    /// processes may serve one name: the hub gives each call to the one with the
+    /// fewest calls in progress.
+    Serve {
+        /// The service's name (a valid channel name).
+        name: String,
+        /// Most calls this process takes at once; at least 1.
+        max_in_flight: u32,
+        /// What the hub does with a call when every server has `max_in_flight` calls:
+        /// hold it until one is free, within its deadline, or refuse it at once.
+        #[serde(default)]
+        when_full: WhenFull,
+    },
+    /// Stop serving the service `name`; calls in progress go on.
+    Unserve {
+        /// The service's name.
+        name: String,
+    },
     /// Restart or stop a child process.
     Control {
         /// What to do.
@@ -54,6 +72,18 @@ pub enum Request {
         /// Which child; `None` means the requester itself.
         target: Option<String>,
     },
+}
+
+/// What the hub does with a call when every server of its service is at its bound
+/// ([`Request::Serve`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Hold the call until a server is free, within its deadline.
+    #[default]
+    Wait,
+    /// Answer it at once with the status `overloaded`.
+    Refuse,
 }
 
 /// What a [`Request::Control`] does.

@@ -23,6 +23,12 @@ pub enum Kind {
     OpReply = 8,
     /// [`Frame::Delivery`].
     Delivery = 9,
+    /// [`Frame::Call`].
+    Call = 10,
+    /// [`Frame::CallReply`].
+    CallReply = 11,
+    /// [`Frame::Cancel`].
+    Cancel = 12,
 }
 
 /// Why bytes on a connection are not a valid frame. Any of these ends the connection.

@@ -29,6 +29,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod call;
 mod codec;
 mod control;
 mod kinds;
@@ -41,7 +42,8 @@ pub use codec::{
     encode_msg_tail, Decoder, HEADER_LEN,
 };
 pub use control::{
-    ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, PROTOCOL_VERSION,
+    ChannelInfo, ControlAction, ErrorCode, Event, Notice, Reply, Request, WhenFull,
+    PROTOCOL_VERSION,
 };
 pub use kinds::{FrameError, Kind};
 pub use msgpack::MAX_CONTROL_DEPTH;
@@ -186,6 +188,25 @@ pub enum Frame {
     },
     /// A publication or a watched change, for a subscription of the receiving process.
     Delivery(store::Delivery),
+    /// A call to a service (see [`call`]): from a caller to the hub, and from the hub
+    /// to the process serving it.
+    Call(call::Call),
+    /// The answer to a [`Frame::Call`]: from the server to the hub, and from the hub to
+    /// the caller.
+    CallReply {
+        /// The call's id.
+        id: u32,
+        /// How it ended.
+        status: call::CallStatus,
+        /// The result, the service's error, or a message (see [`call::CallStatus`]).
+        body: Bytes,
+    },
+    /// The caller gave up a call: from the caller to the hub, and from the hub to the
+    /// server, which drops the handler.
+    Cancel {
+        /// The call's id.
+        id: u32,
+    },
 }
 
 /// Environment variable holding the path of the hub's socket, for a process that joins
