@@ -51,3 +51,23 @@ fn shared_store_example_counts_and_hears_every_event() {
     assert_eq!(count("[worker-b]", "heard worker-a round"), 4, "{stdout}");
     assert_eq!(count("", "event on events.worker-"), 8, "{stdout}");
 }
+
+#[test]
+fn rpc_example_answers_every_round_with_a_child_killed_mid_run() {
+    let _w = test_watchdog!(Duration::from_secs(90));
+    let stdout = support::run_example("rpc", &["--rounds", "20"]);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("all "))
+        .unwrap_or_else(|| panic!("no summary in: {stdout}"));
+    assert!(line.starts_with("all 20 calls answered"), "{line}");
+    let killed: u32 = line
+        .split("killed: Some(")
+        .nth(1)
+        .and_then(|rest| rest.trim_end_matches(')').parse().ok())
+        .unwrap_or_else(|| panic!("no killed pid in: {line}"));
+    assert!(support::process_gone(killed as i32), "{line}");
+    // The pool served from more than one process.
+    let per_process = line.split("calls per process: {").nth(1).unwrap();
+    assert!(per_process.matches(':').count() >= 2, "{line}");
+}
