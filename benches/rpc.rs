@@ -197,10 +197,7 @@ async fn many_calls(echo: &EchoClient, count: u64) -> Result<f64> {
     Ok(per_second(count, start.elapsed().as_nanos() as u64))
 }
 
-async fn tarpc_round_trips(
-    client: &TarpcEchoClient,
-    plan: Plan,
-) -> Result<(Vec<Duration>, f64)> {
+async fn tarpc_round_trips(client: &TarpcEchoClient, plan: Plan) -> Result<(Vec<Duration>, f64)> {
     let mut samples = Vec::with_capacity(plan.round_trips as usize);
     let mut measured = Duration::ZERO;
     for i in 0..plan.warmup + plan.round_trips {
@@ -219,7 +216,10 @@ async fn tarpc_round_trips(
             measured += elapsed;
         }
     }
-    Ok((samples, per_second(plan.round_trips, measured.as_nanos() as u64)))
+    Ok((
+        samples,
+        per_second(plan.round_trips, measured.as_nanos() as u64),
+    ))
 }
 
 async fn tarpc_many(client: &TarpcEchoClient, count: u64) -> Result<f64> {

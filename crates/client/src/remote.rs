@@ -481,8 +481,14 @@ impl Transport for Remote {
         });
     }
 
-    fn reply(&self, id: u32, status: CallStatus, body: BodyFn<'_>) -> Result<(), TransportError> {
-        self.push_checked(false, |buf| encode_call_reply(buf, id, status, &mut *body))
+    fn reply(
+        &self,
+        id: u32,
+        status: CallStatus,
+        body: BodyFn<'_>,
+        more: bool,
+    ) -> Result<(), TransportError> {
+        self.push_checked(more, |buf| encode_call_reply(buf, id, status, &mut *body))
     }
 
     fn pump(&self, _key: EndRef, ready: &dyn Fn() -> bool, deadline: Option<Instant>) -> Pump {

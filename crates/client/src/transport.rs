@@ -133,8 +133,15 @@ pub trait Transport: Send + Sync + 'static {
     /// Gives call `id` up: forgets its waiter and tells the hub, which cancels it at
     /// the server.
     fn cancel(&self, id: u32);
-    /// Answers call `id`, which the hub gave this process to serve.
-    fn reply(&self, id: u32, status: CallStatus, body: BodyFn<'_>) -> Result<(), TransportError>;
+    /// Answers call `id`, which the hub gave this process to serve. With `more`, other
+    /// replies follow at once, and this one may wait a moment to share their write.
+    fn reply(
+        &self,
+        id: u32,
+        status: CallStatus,
+        body: BodyFn<'_>,
+        more: bool,
+    ) -> Result<(), TransportError>;
 }
 
 /// The reply to a store operation sent with [`Transport::store_call_async`]: a plain

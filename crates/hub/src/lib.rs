@@ -324,6 +324,15 @@ impl Hub {
         })
     }
 
+    /// A call from the main process to a service. Returns the connection of the process
+    /// it went to, if it went to another process at once (its caller may then wait with
+    /// [`Hub::pump_conn`]).
+    pub fn local_call(&self, call: yukicomm_wire::call::Call) -> Option<ConnId> {
+        self.inner
+            .with_router(|r, out| r.local_call(call, out))
+            .filter(|&c| c != LOCAL)
+    }
+
     /// Lets a thread of the main process that is about to block receiving at `key` read,
     /// itself, the connection of the child that last sent there, until `ready` holds or
     /// `deadline` passes: no hand-off to another thread on the way to it. `None` when
@@ -335,6 +344,18 @@ impl Hub {
         deadline: Option<std::time::Instant>,
     ) -> Option<bool> {
         let id = self.inner.router.lock().last_sender(key)?;
+        self.pump_conn(id, ready, deadline)
+    }
+
+    /// Lets a thread of the main process that waits for something from the process at
+    /// connection `id` read that connection itself, until `ready` holds or `deadline`
+    /// passes; as [`Hub::pump`].
+    pub fn pump_conn(
+        &self,
+        id: ConnId,
+        ready: &dyn Fn() -> bool,
+        deadline: Option<std::time::Instant>,
+    ) -> Option<bool> {
         if id == LOCAL {
             return None;
         }

@@ -622,6 +622,7 @@ impl Router {
                 self.services.call(conn, call, Instant::now(), out);
                 Ok(())
             }
+
             Frame::CallReply { id, status, body } => {
                 self.services
                     .reply(conn, id, status, body, Instant::now(), out);
@@ -969,6 +970,16 @@ impl Router {
         for (c, queued) in all {
             out.push((c, Frame::Event(Event::Closed { chan: id, queued })));
         }
+    }
+
+    /// A call from the main process; returns the connection it went to, if it went to
+    /// one at once.
+    pub(crate) fn local_call(
+        &mut self,
+        call: yukicomm_wire::call::Call,
+        out: &mut Vec<Out>,
+    ) -> Option<ConnId> {
+        self.services.call(LOCAL, call, Instant::now(), out)
     }
 
     /// The connection that last sent a message delivered at `key`.

@@ -47,6 +47,9 @@ struct Service {
     /// How many of `waiting` are not cancelled, and their bytes of arguments.
     waiting_live: usize,
     waiting_bytes: usize,
+    /// Where the search for the next server starts, so that servers equally busy take
+    /// calls in turn.
+    turn: usize,
 }
 
 impl Service {
@@ -55,14 +58,16 @@ impl Service {
     }
 
     /// The server that takes the next call: the one with the fewest calls in progress,
-    /// below its bound.
-    fn pick(&self) -> Option<usize> {
-        self.servers
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.in_flight < s.max)
-            .min_by_key(|(_, s)| s.in_flight)
-            .map(|(i, _)| i)
+    /// below its bound; among equals, the next in turn.
+    fn pick(&mut self) -> Option<usize> {
+        let n = self.servers.len();
+        let start = self.turn % n.max(1);
+        let picked = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| self.servers[i].in_flight < self.servers[i].max)
+            .min_by_key(|&i| self.servers[i].in_flight)?;
+        self.turn = picked + 1;
+        Some(picked)
     }
 }
 
@@ -171,12 +176,19 @@ impl Services {
         self.after_servers_left(&key, now, out);
     }
 
-    /// A call from `conn`.
-    pub(crate) fn call(&mut self, conn: ConnId, call: Call, now: Instant, out: &mut Vec<Out>) {
+    /// A call from `conn`; returns the server it went to, if it went to one at once.
+    pub(crate) fn call(
+        &mut self,
+        conn: ConnId,
+        call: Call,
+        now: Instant,
+        out: &mut Vec<Out>,
+    ) -> Option<ConnId> {
         let caller_id = call.id;
         if self.by_caller.contains_key(&(conn, caller_id)) {
             let msg = format!("call id {caller_id} is already in progress");
-            return answer(out, conn, caller_id, CallStatus::BadRequest, &msg);
+            answer(out, conn, caller_id, CallStatus::BadRequest, &msg);
+            return None;
         }
         if call.timeout_ms == 0 {
             let msg = format!(
@@ -184,7 +196,8 @@ impl Services {
                 abbreviate(&call.service),
                 abbreviate(&call.method)
             );
-            return answer(out, conn, caller_id, CallStatus::Timeout, &msg);
+            answer(out, conn, caller_id, CallStatus::Timeout, &msg);
+            return None;
         }
         let wait = call.flags & WAIT_FOR_SERVER != 0;
         let key: Arc<str> = match self.names.get_key_value(call.service.as_str()) {
@@ -196,14 +209,13 @@ impl Services {
             }
             _ => {
                 let msg = format!("no process serves '{}'", abbreviate(&call.service));
-                return answer(out, conn, caller_id, CallStatus::NoServer, &msg);
+                answer(out, conn, caller_id, CallStatus::NoServer, &msg);
+                return None;
             }
         };
-        let Some(svc) = self.names.get_mut(&key) else {
-            return;
-        };
+        let svc = self.names.get_mut(&key)?;
         if let Some(i) = svc.pick() {
-            return self.dispatch(&key, i, conn, call, now, out);
+            return self.dispatch(&key, i, conn, call, out);
         }
         let refuse =
             !svc.servers.is_empty() && svc.servers.iter().all(|s| s.when_full == WhenFull::Refuse);
@@ -222,12 +234,11 @@ impl Services {
                     svc.waiting_live
                 )
             };
-            return answer(out, conn, caller_id, CallStatus::Overloaded, &msg);
+            answer(out, conn, caller_id, CallStatus::Overloaded, &msg);
+            return None;
         }
         let id = self.next_id();
-        let Some(svc) = self.names.get_mut(&key) else {
-            return;
-        };
+        let svc = self.names.get_mut(&key)?;
         svc.waiting.push_back(id);
         svc.waiting_live += 1;
         svc.waiting_bytes += call.body.len();
@@ -242,27 +253,23 @@ impl Services {
                 call,
             },
         );
+        None
     }
 
-    /// Gives `call` to server `server` of `key`.
+    /// Gives `call` to server `server` of `key`; returns that server's connection.
     fn dispatch(
         &mut self,
         key: &Arc<str>,
         server: usize,
         caller: ConnId,
         mut call: Call,
-        now: Instant,
         out: &mut Vec<Out>,
-    ) {
-        let _ = now;
+    ) -> Option<ConnId> {
         let id = self.next_id();
-        let Some(s) = self
+        let s = self
             .names
             .get_mut(key)
-            .and_then(|svc| svc.servers.get_mut(server))
-        else {
-            return;
-        };
+            .and_then(|svc| svc.servers.get_mut(server))?;
         s.in_flight += 1;
         let to = s.conn;
         let caller_id = call.id;
@@ -278,6 +285,7 @@ impl Services {
         );
         call.id = id;
         out.push((to, Frame::Call(call)));
+        Some(to)
     }
 
     /// Gives waiting calls of `key` to servers that can take them.
@@ -318,7 +326,7 @@ impl Services {
             }
             call.timeout_ms = left;
             call.id = caller_id;
-            self.dispatch(key, server, caller, call, now, out);
+            self.dispatch(key, server, caller, call, out);
         }
     }
 

@@ -10,7 +10,7 @@ use yukicomm_client::transport::{
     Answer, BodyFn, CallHead, Driver, EncodeFn, OpFuture, Pump, Transport, TransportError,
 };
 use yukicomm_client::{LinkError, Node};
-use yukicomm_hub::Hub;
+use yukicomm_hub::{ConnId, Hub};
 use yukicomm_link::calls::{Calls, Slot, Waiter};
 use yukicomm_wire::call::{Call, CallStatus};
 use yukicomm_wire::store::{Op, OpReply};
@@ -19,6 +19,9 @@ use yukicomm_wire::{ChanId, End, EndRef, Frame, Notice, Reply, Request};
 thread_local! {
     /// The size of the last body encoded on this thread, to allocate the next one once.
     static LAST_LEN: Cell<usize> = const { Cell::new(64) };
+    /// The last call this thread made and the connection of the process serving it: a
+    /// thread that then waits for the reply reads that connection itself.
+    static LAST_CALL: Cell<Option<(u32, ConnId)>> = const { Cell::new(None) };
 }
 
 pub(crate) struct Local {
@@ -127,14 +130,15 @@ impl Transport for Local {
         let body = self.encode_body(size, body)?;
         let id = self.calls.next_id();
         self.calls.insert(id, waiter);
-        self.hub.local_frames([Frame::Call(Call {
+        let server = self.hub.local_call(Call {
             id,
             timeout_ms: head.timeout_ms,
             flags: head.flags,
             service: head.service.to_string(),
             method: head.method.to_string(),
             body,
-        })]);
+        });
+        LAST_CALL.with(|l| l.set(server.map(|s| (id, s))));
         Ok(id)
     }
 
@@ -144,6 +148,9 @@ impl Transport for Local {
         slot: &Slot<Answer>,
         deadline: std::time::Instant,
     ) -> Result<Answer, LinkError> {
+        let server = LAST_CALL
+            .with(|l| l.take())
+            .and_then(|(call, s)| (call == id).then_some(s));
         loop {
             if let Some(a) = slot.take() {
                 return Ok(a);
@@ -153,7 +160,17 @@ impl Transport for Local {
                 self.calls.remove(id);
                 return slot.take().ok_or(LinkError::Timeout);
             }
-            std::thread::park_timeout(deadline - now);
+            // Read the server's connection on this thread while the reply is not there:
+            // it then reaches this thread with no hand-off. While another thread reads
+            // it, wait for the reply (and try again now and then).
+            let pumped = server.is_some_and(|s| {
+                self.hub
+                    .pump_conn(s, &|| slot.is_ready(), Some(deadline))
+                    .is_some()
+            });
+            if !pumped {
+                std::thread::park_timeout((deadline - now).min(Duration::from_millis(5)));
+            }
         }
     }
 
@@ -164,7 +181,13 @@ impl Transport for Local {
         self.hub.local_frames([Frame::Cancel { id }]);
     }
 
-    fn reply(&self, id: u32, status: CallStatus, body: BodyFn<'_>) -> Result<(), TransportError> {
+    fn reply(
+        &self,
+        id: u32,
+        status: CallStatus,
+        body: BodyFn<'_>,
+        _more: bool,
+    ) -> Result<(), TransportError> {
         let body = self.encode_body(1 + 4 + 1, body)?;
         self.hub
             .local_frames([Frame::CallReply { id, status, body }]);

@@ -1,9 +1,15 @@
 //! The serving side: the services this process serves, and the handlers running for
 //! calls, registered on the node as the sink of `Call` and `Cancel` frames.
 //!
-//! Each call runs as a task on the node's runtime; `Cancel` (the caller gave up, or its
-//! deadline passed) aborts it, dropping the handler's future. A handler that panics
-//! produces a `panicked` reply; the service goes on serving.
+//! Calls go, in order, to the process's *serving thread*, which waits for them as a
+//! blocking receiver does (in a child, it reads the connection itself, so that a call
+//! reaches it with no thread hand-off). It takes the first step of each handler itself,
+//! inside the node's runtime: a handler that completes there is answered from that
+//! thread at once; one that waits goes on as a task on the runtime. `Cancel` (the caller
+//! gave up, or its deadline passed) aborts the handler wherever it is, dropping its
+//! future. A handler that panics produces a `panicked` reply; the service goes on
+//! serving. As on any async runtime, a handler must not block: one that does delays the
+//! calls behind it.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -23,7 +29,7 @@ use yukicomm_wire::{Frame, Reply, Request};
 use super::{encode_value, ServeError, ServeOptions};
 use crate::error::LinkError;
 use crate::node::{FrameSink, Node};
-use crate::transport::{Transport, TransportError};
+use crate::transport::{Pump, Transport, TransportError};
 
 /// A boxed handler future, as [`Service::call`] returns it.
 pub type BoxCall = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
@@ -125,24 +131,70 @@ struct Serving {
     runtime: tokio::runtime::Handle,
     served: Mutex<FxHashMap<Arc<str>, Arc<dyn Service>>>,
     running: Mutex<FxHashMap<u32, AbortHandle>>,
+    /// Calls for the serving thread, in arrival order (at most about the bounds this
+    /// process gave the hub, summed over its services).
+    calls: flume::Sender<Call>,
+    /// The same queue's receiving side, to see whether calls wait.
+    queue: flume::Receiver<Call>,
+}
+
+/// "No channel end": what the serving thread passes to `Transport::pump`, which it
+/// asks to read for calls, not for a channel's messages (channel 0 never exists).
+const NO_END: yukicomm_wire::EndRef = yukicomm_wire::EndRef {
+    chan: yukicomm_wire::ChanId(0),
+    end: yukicomm_wire::End::A,
+};
+
+/// The serving thread: takes each call in turn, reading the connection itself while it
+/// waits when the transport allows.
+fn serving_thread(serving: Arc<Serving>, calls: flume::Receiver<Call>) {
+    loop {
+        let call = match calls.try_recv() {
+            Ok(call) => call,
+            Err(flume::TryRecvError::Disconnected) => return,
+            Err(flume::TryRecvError::Empty) => {
+                let ready = || !calls.is_empty();
+                if serving.transport.pump(NO_END, &ready, None) == Pump::Ready {
+                    continue;
+                }
+                match calls.recv() {
+                    Ok(call) => call,
+                    Err(_) => return,
+                }
+            }
+        };
+        serving.start(call);
+    }
 }
 
 impl Serving {
     fn reply(&self, id: u32, outcome: Outcome, service: &str, method: &str) {
         let Outcome { status, body } = outcome;
-        let sent = self.transport.reply(id, status, &mut |buf| {
-            buf.extend_from_slice(&body);
-            Ok(())
-        });
+        // More calls waiting for the serving thread: their replies will share a write.
+        let more = !self.queue.is_empty();
+        let sent = self.transport.reply(
+            id,
+            status,
+            &mut |buf| {
+                buf.extend_from_slice(&body);
+                Ok(())
+            },
+            more,
+        );
         if let Err(TransportError::TooLarge { size, max }) = sent {
             let message = format!(
                 "the reply of {service}.{method} is {size} bytes, over the frame limit of {max}"
             );
             let failure = Outcome::failure(CallStatus::TooLarge, &message);
-            let _ = self.transport.reply(id, failure.status, &mut |buf| {
-                buf.extend_from_slice(&failure.body);
-                Ok(())
-            });
+            let _ = self.transport.reply(
+                id,
+                failure.status,
+                &mut |buf| {
+                    buf.extend_from_slice(&failure.body);
+                    Ok(())
+                },
+                more,
+            );
         }
     }
 
@@ -191,7 +243,7 @@ impl Serving {
             CURRENT.scope(info.clone(), AssertUnwindSafe(handler).catch_unwind()),
             registration,
         );
-        self.runtime.spawn(async move {
+        let mut whole = Box::pin(async move {
             let ended = task.await;
             sink.running.lock().remove(&id);
             let outcome = match ended {
@@ -210,6 +262,14 @@ impl Serving {
             };
             sink.reply(id, outcome, &info.service, &info.method);
         });
+        // The first step here, in the runtime's context (a handler that completes at
+        // once costs no hand-off); the rest, if any, as a task, which the runtime polls
+        // again at once, with its own waker.
+        let _runtime = self.runtime.enter();
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        if whole.as_mut().poll(&mut cx).is_pending() {
+            self.runtime.spawn(whole);
+        }
     }
 }
 
@@ -217,7 +277,8 @@ impl FrameSink for ServiceSink {
     fn frame(&self, frame: Frame) -> Option<Frame> {
         match frame {
             Frame::Call(call) => {
-                self.0.start(call);
+                // The serving thread lives as long as the sink.
+                let _ = self.0.calls.send(call);
                 None
             }
             Frame::Cancel { id } => {
@@ -242,14 +303,33 @@ impl Node {
     fn services(&self) -> Result<Arc<ServiceSink>, LinkError> {
         let transport = self.transport()?.clone();
         let runtime = self.runtime().clone();
-        Ok(self.sink(|| {
-            ServiceSink(Arc::new(Serving {
+        let mut failed = None;
+        let sink = self.sink(|| {
+            let (tx, rx) = flume::unbounded();
+            let serving = Arc::new(Serving {
                 transport,
                 runtime,
                 served: Mutex::new(FxHashMap::default()),
                 running: Mutex::new(FxHashMap::default()),
-            }))
-        }))
+                calls: tx,
+                queue: rx.clone(),
+            });
+            let s = serving.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("yukicomm-serve".into())
+                .spawn(move || serving_thread(s, rx))
+            {
+                failed = Some(e);
+            }
+            ServiceSink(serving)
+        });
+        match failed {
+            None => Ok(sink),
+            Some(e) => {
+                tracing::error!("cannot start the serving thread: {e}");
+                Err(LinkError::Disconnected)
+            }
+        }
     }
 
     /// Serves calls to the service `name` with `service`, from now on and for the life

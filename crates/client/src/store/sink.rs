@@ -198,6 +198,7 @@ mod tests {
             _: u32,
             _: yukicomm_wire::call::CallStatus,
             _: crate::transport::BodyFn<'_>,
+            _: bool,
         ) -> Result<(), TransportError> {
             Err(TransportError::Broken)
         }
