@@ -1066,6 +1066,10 @@ impl Router {
                 channels.sort_by(|a, b| a.name.cmp(&b.name));
                 Reply::Channels { channels }
             }
+            Request::Observe { .. } | Request::Stats | Request::Monitor { .. } => error(
+                ErrorCode::BadRequest,
+                "observer requests are only valid on an observer's connection".into(),
+            ),
             Request::Control { action, target } => {
                 let own = self.conns.get(&conn).and_then(|c| c.child.clone());
                 let name = match (target, own) {
@@ -1106,6 +1110,8 @@ impl Router {
         }
     }
 }
+
+mod stats;
 
 #[cfg(test)]
 mod tests;
