@@ -49,6 +49,26 @@ pub struct HubConfig {
     pub max_unread: usize,
     /// The shared store's settings.
     pub store: StoreConfig,
+    /// Whether observers (`yukicomm monitor`) may tap the program's messages. Default
+    /// false; `YUKICOMM_MONITOR=1` in the main process's environment also allows it.
+    /// Tapping is sampled and bounded and never makes routing wait (see
+    /// `docs/PROTOCOL.md`, section 16).
+    pub monitor: bool,
+    /// Whether the hub advertises itself for the `yukicomm` command (a file in the
+    /// user's `yukicomm` runtime directory, removed at shutdown; see
+    /// [`discovery`](crate::discovery)). Default true.
+    pub advertise: bool,
+}
+
+/// The environment variable that allows the message tap when set to `1` (see
+/// [`HubConfig::monitor`]).
+pub const ENV_MONITOR: &str = "YUKICOMM_MONITOR";
+
+impl HubConfig {
+    /// Whether the tap is allowed, by the setting or the environment.
+    pub(crate) fn monitor_allowed(&self) -> bool {
+        self.monitor || std::env::var_os(ENV_MONITOR).is_some_and(|v| v == "1")
+    }
 }
 
 impl Default for HubConfig {
@@ -60,6 +80,8 @@ impl Default for HubConfig {
             socket_parent: None,
             max_unread: 256 << 20,
             store: StoreConfig::default(),
+            monitor: false,
+            advertise: true,
         }
     }
 }

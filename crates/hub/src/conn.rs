@@ -72,6 +72,8 @@ pub(crate) struct Conn {
     failure: Mutex<Option<String>>,
     /// Who may read, and how they hand the role over (see [`ReadRole`]).
     role: ReadRole,
+    /// Messages and bytes it sent and was delivered.
+    pub(crate) traffic: crate::stats::TrafficCounters,
 }
 
 thread_local! {
@@ -97,10 +99,15 @@ impl Conn {
     /// Appends frames to this connection's buffer (encoded in one go); [`Conn::kick`]
     /// writes them.
     pub(crate) fn append_all<'a>(&self, frames: impl Iterator<Item = &'a Frame>) {
+        let (mut msgs, mut bytes) = (0, 0);
         let r = self.outbox.append_spliced::<()>(|out| {
             for f in frames {
                 match f {
-                    Frame::Msg(m) => append_msg(out, m),
+                    Frame::Msg(m) => {
+                        msgs += 1;
+                        bytes += m.body.len() as u64;
+                        append_msg(out, m)
+                    }
                     Frame::Credit {
                         chan,
                         end,
@@ -112,6 +119,7 @@ impl Conn {
             }
             Ok(())
         });
+        self.traffic.add_out(msgs, bytes);
         if r.is_err() {
             self.shut();
         } else if self.outbox.buffered() > self.max_buffered {
@@ -126,6 +134,7 @@ impl Conn {
 
     /// Appends one message; `false` if the connection is broken.
     pub(crate) fn append_msg(&self, m: &Msg) -> bool {
+        self.traffic.add_out(1, m.body.len() as u64);
         self.outbox
             .append_spliced::<()>(|out| {
                 append_msg(out, m);
@@ -143,6 +152,11 @@ impl Conn {
             yukicomm_link::Push::Encode(e) => Some(e),
             yukicomm_link::Push::Broken(_) => None,
         })
+    }
+
+    /// Bytes appended and not yet written.
+    pub(crate) fn buffered(&self) -> usize {
+        self.outbox.buffered()
     }
 
     /// Writes what was appended, or leaves it to the flusher.
@@ -171,7 +185,11 @@ impl Conn {
             stream: &self.stream,
             role: &self.role,
             side: &self.read,
-            handler: &Route { inner, id: self.id },
+            handler: &Route {
+                inner,
+                id: self.id,
+                traffic: &self.traffic,
+            },
             closed: &closed,
             also_wake: Some(&inner.pump_wake.0),
         };
@@ -207,9 +225,18 @@ impl Conn {
     /// The reader thread's loop: reads and routes until the connection closes; returns
     /// why it closed (`None` for a clean close).
     fn read_loop(&self, inner: &Inner) -> Option<String> {
+        let route = Route {
+            inner,
+            id: self.id,
+            traffic: &self.traffic,
+        };
+        self.read_loop_with(&route)
+    }
+
+    /// The reader thread's loop with another handler of the frames (an observer's).
+    pub(crate) fn read_loop_with(&self, handler: &dyn FrameHandler) -> Option<String> {
         let closed = || self.closed.load(Ordering::Acquire);
-        let route = Route { inner, id: self.id };
-        background(&self.stream, &self.role, &self.read, &route, &closed)
+        background(&self.stream, &self.role, &self.read, handler, &closed)
             .or_else(|| self.failure.lock().take())
     }
 }
@@ -218,10 +245,15 @@ impl Conn {
 struct Route<'a> {
     inner: &'a Inner,
     id: ConnId,
+    traffic: &'a crate::stats::TrafficCounters,
 }
 
 impl FrameHandler for Route<'_> {
     fn frames(&self, frames: &mut Vec<Frame>) -> Result<(), String> {
+        self.traffic.count_in(frames);
+        if self.inner.tap.active() {
+            self.inner.tap.offer_frames(self.id, frames);
+        }
         self.inner.frames(self.id, frames)
     }
 }
@@ -386,6 +418,7 @@ impl Conn {
             read: Mutex::new(ReadBuffer::new(max_frame)),
             failure: Mutex::new(None),
             role: ReadRole::new()?,
+            traffic: Default::default(),
         })
     }
 }
@@ -424,6 +457,12 @@ fn serve(inner: Arc<Inner>, conn: Arc<Conn>, admission: Option<Admission>) {
                     token,
                 },
         })) => (id, version, name, token),
+        Ok(Some(Frame::Request {
+            id: req_id,
+            body: Request::Observe { version },
+        })) if admission.is_none() => {
+            return crate::observe::serve(inner, conn, req_id, version);
+        }
         Ok(Some(_)) => {
             tracing::warn!(
                 conn = id.0,

@@ -90,6 +90,14 @@ pub(crate) struct Inner {
     pub(crate) next_conn: AtomicU64,
     pub(crate) max_frame: u32,
     pub(crate) max_unread: usize,
+    /// The main process's own channel traffic.
+    pub(crate) local_traffic: crate::stats::TrafficCounters,
+    /// The message tap for observers.
+    pub(crate) tap: crate::observe::Tap,
+    /// What the supervisor reports about its children.
+    pub(crate) process_info: OnceLock<crate::stats::ProcessInfo>,
+    /// When the hub started.
+    pub(crate) started: std::time::Instant,
 }
 
 impl Inner {
@@ -225,6 +233,12 @@ impl Inner {
             out.clear();
             return None;
         }
+        let (msgs, bytes) = crate::stats::count_msgs(
+            out.iter()
+                .filter(|(target, _)| *target == LOCAL)
+                .map(|(_, f)| f),
+        );
+        self.local_traffic.add_out(msgs, bytes);
         let mut q = self.local_queue.lock();
         q.frames.reserve(local);
         Some(
@@ -235,8 +249,41 @@ impl Inner {
         )
     }
 
+    /// A request from the main process (or an observer acting for it), answered at once.
+    pub(crate) fn local_request(&self, request: yukicomm_wire::Request) -> yukicomm_wire::Reply {
+        use yukicomm_wire::Reply;
+        self.with_router(|r, out| {
+            let mut replies = Vec::new();
+            let _ = r.frame(
+                LOCAL,
+                Frame::Request {
+                    id: 0,
+                    body: request,
+                },
+                &mut replies,
+            );
+            let mut reply = None;
+            for (c, f) in replies {
+                match f {
+                    Frame::Reply { body, .. } if c == LOCAL && reply.is_none() => {
+                        reply = Some(body)
+                    }
+                    other => out.push((c, other)),
+                }
+            }
+            reply.unwrap_or(Reply::Error {
+                code: yukicomm_wire::ErrorCode::BadRequest,
+                message: "no reply".into(),
+            })
+        })
+    }
+
     /// Frames from the main process.
     pub(crate) fn local_frames(&self, frames: Vec<Frame>) {
+        self.local_traffic.count_in(&frames);
+        if self.tap.active() {
+            self.tap.offer_frames(LOCAL, &frames);
+        }
         self.with_router(|r, out| {
             for f in frames {
                 if let Err(e) = r.frame(LOCAL, f, out) {

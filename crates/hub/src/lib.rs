@@ -26,7 +26,10 @@
 #![deny(missing_docs)]
 
 mod conn;
+pub mod discovery;
+mod observe;
 pub mod router;
+mod stats;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -55,7 +58,9 @@ pub use router::{ConnId, HubEvent, LOCAL};
 use crate::core::{First, Inner, LocalQueue};
 use dir::private_dir;
 
-pub use config::{HubConfig, DEFAULT_WINDOW_BYTES};
+pub use config::{HubConfig, DEFAULT_WINDOW_BYTES, ENV_MONITOR};
+pub use observe::{BUFFER as TAP_BUFFER, HEAD as TAP_HEAD, SAMPLES_PER_TICK};
+pub use stats::ProcessInfo;
 
 /// Receives the frames the hub sends to the main process, a run at a time.
 pub type LocalSink = Arc<dyn Fn(&mut dyn Iterator<Item = Frame>) + Send + Sync>;
@@ -67,7 +72,10 @@ pub struct Hub {
     socket: PathBuf,
     accept: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    tapper: tokio::task::JoinHandle<()>,
     events: Mutex<Option<mpsc::UnboundedReceiver<HubEvent>>>,
+    /// This hub's advertisement for the `yukicomm` command, removed at shutdown.
+    advert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -105,6 +113,10 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             max_frame: config.max_frame,
             max_unread: config.max_unread,
+            local_traffic: Default::default(),
+            tap: observe::Tap::new(config.monitor_allowed()),
+            process_info: OnceLock::new(),
+            started: std::time::Instant::now(),
         });
         let accept_inner = inner.clone();
         let accept = tokio::spawn(async move {
@@ -124,18 +136,41 @@ impl Hub {
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for n in 1u64.. {
                 tick.tick().await;
                 sweep_inner.with_store(|s, out| s.sweep(out));
+                if n % 10 == 0 {
+                    sweep_inner.sample_rates();
+                }
             }
         });
+        let tapper = tokio::spawn(observe::drain(inner.clone()));
+        let advert = if config.advertise {
+            let tag = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit('-').next())
+                .unwrap_or("0")
+                .to_string();
+            match discovery::advertise(&socket, &tag) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("cannot advertise the hub for the yukicomm command: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Hub {
             inner,
             dir,
             socket,
             accept,
             sweeper,
+            tapper,
             events: Mutex::new(Some(rx)),
+            advert,
         })
     }
 
@@ -157,6 +192,17 @@ impl Hub {
     /// The credit window, in bytes.
     pub fn window_bytes(&self) -> u64 {
         self.inner.router.lock().window_bytes()
+    }
+
+    /// Installs what the supervisor reports about its children in statistics. Only the
+    /// first call has an effect.
+    pub fn set_process_info(&self, info: ProcessInfo) {
+        let _ = self.inner.process_info.set(info);
+    }
+
+    /// The report an observer gets (`yukicomm status --json` prints it).
+    pub fn stats(&self) -> yukicomm_wire::stats::Stats {
+        self.inner.stats()
     }
 
     /// Events for the supervisor. Can be taken once.
@@ -266,6 +312,10 @@ impl Hub {
     /// receives at `to` with credit, the message goes straight into that child's
     /// connection buffer; otherwise it is routed like any other.
     pub fn local_send(&self, chan: ChanId, to: End, body: bytes::Bytes, carried: Vec<EndRef>) {
+        self.inner.local_traffic.add_in(1, body.len() as u64);
+        if self.inner.tap.active() {
+            self.inner.tap.offer_msg(chan, to, &body);
+        }
         let m = yukicomm_wire::Msg {
             chan,
             to,
@@ -298,30 +348,7 @@ impl Hub {
 
     /// A request from the main process, answered at once.
     pub fn local_request(&self, request: Request) -> Reply {
-        self.inner.with_router(|r, out| {
-            let mut replies = Vec::new();
-            let _ = r.frame(
-                LOCAL,
-                Frame::Request {
-                    id: 0,
-                    body: request,
-                },
-                &mut replies,
-            );
-            let mut reply = None;
-            for (c, f) in replies {
-                match f {
-                    Frame::Reply { body, .. } if c == LOCAL && reply.is_none() => {
-                        reply = Some(body)
-                    }
-                    other => out.push((c, other)),
-                }
-            }
-            reply.unwrap_or(Reply::Error {
-                code: yukicomm_wire::ErrorCode::BadRequest,
-                message: "no reply".into(),
-            })
-        })
+        self.inner.local_request(request)
     }
 
     /// A call from the main process to a service. Returns the connection of the process
@@ -369,6 +396,9 @@ impl Hub {
 
     /// An operation on the shared store from the main process, applied at once.
     pub fn store_op(&self, op: Op) -> OpReply {
+        if self.inner.tap.active() {
+            self.inner.tap.offer_op(LOCAL, &op);
+        }
         self.inner
             .with_store(|s, out| s.apply(LOCAL, op, out).to_owned_reply())
     }
@@ -378,6 +408,10 @@ impl Hub {
     pub fn shutdown(&self) {
         self.accept.abort();
         self.sweeper.abort();
+        self.tapper.abort();
+        if let Some(f) = &self.advert {
+            let _ = std::fs::remove_file(f);
+        }
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_dir(&self.dir);
         let conns: Vec<_> = self.inner.conns.read().values().cloned().collect();

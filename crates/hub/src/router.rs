@@ -1127,6 +1127,10 @@ impl Router {
                 self.services.unserve(conn, &name, Instant::now(), out);
                 Reply::Done
             }
+            Request::Observe { .. } | Request::Stats | Request::Monitor { .. } => error(
+                ErrorCode::BadRequest,
+                "observer requests are only valid on an observer's connection".into(),
+            ),
             Request::Control { action, target } => {
                 let own = self.conns.get(&conn).and_then(|c| c.child.clone());
                 let name = match (target, own) {
@@ -1167,6 +1171,8 @@ impl Router {
         }
     }
 }
+
+mod stats;
 
 #[cfg(test)]
 mod tests;

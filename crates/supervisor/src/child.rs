@@ -26,7 +26,9 @@ use yukicomm_wire::{ProcessName, ENV_FD, ENV_HUB, ENV_NAME, ENV_TARGET, ENV_TOKE
 use crate::hooks::Hooks;
 use crate::keeper;
 use crate::spec::{ChildSpec, Launch, RestartPolicy};
+use crate::status::{Board, Exit};
 use crate::MainContext;
+use yukicomm_wire::stats::ProcessState;
 
 /// A request to a child's task.
 #[derive(Debug)]
@@ -84,6 +86,17 @@ pub(crate) struct Supervised {
     pub(crate) exec_args: Vec<OsString>,
     /// Set when the program shuts down: no child is restarted any more.
     pub(crate) shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the child's state is reported (`yukicomm status`).
+    pub(crate) board: Arc<Board>,
+}
+
+/// What a report says about a process that was stopped: its status, or why there is
+/// none.
+fn stopped_exit(status: Option<std::process::ExitStatus>, reason: &str) -> Exit {
+    match status {
+        Some(st) => Exit::from_status(&st, reason),
+        None => Exit::reason(reason.to_string()),
+    }
 }
 
 impl Supervised {
@@ -91,11 +104,22 @@ impl Supervised {
         &self.spec.name
     }
 
-    async fn spawn(&self) -> Option<Running> {
+    /// Starts the child's process; `again` when it is a restart.
+    async fn spawn(&self, again: bool) -> Option<Running> {
+        self.board.starting(self.name());
         match self.try_spawn().await {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                self.board
+                    .running(self.name(), r.group.as_raw() as u32, again);
+                Some(r)
+            }
             Err(e) => {
                 tracing::error!(child = self.name(), "cannot start: {e}");
+                self.board.ended(
+                    self.name(),
+                    Exit::reason(format!("cannot start: {e}")),
+                    ProcessState::Failed,
+                );
                 self.hub.child_failed(self.name());
                 None
             }
@@ -194,37 +218,53 @@ impl Supervised {
         })
     }
 
-    async fn stop(&self, mut running: Running) {
+    /// Stops the child's process; returns how it ended, if that is known.
+    async fn stop(&self, mut running: Running) -> Option<std::process::ExitStatus> {
         let name = self.name();
+        self.board.stopping(name);
         // The whole group: the program and every descendant that stayed in its group.
         let _ = killpg(running.group, Signal::SIGTERM);
-        match tokio::time::timeout(self.spec.stop_timeout, running.child.wait()).await {
-            Ok(Ok(status)) => tracing::info!(child = name, %status, "stopped"),
-            Ok(Err(e)) => tracing::warn!(child = name, "waiting for the child failed: {e}"),
+        let status = match tokio::time::timeout(self.spec.stop_timeout, running.child.wait()).await
+        {
+            Ok(Ok(status)) => {
+                tracing::info!(child = name, %status, "stopped");
+                Some(status)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(child = name, "waiting for the child failed: {e}");
+                None
+            }
             Err(_) => {
                 tracing::warn!(child = name, timeout = ?self.spec.stop_timeout, "did not stop in time; killing it");
                 let _ = killpg(running.group, Signal::SIGKILL);
                 // The keeper, if any, exits once the group is gone.
-                if tokio::time::timeout(KEEPER_EXIT, running.child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = running.child.kill().await;
+                match tokio::time::timeout(KEEPER_EXIT, running.child.wait()).await {
+                    Ok(Ok(status)) => Some(status),
+                    _ => {
+                        let _ = running.child.kill().await;
+                        None
+                    }
                 }
             }
-        }
+        };
         running.end_group();
         running.drain_output().await;
         self.hub.disconnect_child(name);
+        status
     }
 
     async fn restart(&self, running: Option<Running>) -> Option<Running> {
         let name = self.name().to_string();
         self.hooks.before_process_restart(&self.ctx, &name).await;
         if let Some(r) = running {
-            self.stop(r).await;
+            let status = self.stop(r).await;
+            self.board.ended(
+                &name,
+                stopped_exit(status, "restarted on request"),
+                ProcessState::Starting,
+            );
         }
-        let new = self.spawn().await;
+        let new = self.spawn(true).await;
         self.hooks.after_restart(&self.ctx, &name).await;
         new
     }
@@ -376,7 +416,7 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
     let name = s.name().to_string();
     let mut backoff = s.spec.backoff_initial;
     let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut running = s.spawn().await;
+    let mut running = s.spawn(false).await;
     loop {
         let cmd = match running.as_mut() {
             Some(r) => {
@@ -386,6 +426,12 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
                         r.end_group();
                         r.drain_output().await;
                         running = None;
+                        let exit = match &status {
+                            Ok(st) if st.success() => Exit::from_status(st, "exited"),
+                            Ok(st) if st.code().is_none() => Exit::from_status(st, "crashed"),
+                            Ok(st) => Exit::from_status(st, "failed"),
+                            Err(e) => Exit::reason(format!("cannot wait for it: {e}")),
+                        };
                         let failed = match &status {
                             Ok(st) => {
                                 if st.success() {
@@ -407,6 +453,7 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
                             RestartPolicy::Always => true,
                         };
                         if !again || s.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                            s.board.ended(&name, exit, ProcessState::Exited);
                             s.hub.child_gone(&name);
                             continue;
                         }
@@ -424,11 +471,16 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
                                 period = ?s.spec.restart_period,
                                 "restarted too often; marked failed and not restarted again"
                             );
+                            let mut exit = exit;
+                            exit.add_reason("restarted too often, given up");
+                            s.board.ended(&name, exit, ProcessState::Failed);
                             s.hub.child_gone(&name);
                             continue;
                         }
                         recent.push_back(now);
                         tracing::info!(child = %name, delay = ?backoff, "restarting");
+                        s.board.ended(&name, exit, ProcessState::Backoff);
+                        s.board.backoff(&name, backoff);
                         let wait = tokio::time::sleep(backoff);
                         backoff = (backoff * 2).min(s.spec.backoff_max);
                         tokio::select! {
@@ -451,14 +503,26 @@ pub(crate) async fn supervise(s: Supervised, mut cmds: mpsc::UnboundedReceiver<C
             Some(Cmd::Stop) => {
                 if let Some(r) = running.take() {
                     s.hooks.before_process_shutdown(&s.ctx, &name).await;
-                    s.stop(r).await;
+                    let status = s.stop(r).await;
+                    s.board.ended(
+                        &name,
+                        stopped_exit(status, "stopped on request"),
+                        ProcessState::Stopped,
+                    );
+                } else {
+                    s.board.set_state(&name, ProcessState::Stopped);
                 }
                 s.hub.child_gone(&name);
             }
             Some(Cmd::Shutdown(done)) => {
                 if let Some(r) = running.take() {
                     s.hooks.before_process_shutdown(&s.ctx, &name).await;
-                    s.stop(r).await;
+                    let status = s.stop(r).await;
+                    s.board.ended(
+                        &name,
+                        stopped_exit(status, "shut down"),
+                        ProcessState::Stopped,
+                    );
                 }
                 s.hub.child_gone(&name);
                 let _ = done.send(());

@@ -61,7 +61,10 @@ mod context;
 mod hooks;
 mod keeper;
 mod local;
+#[cfg(feature = "prometheus")]
+pub mod metrics;
 mod spec;
+mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -90,6 +93,8 @@ pub struct App {
     hooks: Hooks,
     hub: HubConfig,
     exec_args: Option<Vec<OsString>>,
+    /// Where the Prometheus endpoint is served, if anywhere.
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for App {
@@ -115,6 +120,7 @@ impl App {
             hooks: Hooks::default(),
             hub: HubConfig::default(),
             exec_args: None,
+            metrics: None,
         }
     }
 
@@ -165,6 +171,17 @@ impl App {
     /// Hub settings: credit window, largest frame, socket location.
     pub fn hub_config(&mut self, config: HubConfig) -> &mut App {
         self.hub = config;
+        self
+    }
+
+    /// Serves the program's figures for Prometheus at `http://ADDR/metrics` (the same
+    /// as `yukicomm status`, as counters and gauges; see [`metrics`]). The environment
+    /// variable `YUKICOMM_METRICS_ADDR` does the same without code. The endpoint has no
+    /// access control: give it a loopback address such as `127.0.0.1:9464`. If the
+    /// address cannot be bound, the program runs without it (and logs why).
+    #[cfg(feature = "prometheus")]
+    pub fn metrics(&mut self, addr: std::net::SocketAddr) -> &mut App {
+        self.metrics = Some(addr);
         self
     }
 
@@ -327,6 +344,10 @@ impl App {
         for n in &names {
             hub.admit_child(n);
         }
+        let board = Arc::new(status::Board::new(names.iter().map(|n| n.as_str())));
+        let report = board.clone();
+        hub.set_process_info(Arc::new(move || report.report()));
+        let _metrics = self.start_metrics(&hub).await;
         let node = local::local_node(hub.clone(), tokio::runtime::Handle::current());
         let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
         let ctx = MainContext {
@@ -360,6 +381,7 @@ impl App {
                 exe: exe.clone(),
                 exec_args: exec_args.clone(),
                 shutting_down: shutting_down.clone(),
+                board: board.clone(),
             };
             tasks.push((s.spec.name.clone(), tokio::spawn(child::supervise(s, rx))));
         }
@@ -412,6 +434,52 @@ impl App {
         Hooks::run(&hooks.after_shutdown, "on_after_shutdown", &ctx).await;
         hub.shutdown();
         Ok(())
+    }
+}
+
+impl App {
+    /// Starts the Prometheus endpoint if one is configured; the returned guard stops it.
+    async fn start_metrics(&self, hub: &Arc<Hub>) -> Option<AbortOnDrop> {
+        let from_env = std::env::var("YUKICOMM_METRICS_ADDR").ok();
+        let addr = match (self.metrics, from_env) {
+            (Some(a), _) => a,
+            (None, Some(text)) => match text.parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("YUKICOMM_METRICS_ADDR='{text}' is not an address: {e}");
+                    return None;
+                }
+            },
+            (None, None) => return None,
+        };
+        #[cfg(feature = "prometheus")]
+        {
+            match metrics::serve(hub.clone(), addr).await {
+                Ok(task) => Some(AbortOnDrop(task)),
+                Err(e) => {
+                    tracing::warn!("cannot serve metrics at {addr}: {e}");
+                    None
+                }
+            }
+        }
+        #[cfg(not(feature = "prometheus"))]
+        {
+            let _ = hub;
+            tracing::warn!(
+                "metrics at {addr} were asked for, but this program was built without the \
+                 `prometheus` feature"
+            );
+            None
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -72,6 +72,21 @@ pub enum Request {
         /// Which child; `None` means the requester itself.
         target: Option<String>,
     },
+    /// The first frame of an observer's connection (the `yukicomm` command): a
+    /// process of the same user that asks about the program instead of joining it.
+    Observe {
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// What the program is doing: processes, channels, store, subscriptions
+    /// (observers only).
+    Stats,
+    /// Start sampling messages on channels and topics whose name matches `pattern`
+    /// (observers only; the main process must allow it).
+    Monitor {
+        /// A glob (`*`, `?`) matched against channel names and topics.
+        pattern: String,
+    },
 }
 
 /// What the hub does with a call when every server of its service is at its bound
@@ -151,6 +166,18 @@ pub enum Reply {
         /// Human-readable reason, naming the channel, key or process concerned.
         message: String,
     },
+    /// Answer to `Observe`.
+    Observing {
+        /// The main process's pid.
+        pid: u32,
+        /// Whether the message tap may be used.
+        monitor: bool,
+    },
+    /// Answer to `Stats`.
+    Stats {
+        /// The report.
+        stats: Box<crate::stats::Stats>,
+    },
 }
 
 /// A registry entry.
@@ -200,6 +227,8 @@ pub enum ErrorCode {
     Storage,
     /// The process has too many subscriptions and watches.
     TooManySubscriptions,
+    /// The main process does not allow the message tap.
+    MonitorOff,
 }
 
 /// A one-way message from a process to the hub.
@@ -276,5 +305,22 @@ pub enum Event {
         code: ErrorCode,
         /// Human-readable reason.
         message: String,
+    },
+    /// A sampled message, for an observer's `Monitor` (never for other processes).
+    Tapped {
+        /// The process that sent it (`main` for the main process).
+        from: String,
+        /// Where it went.
+        target: crate::stats::TapTarget,
+        /// The size of its body in bytes.
+        len: u64,
+        /// Its first bytes (at most 256), MessagePack as the sender encoded it.
+        #[serde(with = "serde_bytes")]
+        head: Vec<u8>,
+    },
+    /// Samples for an observer's `Monitor` were dropped (its buffer was full).
+    TapDropped {
+        /// How many since the last report.
+        count: u64,
     },
 }

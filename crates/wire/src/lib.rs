@@ -35,6 +35,7 @@ mod control;
 mod kinds;
 mod msgpack;
 mod names;
+pub mod stats;
 pub mod store;
 
 pub use codec::{

@@ -443,6 +443,25 @@ impl Journal {
         Ok(())
     }
 
+    /// How long written data has waited for a sync (zero when everything is synced).
+    pub fn fsync_lag(&self) -> std::time::Duration {
+        if self.unsynced {
+            self.last_sync.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When it syncs.
+    pub fn fsync(&self) -> Fsync {
+        self.fsync
+    }
+
     /// Bytes in the file, header included.
     pub fn len_bytes(&self) -> u64 {
         self.len

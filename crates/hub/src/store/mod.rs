@@ -25,7 +25,10 @@
 //!   it is acknowledged (the `journal` module describes its format).
 
 pub(crate) mod journal;
+mod stats;
 mod table;
+
+pub(crate) use stats::per_second;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -214,6 +217,8 @@ struct Sub {
     bytes: u64,
     /// Deliveries dropped since the last one that got through.
     missed: u64,
+    /// Deliveries dropped in all (for reports).
+    missed_total: u64,
 }
 
 /// Whether a topic pattern has glob characters.
@@ -242,6 +247,8 @@ pub(crate) struct Store {
     journal_failed: bool,
     /// Bytes of keys and values stored, to decide when to compact the journal.
     live_bytes: usize,
+    /// Operations and publications counted for reports.
+    counts: stats::Counts,
 }
 
 /// Journals smaller than this are never compacted while running.
@@ -270,6 +277,7 @@ impl Store {
             journal: None,
             journal_failed: false,
             live_bytes: 0,
+            counts: stats::Counts::default(),
             config,
         };
         if let Some(path) = store.config.journal.clone() {
@@ -500,6 +508,7 @@ impl Store {
 
     /// Applies one operation from `from`.
     pub(crate) fn apply(&mut self, from: ConnId, op: Op, out: &mut dyn Deliver) -> Answer<'_> {
+        self.counts.ops += 1;
         match self.apply_inner(from, op, out) {
             Ok(a) => a,
             Err(e) => e,
@@ -760,6 +769,7 @@ impl Store {
                 sizes: std::collections::VecDeque::new(),
                 bytes: 0,
                 missed: 0,
+                missed_total: 0,
             },
         );
         Ok(credit)
@@ -813,6 +823,7 @@ impl Store {
         let s = subs.get_mut(&key)?;
         if s.credit == 0 || s.bytes >= max_bytes {
             s.missed += 1;
+            s.missed_total += 1;
             return None;
         }
         s.credit -= 1;
@@ -823,6 +834,7 @@ impl Store {
     }
 
     fn publish(&mut self, topic: &Bytes, body: &Bytes, out: &mut dyn Deliver) -> usize {
+        self.counts.published += 1;
         let mut reached = 0;
         let exact = self
             .topics
