@@ -50,6 +50,96 @@
 //!     app.run()
 //! }
 //! ```
+//!
+//! # Services
+//!
+//! A process serves a service under a name; any process calls it ([`mod@service`]; the
+//! frames are in `docs/PROTOCOL.md`). The README's example, compiled:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+//! pub enum Lang { En, Fr }
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! pub struct TranslateError(String);
+//! impl std::fmt::Display for TranslateError {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(&self.0) }
+//! }
+//!
+//! #[yukicomm::service]
+//! pub trait Translator {
+//!     /// Translates `text` into `to`.
+//!     async fn translate(&self, text: String, to: Lang) -> Result<String, TranslateError>;
+//!     async fn languages(&self) -> Vec<Lang>;
+//! }
+//!
+//! struct MyTranslator;
+//!
+//! #[yukicomm::service]
+//! impl Translator for MyTranslator {
+//!     async fn translate(&self, text: String, to: Lang) -> Result<String, TranslateError> {
+//!         match (text.as_str(), to) {
+//!             ("hello", Lang::Fr) => Ok("bonjour".into()),
+//!             _ => Err(TranslateError(format!("cannot translate '{text}'"))),
+//!         }
+//!     }
+//!     async fn languages(&self) -> Vec<Lang> { vec![Lang::En, Lang::Fr] }
+//! }
+//!
+//! async fn plugin(ctx: yukicomm::Context) -> yukicomm::Result<()> {
+//!     ctx.serve("translator", MyTranslator)?;
+//!     std::future::pending::<()>().await;
+//!     Ok(())
+//! }
+//!
+//! async fn use_it(ctx: &yukicomm::MainContext) -> yukicomm::Result<()> {
+//!     let tr = TranslatorClient::new(ctx, "translator");
+//!     let fr = tr.translate("hello".into(), Lang::Fr).await?;
+//!     let fr = tr.blocking().translate("hello".into(), Lang::Fr)?;
+//!     let fr = tr.with_timeout(Duration::from_millis(200)).translate("hello".into(), Lang::Fr).await?;
+//!     Ok(())
+//! }
+//!
+//! fn main() -> yukicomm::Result<()> {
+//!     let mut app = yukicomm::App::new();
+//!     app.add_target("plugin", plugin);
+//!     app.on_after_start(|ctx| async move { use_it(&ctx).await });
+//!     app.run()
+//! }
+//! ```
+//!
+//! What the attribute does not support is a compile error pointing at it:
+//!
+//! ```compile_fail
+//! #[yukicomm::service]
+//! pub trait NotAsync {
+//!     fn plain(&self) -> u32;
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[yukicomm::service]
+//! pub trait Borrowing {
+//!     async fn borrowed(&self, text: &str) -> u32;
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[yukicomm::service]
+//! pub trait Generic {
+//!     async fn generic<T: serde::Serialize>(&self, value: T) -> u32;
+//! }
+//! ```
+//!
+//! ```compile_fail
+//! #[yukicomm::service]
+//! pub trait Mutating {
+//!     async fn mutate(&mut self) -> u32;
+//! }
+//! ```
 #![deny(missing_docs)]
 
 pub use yukicomm_client::service;
