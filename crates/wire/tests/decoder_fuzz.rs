@@ -13,10 +13,11 @@ use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
+use yukicomm_wire::call::{Call, CallStatus, WAIT_FOR_SERVER};
 use yukicomm_wire::store::{ChangeKind, Delivery, Op, OpReply};
 use yukicomm_wire::{
     encode_frame, ChanId, ChannelInfo, ControlAction, Decoder, End, EndRef, ErrorCode, Event,
-    Frame, FrameError, Msg, Notice, Reply, Request,
+    Frame, FrameError, Msg, Notice, Reply, Request, WhenFull,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -243,6 +244,17 @@ fn request() -> BoxedStrategy<Request> {
             proptest::option::of(text())
         )
             .prop_map(|(action, target)| Request::Control { action, target }),
+        (
+            text(),
+            u32s(),
+            prop_oneof![Just(WhenFull::Wait), Just(WhenFull::Refuse)]
+        )
+            .prop_map(|(name, max_in_flight, when_full)| Request::Serve {
+                name,
+                max_in_flight,
+                when_full
+            }),
+        text().prop_map(|name| Request::Unserve { name }),
     ]
     .boxed()
 }
@@ -448,14 +460,51 @@ fn frame() -> BoxedStrategy<Frame> {
         (u32s(), any::<bool>(), op()).prop_map(|(id, quiet, op)| Frame::Op { id, quiet, op }),
         (u32s(), op_reply()).prop_map(|(id, reply)| Frame::OpReply { id, reply }),
         delivery().prop_map(Frame::Delivery),
+        call().prop_map(Frame::Call),
+        (u32s(), call_status(), vec(any::<u8>(), 0..64)).prop_map(|(id, status, body)| {
+            Frame::CallReply {
+                id,
+                status,
+                body: Bytes::from(body),
+            }
+        }),
+        u32s().prop_map(|id| Frame::Cancel { id }),
     ]
     .boxed()
+}
+
+/// A name as calls carry it: 1 to 255 bytes of UTF-8.
+fn call_name() -> impl Strategy<Value = String> {
+    "[a-z\\-\\.:é]{1,40}".prop_filter("at most 255 bytes", |s| !s.is_empty() && s.len() <= 255)
+}
+
+fn call() -> impl Strategy<Value = Call> {
+    (
+        u32s(),
+        u32s(),
+        prop_oneof![Just(0u8), Just(WAIT_FOR_SERVER)],
+        call_name(),
+        call_name(),
+        vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(id, timeout_ms, flags, service, method, body)| Call {
+            id,
+            timeout_ms,
+            flags,
+            service,
+            method,
+            body: Bytes::from(body),
+        })
+}
+
+fn call_status() -> impl Strategy<Value = CallStatus> {
+    (0u8..=10).prop_map(|b| CallStatus::from_u8(b).expect("statuses 0 to 10 exist"))
 }
 
 /// A frame with a valid length prefix and a kind byte this version knows (or a near
 /// miss), and arbitrary bytes as its payload: it reaches every payload decoder.
 fn framed_noise() -> impl Strategy<Value = Vec<u8>> {
-    (0u8..=10, vec(any::<u8>(), 0..300)).prop_map(|(kind, payload)| {
+    (0u8..=13, vec(any::<u8>(), 0..300)).prop_map(|(kind, payload)| {
         let mut out = ((payload.len() + 1) as u32).to_le_bytes().to_vec();
         out.push(kind);
         out.extend_from_slice(&payload);
