@@ -140,6 +140,17 @@ async fn caller(ctx: Context) -> yukicomm::Result<()> {
     .await
 }
 
+/// Waits until the hub has read the end of the killed server's connection. The process
+/// is gone before that: until then a call still goes to it and ends with `ServerGone`;
+/// afterwards a call waits for the restart (here it times out).
+fn hub_knows_lab_is_down(node: &Node) {
+    let probe = LabClient::new(node, "lab").with_timeout(Duration::from_millis(100));
+    assert!(eventually(T, || matches!(
+        probe.blocking().whoami().map_err(|e| e.kind().clone()),
+        Err(CallErrorKind::Timeout(_))
+    )));
+}
+
 fn lab(node: &Node) -> LabClient {
     LabClient::new(node, "lab")
         .waiting_for_server()
@@ -354,12 +365,13 @@ fn two_servers_share_the_load() {
 fn a_call_during_a_restart_waits_for_the_new_process() {
     let (mut app, _w) = test_app!(LIMIT);
     app.add_target("server", server)
-        .backoff(Duration::from_millis(300), Duration::from_millis(300));
+        .backoff(Duration::from_secs(1), Duration::from_secs(1));
     run_main(app, |ctx| {
         let lab = lab(&ctx);
         let old = lab.blocking().whoami().unwrap();
         unsafe { libc::kill(old as i32, libc::SIGKILL) };
         assert!(eventually(T, || process_gone(old as i32)));
+        hub_knows_lab_is_down(&ctx);
         // Not waiting for a server: the name is kept for the child being restarted.
         let plain = LabClient::new(&ctx, "lab").with_timeout(T);
         let new = plain.blocking().whoami().unwrap();
@@ -377,6 +389,7 @@ fn a_stopped_server_fails_waiting_calls_with_no_server() {
         let old = lab.blocking().whoami().unwrap();
         unsafe { libc::kill(old as i32, libc::SIGKILL) };
         assert!(eventually(T, || process_gone(old as i32)));
+        hub_knows_lab_is_down(&ctx);
         let plain = LabClient::new(&ctx, "lab").with_timeout(T);
         let waiting = std::thread::spawn(move || plain.blocking().whoami());
         std::thread::sleep(Duration::from_millis(300));
