@@ -144,10 +144,11 @@
 
 pub use yukicomm_client::service;
 pub use yukicomm_client::{
-    accept_all, connect, error, registry, ChanId, Channel, ChannelInfo, ConnectError, Context,
-    ControlError, End, Error, FullPolicy, HandlerOutput, HandlerReturn, Iter, LinkError, Node,
-    OnReceiveError, Payload, RecvError, RecvTimeoutError, RegistryError, Result, Selector,
-    SendError, SendFailure, SendFailureKind, SendTimeoutError, TryRecvError, Verdict,
+    accept_all, connect, error, join, join_with, registry, ChanId, Channel, ChannelInfo,
+    ConnectError, Context, ControlError, End, Error, FullPolicy, HandlerOutput, HandlerReturn,
+    Iter, JoinConfig, LinkError, Node, OnReceiveError, Payload, RecvError, RecvTimeoutError,
+    RegistryError, Result, Selector, SendError, SendFailure, SendFailureKind, SendTimeoutError,
+    SessionConfig, TokenError, TryRecvError, Verdict,
 };
 pub use yukicomm_client::{
     shared_memory, store, Change, ChangeKind, Publication, Store, StoreError, StoredValue,
@@ -176,7 +177,7 @@ pub use yukicomm_hub::{Clock, Fsync, HubConfig, ManualClock, StoreConfig};
 /// Methods are named on the wire: a server that gained methods still serves older
 /// callers, and a method the server lacks is [`service::CallErrorKind::UnknownMethod`].
 pub use yukicomm_macros::service;
-pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RestartPolicy};
+pub use yukicomm_supervisor::{App, ChildSpec, MainContext, RemoteOptions, RestartPolicy};
 
 /// The wire format, for tools and other-language clients.
 pub use yukicomm_wire as wire;

@@ -6,12 +6,14 @@ use std::sync::{Arc, OnceLock};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use yukicomm_wire::{
-    ChanId, ControlAction, End, EndRef, Reply, Request, ENV_FD, ENV_HUB, ENV_NAME, ENV_TOKEN,
+    ChanId, ControlAction, End, EndRef, Reply, Request, ENV_FD, ENV_HUB, ENV_JOIN, ENV_NAME,
+    ENV_STATE_DIR, ENV_TOKEN,
 };
 
 use crate::channel::Channel;
 use crate::error::{ConnectError, ControlError};
 use crate::node::Node;
+use yukicomm_remote::client::{JoinConfig, SCHEME as JOIN_SCHEME};
 
 /// A child process's handle on the yukicomm program. Dereferences to [`Node`] for the
 /// registry: `ctx.get_channel::<T>(name)` and friends.
@@ -38,6 +40,9 @@ pub struct Context {
     /// changes once recorded, so it is asked once.
     own_types: Arc<parking_lot::Mutex<Vec<(ChanId, String)>>>,
     _runtime: Option<Arc<tokio::runtime::Runtime>>,
+    /// A remote process's link to the hub runs on a runtime of its own, which user code
+    /// cannot block.
+    _link: Option<Arc<tokio::runtime::Runtime>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -81,26 +86,131 @@ pub fn connect() -> Result<Context, ConnectError> {
     if let Some(ctx) = CONTEXT.get() {
         return Ok(ctx.clone());
     }
-    let (handle, runtime) = match tokio::runtime::Handle::try_current() {
-        Ok(h) => (h, None),
-        Err(_) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("yukicomm-handlers")
-                .enable_all()
-                .build()
-                .map_err(|source| ConnectError::Io {
-                    path: "tokio runtime".into(),
-                    source,
-                })?;
-            (rt.handle().clone(), Some(Arc::new(rt)))
+    let (handle, runtime) = handlers_runtime()?;
+    let remote = std::env::var(ENV_HUB).is_ok_and(|hub| hub.starts_with(JOIN_SCHEME));
+    let ctx = if remote || std::env::var_os(ENV_JOIN).is_some() {
+        let url = var(ENV_HUB)?;
+        let token = var(ENV_JOIN)?;
+        let mut config = JoinConfig::default();
+        if let Some(dir) = std::env::var_os(ENV_STATE_DIR) {
+            config.state_dir = dir.into();
         }
+        forget_connection_variables();
+        join_in(&url, &token, config, handle, runtime)?
+    } else {
+        connect_with(handle, runtime)?
     };
-    let ctx = connect_with(handle, runtime)?;
     match CONTEXT.set(ctx.clone()) {
         Ok(()) => Ok(ctx),
         Err(_) => Err(ConnectError::AlreadyConnected),
     }
+}
+
+/// The runtime passive handlers run on: the current one, or a small one of their own.
+fn handlers_runtime(
+) -> Result<(tokio::runtime::Handle, Option<Arc<tokio::runtime::Runtime>>), ConnectError> {
+    Ok(match tokio::runtime::Handle::try_current() {
+        Ok(h) => (h, None),
+        Err(_) => {
+            let rt = small_runtime("yukicomm-handlers")?;
+            (rt.handle().clone(), Some(Arc::new(rt)))
+        }
+    })
+}
+
+fn small_runtime(name: &str) -> Result<tokio::runtime::Runtime, ConnectError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|source| ConnectError::Io {
+            path: "tokio runtime".into(),
+            source,
+        })
+}
+
+/// Joins, as a remote process, the hub at `url` (`yk://host:port`) that another
+/// machine's main process listens on (`App::listen_remote`), with a join token from
+/// `MainContext::join_token`. The first time, the token is spent to obtain this
+/// process's own certificate, which is kept (see [`JoinConfig::state_dir`]); later runs
+/// connect with the certificate, and the token, already used, is only read for the
+/// name and the authority it pins. Every connection is TLS 1.3 with mutual
+/// authentication.
+///
+/// The process is then a participant like a local child: its `NAME-active` and
+/// `NAME-passive` channels, the registry, the store, publish/subscribe and services.
+/// A broken link is resumed within the grace period (30 s by default) with nothing
+/// lost or repeated; after it, the hub counts the process as gone, and this side's
+/// waiters get [`RecvError::Disconnected`](crate::RecvError::Disconnected). Unlike a
+/// supervised child, the process does not exit when the hub goes.
+///
+/// [`connect`] joins this way when `YUKICOMM_HUB` holds a `yk://` address and
+/// `YUKICOMM_JOIN` the token (and `YUKICOMM_STATE_DIR`, if set, the state directory).
+///
+/// # Errors
+///
+/// [`ConnectError::Remote`]: a malformed address or token, enrolment refused (token
+/// used, expired, or for another name), the hub unreachable or not the one the token
+/// pins, the session refused; or [`ConnectError::Refused`] by the hub's hello.
+pub fn join(url: &str, token: &str) -> Result<Context, ConnectError> {
+    join_with(url, token, JoinConfig::default())
+}
+
+/// [`join`] with settings: where the certificate is kept, the heartbeat and grace
+/// period, the connection timeout.
+///
+/// # Errors
+///
+/// As [`join`].
+pub fn join_with(url: &str, token: &str, config: JoinConfig) -> Result<Context, ConnectError> {
+    let (handle, runtime) = handlers_runtime()?;
+    let ctx = join_in(url, token, config, handle, runtime)?;
+    let _ = CONTEXT.set(ctx.clone());
+    Ok(ctx)
+}
+
+fn join_in(
+    url: &str,
+    token: &str,
+    config: JoinConfig,
+    handle: tokio::runtime::Handle,
+    runtime: Option<Arc<tokio::runtime::Runtime>>,
+) -> Result<Context, ConnectError> {
+    let remote_err = |source| ConnectError::Remote {
+        url: url.to_string(),
+        source,
+    };
+    let token = yukicomm_remote::token::JoinToken::parse(token).map_err(remote_err)?;
+    let link = small_runtime("yukicomm-remote")?;
+    // The session is opened on the link's runtime (so that this also works from inside
+    // another runtime), and this thread waits for it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (u, t) = (url.to_string(), token.clone());
+    link.spawn(async move {
+        let _ = tx.send(yukicomm_remote::client::join(&u, &t, config).await);
+    });
+    let stream = rx
+        .recv()
+        .map_err(|_| {
+            remote_err(yukicomm_remote::RemoteError::Refused(
+                "the link's runtime stopped".into(),
+            ))
+        })?
+        .map_err(remote_err)?;
+    let (node, welcome) = crate::remote::join(stream, url, &token.name, "", handle, false)?;
+    if CONTEXT.get().is_none() {
+        crate::store::set_current(&node);
+    }
+    Ok(Context {
+        node,
+        name: Arc::from(welcome.name.as_str()),
+        active: welcome.active,
+        passive: welcome.passive,
+        own_types: Arc::default(),
+        _runtime: runtime,
+        _link: Some(Arc::new(link)),
+    })
 }
 
 fn var(name: &'static str) -> Result<String, ConnectError> {
@@ -138,6 +248,7 @@ fn connect_with(
         passive: welcome.passive,
         own_types: Arc::default(),
         _runtime: runtime,
+        _link: None,
     })
 }
 
@@ -175,21 +286,30 @@ fn inherited(text: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
 /// kernel shows the environment a process started with (`/proc/<pid>/environ`), not
 /// what removing a variable leaves.
 fn forget_connection_variables() {
-    // The constant has no NUL byte, so this cannot fail.
-    let name = std::ffi::CString::new(ENV_TOKEN).expect("a variable name without NUL");
-    // SAFETY: getenv returns either null or a pointer to the variable's value, a
-    // NUL-terminated string in writable memory (the environment block or a setenv
-    // copy); it is overwritten in place, within its length, before the variable is
-    // removed. No other thread is expected to read these variables while a process
-    // joins.
-    unsafe {
-        let value = libc::getenv(name.as_ptr());
-        if !value.is_null() {
-            let len = libc::strlen(value);
-            std::ptr::write_bytes(value, b'0', len);
+    for secret in [ENV_TOKEN, ENV_JOIN] {
+        // The constants have no NUL byte, so this cannot fail.
+        let name = std::ffi::CString::new(secret).expect("a variable name without NUL");
+        // SAFETY: getenv returns either null or a pointer to the variable's value, a
+        // NUL-terminated string in writable memory (the environment block or a setenv
+        // copy); it is overwritten in place, within its length, before the variable is
+        // removed. No other thread is expected to read these variables while a process
+        // joins.
+        unsafe {
+            let value = libc::getenv(name.as_ptr());
+            if !value.is_null() {
+                let len = libc::strlen(value);
+                std::ptr::write_bytes(value, b'0', len);
+            }
         }
     }
-    for var in [ENV_FD, ENV_HUB, ENV_NAME, ENV_TOKEN] {
+    for var in [
+        ENV_FD,
+        ENV_HUB,
+        ENV_NAME,
+        ENV_TOKEN,
+        ENV_JOIN,
+        ENV_STATE_DIR,
+    ] {
         std::env::remove_var(var);
     }
 }

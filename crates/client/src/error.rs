@@ -318,6 +318,33 @@ pub enum ControlError {
     Link(#[from] LinkError),
 }
 
+/// Failure to issue a join token for a remote process.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The main process does not listen for remote processes (see
+    /// `App::listen_remote`).
+    #[error("cannot issue a join token for '{name}': this main process does not listen for remote processes (App::listen_remote)")]
+    NotListening {
+        /// The name given.
+        name: String,
+    },
+    /// Not a valid process name.
+    #[error("cannot issue a join token for '{name}': {reason}")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// Why it is not valid.
+        reason: String,
+    },
+    /// A child of this main process has the name: a remote process cannot take it.
+    #[error("cannot issue a join token for '{name}': a child of this main process has that name")]
+    ChildName {
+        /// The name given.
+        name: String,
+    },
+}
+
 /// Failure to join a yukicomm program as a child.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -347,6 +374,17 @@ pub enum ConnectError {
     /// A process can join only once.
     #[error("this process is already connected to a hub")]
     AlreadyConnected,
+    /// Joining a hub on another machine failed: a bad address or token, enrolment
+    /// refused (token used, expired, for another name), the hub unreachable, a TLS
+    /// handshake failed, or the session refused.
+    #[error("cannot join the hub at {url}: {source}")]
+    Remote {
+        /// The hub's address, `yk://host:port`.
+        url: String,
+        /// The cause.
+        #[source]
+        source: yukicomm_remote::RemoteError,
+    },
 }
 
 /// Any yukicomm error, for applications that propagate with `?`.
@@ -376,6 +414,9 @@ pub enum Error {
     /// See [`ConnectError`].
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// See [`TokenError`].
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// See [`LinkError`].
     #[error(transparent)]
     Link(#[from] LinkError),

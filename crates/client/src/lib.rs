@@ -46,10 +46,11 @@ pub mod transport;
 mod value;
 
 pub use channel::{Channel, FullPolicy, Iter};
-pub use context::{connect, connect_in, Context};
+pub use context::{connect, connect_in, join, join_with, Context};
 pub use error::{
     ConnectError, ControlError, Error, LinkError, OnReceiveError, RecvError, RecvTimeoutError,
-    RegistryError, Result, SendError, SendFailure, SendFailureKind, SendTimeoutError, TryRecvError,
+    RegistryError, Result, SendError, SendFailure, SendFailureKind, SendTimeoutError, TokenError,
+    TryRecvError,
 };
 pub use node::Node;
 pub use passive::{accept_all, Async, HandlerOutput, HandlerReturn, Sync, Verdict};
@@ -59,6 +60,8 @@ pub use store::{
     SubscriberError, Subscription, Ttl, Watch,
 };
 pub use value::Payload;
+pub use yukicomm_remote::client::JoinConfig;
+pub use yukicomm_remote::session::SessionConfig;
 pub use yukicomm_wire::{ChanId, ChannelInfo, End};
 
 /// What an application reaches from a [`Context`] (and, through it, a [`Node`]): the

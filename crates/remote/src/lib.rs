@@ -7,13 +7,19 @@
 //! - [`token`]: join tokens (single use, expiring, naming a process, pinning the
 //!   authority);
 //! - [`tls`]: the TLS configurations of both sides;
+//! - [`opening`]: the first record on a link (enrolment, or a session opened or
+//!   resumed) and the hub's answer;
 //! - [`session`]: a resumable byte stream carried over successive TLS links, so that a
-//!   link cut within the grace period loses nothing.
+//!   link cut within the grace period loses nothing;
+//! - [`server`]: the hub's listener; [`client`]: the remote process's side.
 //!
 //! The frames that travel inside a session are the ones a local child sends over its
 //! Unix socket: the connection engine on both sides is the same.
 
 pub mod authority;
+pub mod client;
+pub mod opening;
+pub mod server;
 pub mod session;
 pub mod tls;
 pub mod token;
@@ -37,4 +43,10 @@ pub enum RemoteError {
     /// Enrolment with a join token failed.
     #[error("enrolment: {0}")]
     Enrolment(String),
+    /// Not a hub address.
+    #[error("{0}")]
+    Address(String),
+    /// The hub refused the session.
+    #[error("the hub refused the session: {0}")]
+    Refused(String),
 }

@@ -61,11 +61,14 @@ impl Default for SessionConfig {
 
 /// How a link ended.
 #[derive(Debug)]
-pub enum LinkEnd {
+pub enum LinkEnd<T = ()> {
     /// Broken or silent: another link may resume the session.
     Lost(String),
     /// The stream ended for good (either side closed it).
     Closed,
+    /// The `stop` future given to [`Session::run_link`] completed, with this value; the
+    /// session can go on over another link.
+    Stopped(T),
 }
 
 /// What was sent and not yet acknowledged.
@@ -150,12 +153,20 @@ impl Session {
         self.config
     }
 
-    /// Carries the stream over `link` until it breaks or the stream ends; the other
-    /// side said it has received `peer_received` bytes.
-    pub async fn run_link<S>(&mut self, link: S, peer_received: u64) -> LinkEnd
+    /// Carries the stream over `link` until it breaks, the stream ends, or `stop`
+    /// completes (a newer link replaces this one); the other side said it has received
+    /// `peer_received` bytes.
+    pub async fn run_link<S, F>(
+        &mut self,
+        link: S,
+        peer_received: u64,
+        stop: F,
+    ) -> LinkEnd<F::Output>
     where
         S: AsyncRead + AsyncWrite + Unpin,
+        F: std::future::Future,
     {
+        tokio::pin!(stop);
         if let Err(e) = self.retained.ack(peer_received) {
             // The other side's count cannot be trusted: the session cannot go on.
             tracing::warn!("cannot resume the session: {e}");
@@ -187,6 +198,9 @@ impl Session {
         loop {
             let room = self.retained.unacked() < self.config.max_unacked;
             tokio::select! {
+                // Only between steps: a step that writes to the local socket is never
+                // cut in the middle, so `received` always counts what was written.
+                value = &mut stop => return LinkEnd::Stopped(value),
                 n = self.local.read(&mut local_buf), if room => {
                     match n {
                         Ok(0) | Err(_) => {

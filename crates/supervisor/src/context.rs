@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use yukicomm_client::{ControlError, Node};
+use yukicomm_client::{ControlError, Node, TokenError};
 
 /// The main process's handle: the registry (through `Deref` to [`Node`]) and control of
 /// the children.
@@ -24,6 +24,7 @@ pub struct MainContext {
     pub(crate) children: Arc<Vec<String>>,
     pub(crate) shutdown: mpsc::UnboundedSender<()>,
     pub(crate) socket: Arc<std::path::Path>,
+    pub(crate) remote: Option<Arc<crate::remote::Endpoint>>,
 }
 
 impl std::fmt::Debug for MainContext {
@@ -73,6 +74,31 @@ impl MainContext {
             }
         }
         first
+    }
+
+    /// A join token for a remote process named `name`, valid once, for `ttl`. Give it
+    /// to the process (`YUKICOMM_JOIN=...` or `yukicomm::join(url, token)`); with it, the
+    /// process obtains its own certificate and joins. The token names the process and
+    /// pins this deployment's authority; treat it as a secret (it is never logged).
+    ///
+    /// # Errors
+    ///
+    /// [`TokenError`] when this main process does not listen for remote processes
+    /// ([`App::listen_remote`](crate::App::listen_remote)), when `name` is not a valid
+    /// process name, or when a child of this main process has it.
+    pub fn join_token(&self, name: &str, ttl: std::time::Duration) -> Result<String, TokenError> {
+        match &self.remote {
+            Some(endpoint) => endpoint.join_token(name, ttl),
+            None => Err(TokenError::NotListening {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// The address remote processes join at (`yk://` and this), if this main process
+    /// listens for them: with the port the system chose if the one given was 0.
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.remote.as_ref().map(|e| e.local_addr())
     }
 
     /// Asks the whole program to shut down in order: every child is stopped (with its

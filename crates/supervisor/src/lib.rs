@@ -63,6 +63,8 @@ mod keeper;
 mod local;
 #[cfg(feature = "prometheus")]
 pub mod metrics;
+mod remote;
+pub use remote::RemoteOptions;
 mod spec;
 mod status;
 
@@ -95,6 +97,8 @@ pub struct App {
     exec_args: Option<Vec<OsString>>,
     /// Where the Prometheus endpoint is served, if anywhere.
     metrics: Option<std::net::SocketAddr>,
+    /// How processes on other machines join, if they may.
+    remote: Option<RemoteOptions>,
 }
 
 impl std::fmt::Debug for App {
@@ -121,6 +125,7 @@ impl App {
             hub: HubConfig::default(),
             exec_args: None,
             metrics: None,
+            remote: None,
         }
     }
 
@@ -172,6 +177,22 @@ impl App {
     pub fn hub_config(&mut self, config: HubConfig) -> &mut App {
         self.hub = config;
         self
+    }
+
+    /// Lets processes on other machines join, over TCP at `addr` (for example
+    /// `"0.0.0.0:7700"`; port 0 picks one, see [`MainContext::remote_addr`]). Off unless
+    /// called. Every connection is TLS 1.3 with mutual authentication: the main process
+    /// keeps a certificate authority for the deployment (created on first use in a
+    /// private state directory, or given with [`RemoteOptions::authority`]), a remote
+    /// process enrols once with a join token ([`MainContext::join_token`]) and connects
+    /// with the certificate it obtained; nothing else is answered. See
+    /// `docs/PROTOCOL.md`, "Processes on other machines".
+    ///
+    /// A remote process joins with `yukicomm::join(url, token)` (or `connect()` with
+    /// `YUKICOMM_HUB=yk://host:port` and `YUKICOMM_JOIN=token`) and may then do what a
+    /// local child may. If the address cannot be listened on, [`run`](App::run) fails.
+    pub fn listen_remote(&mut self, addr: &str) -> &mut RemoteOptions {
+        self.remote.insert(RemoteOptions::new(addr.to_string()))
     }
 
     /// Serves the program's figures for Prometheus at `http://ADDR/metrics` (the same
@@ -348,6 +369,21 @@ impl App {
         let report = board.clone();
         hub.set_process_info(Arc::new(move || report.report()));
         let _metrics = self.start_metrics(&hub).await;
+        let endpoint = match &self.remote {
+            Some(options) => {
+                let children = self.children.iter().map(|c| c.name.clone()).collect();
+                let endpoint = remote::Endpoint::start(
+                    options,
+                    hub.clone(),
+                    board.clone(),
+                    Arc::new(children),
+                )
+                .await
+                .map_err(|e| Error::Other(format!("cannot listen for remote processes: {e}")))?;
+                Some(Arc::new(endpoint))
+            }
+            None => None,
+        };
         let node = local::local_node(hub.clone(), tokio::runtime::Handle::current());
         let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
         let ctx = MainContext {
@@ -355,6 +391,7 @@ impl App {
             children: Arc::new(self.children.iter().map(|c| c.name.clone()).collect()),
             shutdown: shutdown_tx,
             socket: Arc::from(hub.socket_path()),
+            remote: endpoint.clone(),
         };
         let hooks = Arc::new(self.hooks);
         Hooks::run(&hooks.before_start, "on_before_start", &ctx).await;
@@ -433,6 +470,11 @@ impl App {
         }
         Hooks::run(&hooks.after_shutdown, "on_after_shutdown", &ctx).await;
         hub.shutdown();
+        drop(ctx);
+        if let Some(endpoint) = endpoint.and_then(Arc::into_inner) {
+            // Remote processes are told the program ended, as far as their links allow.
+            endpoint.close(std::time::Duration::from_secs(1)).await;
+        }
         Ok(())
     }
 }

@@ -154,6 +154,39 @@ impl Board {
         });
     }
 
+    /// A remote process joined (again).
+    pub(crate) fn remote_joined(&self, name: &str) {
+        let mut children = self.children.lock();
+        let now = Instant::now();
+        match children.iter_mut().find(|c| c.name == name) {
+            Some(c) => {
+                c.state = ProcessState::Remote;
+                c.started = Some(now);
+                c.restarts += 1;
+            }
+            None => children.push(Child {
+                name: name.to_string(),
+                state: ProcessState::Remote,
+                pid: None,
+                started: Some(now),
+                restarts: 0,
+                last_exit: None,
+                backoff_until: None,
+                cpu: None,
+            }),
+        }
+    }
+
+    /// A remote process's session ended: it left, or was gone longer than the grace
+    /// period.
+    pub(crate) fn remote_left(&self, name: &str) {
+        self.ended(
+            name,
+            Exit::reason("the remote session ended".into()),
+            ProcessState::Exited,
+        );
+    }
+
     /// The report for every child (the hub adds connection and traffic).
     pub(crate) fn report(&self) -> Vec<ProcessStats> {
         let now = Instant::now();

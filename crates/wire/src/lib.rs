@@ -212,7 +212,14 @@ pub enum Frame {
 
 /// Environment variable holding the path of the hub's socket, for a process that joins
 /// with a token ([`ENV_TOKEN`]); children the supervisor starts get [`ENV_FD`] instead.
+/// A remote process puts the hub's address there instead, `yk://host:port`, with its
+/// join token in [`ENV_JOIN`].
 pub const ENV_HUB: &str = "YUKICOMM_HUB";
+/// Environment variable holding a remote process's join token (see [`ENV_HUB`]).
+pub const ENV_JOIN: &str = "YUKICOMM_JOIN";
+/// Environment variable naming the directory where a remote process keeps its
+/// certificate (by default `$XDG_STATE_HOME/yukicomm/remote`).
+pub const ENV_STATE_DIR: &str = "YUKICOMM_STATE_DIR";
 /// Environment variable holding the child's name.
 pub const ENV_NAME: &str = "YUKICOMM_NAME";
 /// Environment variable holding the child's secret for [`Request::Hello`], for a process
