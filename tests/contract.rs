@@ -4,8 +4,10 @@
 //! processes that can play them.
 //!
 //! A test is named `behaviour::pairing`, such as `close::child_main`. A pairing says
-//! which process plays each role ([`Pairing`]); a new transport (a process on another
-//! machine) is one more variant there and one more name in [`contract!`]'s list, and
+//! which process plays each role ([`Pairing`]): the main process, a child, or a remote
+//! process (this test binary started on its own, joining the main process over TCP
+//! with mutual TLS on 127.0.0.1, as a process on another machine would). A new
+//! transport is one more variant there and one more name in [`contract!`]'s list, and
 //! every behaviour then runs over it too.
 //!
 //! Both roles find each other through the registry: `A` registers a control channel,
@@ -24,8 +26,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use support::run_main;
 use yukicomm::{
-    Channel, Context, HubConfig, Node, RecvError, RecvTimeoutError, RegistryError, RestartPolicy,
-    SendError, SendTimeoutError, Store,
+    Channel, Context, HubConfig, JoinConfig, MainContext, Node, RecvError, RecvTimeoutError,
+    RegistryError, RestartPolicy, SendError, SendTimeoutError, SessionConfig, Store,
 };
 
 /// How long one step may wait for the other role.
@@ -40,6 +42,14 @@ const OK: &str = "ok";
 const DIED: &str = "died on purpose";
 /// The name of the control channel between the two roles.
 const CONTROL: &str = "contract-control";
+/// Set in a remote process's environment: the role it plays.
+const REMOTE_ROLE: &str = "CONTRACT_REMOTE_ROLE";
+/// The remote process's name.
+const REMOTE: &str = "r";
+/// The remote link's heartbeat and grace period: short, so that a killed remote
+/// process is reported quickly.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const GRACE: Duration = Duration::from_secs(2);
 
 // --- Pairings and roles --------------------------------------------------------------
 
@@ -53,14 +63,20 @@ enum Pairing {
     /// Two children: `a` plays `A`, `b` plays `B`; their channels go through the hub
     /// with neither end in the main process.
     ChildChild,
+    /// The main process plays `A`, a remote process plays `B`.
+    MainRemote,
+    /// A remote process plays `A`, a child plays `B`.
+    RemoteChild,
 }
 
 impl Pairing {
     /// Every pairing with the name its tests carry.
-    const ALL: [(&'static str, Pairing); 3] = [
+    const ALL: [(&'static str, Pairing); 5] = [
         ("main_child", Pairing::MainChild),
         ("child_main", Pairing::ChildMain),
         ("child_child", Pairing::ChildChild),
+        ("main_remote", Pairing::MainRemote),
+        ("remote_child", Pairing::RemoteChild),
     ];
 
     fn named(name: &str) -> Pairing {
@@ -71,13 +87,24 @@ impl Pairing {
             .unwrap_or_else(|| panic!("no pairing named '{name}'"))
     }
 
-    /// The child that plays `role`, or `None` when the main process does.
+    /// The process other than main that plays `role` (a child, or the remote process
+    /// [`REMOTE`]), or `None` when the main process does.
     fn child(self, role: Role) -> Option<&'static str> {
         match (self, role) {
-            (Pairing::MainChild, Role::A) | (Pairing::ChildMain, Role::B) => None,
+            (Pairing::MainChild | Pairing::MainRemote, Role::A) | (Pairing::ChildMain, Role::B) => {
+                None
+            }
+            (Pairing::MainRemote, Role::B) | (Pairing::RemoteChild, Role::A) => Some(REMOTE),
             (_, Role::A) => Some("a"),
             (_, Role::B) => Some("b"),
         }
+    }
+
+    /// The role a remote process plays, if any.
+    fn remote_role(self) -> Option<Role> {
+        [Role::A, Role::B]
+            .into_iter()
+            .find(|&r| self.child(r) == Some(REMOTE))
     }
 
     /// The role the main process plays, if any.
@@ -115,7 +142,11 @@ impl Scenario {
 /// process cannot do (the main process cannot be killed by its own test).
 macro_rules! contract {
     ($behaviour:ident, $scenario:ident) => {
-        contract!($behaviour, $scenario, [main_child, child_main, child_child]);
+        contract!(
+            $behaviour,
+            $scenario,
+            [main_child, child_main, child_child, main_remote, remote_child]
+        );
     };
     ($behaviour:ident, $scenario:ident, [$($pairing:ident),+]) => {
         mod $behaviour {
@@ -135,10 +166,20 @@ macro_rules! contract {
 
 /// Runs `scenario` with its roles played as `pairing` says.
 fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
+    if std::env::var_os(REMOTE_ROLE).is_some() {
+        return play_remote(pairing, scenario);
+    }
     let (mut app, _w) = support::start(test, LIMIT);
     app.hub_config((scenario.config)());
+    let state = support::TempDir::new("contract");
+    if pairing.remote_role().is_some() {
+        app.listen_remote("127.0.0.1:0")
+            .state_dir(state.path().join("hub"))
+            .heartbeat(HEARTBEAT)
+            .grace(GRACE);
+    }
     for role in [Role::A, Role::B] {
-        let Some(name) = pairing.child(role) else {
+        let Some(name) = pairing.child(role).filter(|&n| n != REMOTE) else {
             continue;
         };
         let body = scenario.body(role);
@@ -157,7 +198,11 @@ fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
         })
         .restart(RestartPolicy::Never);
     }
+    let remote_state = state.path().join("remote");
     run_main(app, move |ctx| {
+        let mut remote = pairing
+            .remote_role()
+            .map(|role| start_remote(test, &ctx, role, &remote_state));
         let reports: Vec<(Role, &str, Channel<String>)> = [Role::A, Role::B]
             .into_iter()
             .filter_map(|role| pairing.child(role).map(|name| (role, name)))
@@ -188,8 +233,75 @@ fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
                 Err(e) => failures.push(format!("role {role:?} in child '{name}': no report: {e}")),
             }
         }
+        if let Some(remote) = remote.as_mut() {
+            let _ = remote.kill();
+            let _ = remote.wait();
+        }
         assert!(failures.is_empty(), "{pairing:?}:\n{}", failures.join("\n"));
     });
+}
+
+/// Starts this test binary again as the remote process playing `role`, with a join
+/// token in its environment.
+fn start_remote(
+    test: &str,
+    ctx: &MainContext,
+    role: Role,
+    state: &std::path::Path,
+) -> std::process::Child {
+    let token = ctx
+        .join_token(REMOTE, Duration::from_secs(60))
+        .expect("a join token");
+    let addr = ctx.remote_addr().expect("listening for remote processes");
+    std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env(REMOTE_ROLE, format!("{role:?}"))
+        .env("YUKICOMM_HUB", format!("yk://{addr}"))
+        .env("YUKICOMM_JOIN", token)
+        .env("YUKICOMM_STATE_DIR", state)
+        .spawn()
+        .expect("starts the remote process")
+}
+
+/// In the remote process: joins, plays the role the environment names, and reports on
+/// this process's passive channel as a child does.
+fn play_remote(pairing: Pairing, scenario: &'static Scenario) {
+    let role = match std::env::var(REMOTE_ROLE).as_deref() {
+        Ok("A") => Role::A,
+        _ => Role::B,
+    };
+    let url = std::env::var("YUKICOMM_HUB").expect("the hub's address");
+    let token = std::env::var("YUKICOMM_JOIN").expect("a join token");
+    let config = JoinConfig {
+        state_dir: std::env::var_os("YUKICOMM_STATE_DIR")
+            .expect("a state directory")
+            .into(),
+        session: SessionConfig {
+            heartbeat: HEARTBEAT,
+            grace: GRACE,
+            ..SessionConfig::default()
+        },
+        ..JoinConfig::default()
+    };
+    let ctx = yukicomm::join_with(&url, &token, config).expect("joins the main process");
+    let report = ctx.passive_channel::<String>();
+    let outcome = play(
+        pairing,
+        role,
+        ctx.node().clone(),
+        Some(report.clone()),
+        scenario.body(role),
+    );
+    report
+        .send(outcome.err().unwrap_or_else(|| OK.into()))
+        .expect("reports");
+    ctx.flush(T).expect("the report reaches the hub");
 }
 
 /// Plays `role`: joins the other role on the control channel, runs `body`, then waits
@@ -538,7 +650,11 @@ fn peer_death_b(side: &Side) {
 }
 
 // The main process cannot play `B`: its own test cannot kill it.
-contract!(peer_death, PEER_DEATH, [main_child, child_child]);
+contract!(
+    peer_death,
+    PEER_DEATH,
+    [main_child, child_child, main_remote, remote_child]
+);
 
 // --- Credit ---------------------------------------------------------------------------
 

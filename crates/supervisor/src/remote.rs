@@ -87,6 +87,7 @@ impl RemoteOptions {
 
 /// The running endpoint, shared by the main context.
 pub(crate) struct Endpoint {
+    hub: Arc<Hub>,
     authority: Arc<Authority>,
     tokens: Arc<Tokens>,
     children: Arc<HashSet<String>>,
@@ -119,7 +120,7 @@ impl Endpoint {
         let authority = Arc::new(authority);
         let tokens = Arc::new(Tokens::default());
         let host = Arc::new(RemoteHost {
-            hub,
+            hub: hub.clone(),
             board,
             children: children.clone(),
         });
@@ -133,6 +134,7 @@ impl Endpoint {
         .await
         .map_err(|e| e.to_string())?;
         Ok(Endpoint {
+            hub,
             authority,
             tokens,
             children,
@@ -149,8 +151,10 @@ impl Endpoint {
         self.listener.close(within).await;
     }
 
+    /// A token for `name`. The hub expects the process from then on: its two channels
+    /// exist, and what is sent to them waits for it (within the channels' windows).
     pub(crate) fn join_token(&self, name: &str, ttl: Duration) -> Result<String, TokenError> {
-        ProcessName::new(name).map_err(|e| TokenError::BadName {
+        let process = ProcessName::new(name).map_err(|e| TokenError::BadName {
             name: name.to_string(),
             reason: e.to_string(),
         })?;
@@ -158,6 +162,9 @@ impl Endpoint {
             return Err(TokenError::ChildName {
                 name: name.to_string(),
             });
+        }
+        if self.hub.child_channels(name).is_none() {
+            self.hub.admit_child(&process);
         }
         Ok(self
             .tokens
