@@ -83,7 +83,12 @@ fn identity_dir(state_dir: &Path, token: &JoinToken) -> PathBuf {
     state_dir.join(&token.fingerprint[..16]).join(&token.name)
 }
 
-async fn connect_tls(
+/// A TLS link to the hub at `addr` (`host:port`), checked with `config`.
+///
+/// # Errors
+///
+/// When the hub cannot be reached or the handshake fails.
+pub async fn connect_tls(
     addr: &str,
     config: Arc<ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, RemoteError> {
