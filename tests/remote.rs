@@ -74,8 +74,14 @@ fn remote_side(body: impl FnOnce(Context)) -> bool {
     let url = std::env::var("YUKICOMM_HUB").expect("the hub's address");
     let token = std::env::var("YUKICOMM_JOIN").expect("a token");
     let state = std::env::var_os("YUKICOMM_STATE_DIR").expect("a state directory");
-    let ctx = yukicomm::join_with(&url, &token, join_config(Path::new(&state)))
-        .expect("joins the main process");
+    let mut config = join_config(Path::new(&state));
+    if let Some(ms) = std::env::var("REMOTE_GRACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.session.grace = Duration::from_millis(ms);
+    }
+    let ctx = yukicomm::join_with(&url, &token, config).expect("joins the main process");
     body(ctx);
     true
 }
@@ -465,6 +471,9 @@ impl Far for FarImpl {
 fn a_killed_remote_process_is_reported_to_waiters_after_the_grace_period() {
     if remote_side(|ctx| {
         ctx.serve("far", FarServer::new(FarImpl)).unwrap();
+        ctx.passive_channel::<u32>()
+            .send(std::process::id())
+            .unwrap();
         std::thread::park();
     }) {
         return;
@@ -480,7 +489,8 @@ fn a_killed_remote_process_is_reported_to_waiters_after_the_grace_period() {
             .with_timeout(T);
         let pid = far.blocking().pid().unwrap();
         assert_eq!(pid, remote.id());
-        let passive = ctx.get_channel::<String>("far-passive").unwrap();
+        let passive = ctx.get_channel::<u32>("far-passive").unwrap();
+        assert_eq!(passive.recv_timeout(T).unwrap(), pid);
         let receiving = std::thread::spawn(move || passive.recv_timeout(T));
         let calling = std::thread::spawn({
             let far = far.clone();
@@ -499,6 +509,16 @@ fn a_killed_remote_process_is_reported_to_waiters_after_the_grace_period() {
         let took = killed.elapsed();
         // Within the grace period and a heartbeat, not before the link could resume.
         assert!(took < GRACE + HEARTBEAT * 3, "reported after {took:?}");
+
+        // The process runs again (its certificate kept, the token spent): it joins as a
+        // new process of the same name, with its channels and its service.
+        let mut again = start_remote(test_name!(), &url(&ctx), &token, &dir.join("r"));
+        let new_pid = far.blocking().pid().unwrap();
+        assert_eq!(new_pid, again.id());
+        let passive = ctx.get_channel::<u32>("far-passive").unwrap();
+        assert_eq!(passive.recv_timeout(T).unwrap(), new_pid);
+        again.kill().unwrap();
+        again.wait().unwrap();
     });
 }
 
@@ -683,6 +703,62 @@ fn a_cut_or_silent_link_resumes_with_nothing_lost_or_repeated() {
         let _ = remote.kill();
         let _ = remote.wait();
     });
+}
+
+#[test]
+fn a_remote_process_learns_at_once_that_the_main_process_shut_down() {
+    if remote_side(|ctx| {
+        let inbox = ctx.active_channel::<u32>();
+        ctx.passive_channel::<u32>().send(1).unwrap();
+        let started = Instant::now();
+        match inbox.recv_timeout(Duration::from_secs(60)) {
+            Err(RecvTimeoutError::Recv(RecvError::Disconnected { .. })) => {
+                println!("disconnected after {} ms", started.elapsed().as_millis());
+            }
+            other => panic!("when the main process shut down: {other:?}"),
+        }
+    }) {
+        return;
+    }
+    let state = TempDir::new("remote-shutdown");
+    let (app, _w) = remote_app!(state);
+    let dir = state.path().to_path_buf();
+    let remote = Arc::new(parking_lot::Mutex::new(None));
+    let r = remote.clone();
+    run_main(app, move |ctx| {
+        let token = ctx.join_token("leaver", Duration::from_secs(60)).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                test_name!(),
+                "--nocapture",
+                "--test-threads=1",
+                "--quiet",
+            ])
+            .env(REMOTE_ROLE, "1")
+            .env("REMOTE_GRACE_MS", "60000")
+            .env("YUKICOMM_HUB", url(&ctx))
+            .env("YUKICOMM_JOIN", token)
+            .env("YUKICOMM_STATE_DIR", dir.join("r"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        *r.lock() = Some(child);
+        let hello = ctx.get_channel::<u32>("leaver-passive").unwrap();
+        assert_eq!(hello.recv_timeout(T).unwrap(), 1);
+    });
+    // The main process has shut down; the remote process's grace period is a minute.
+    let child = remote.lock().take().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let ms: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("disconnected after "))
+        .and_then(|l| l.strip_suffix(" ms"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(ms < 10_000, "the remote process learnt it after {ms} ms");
 }
 
 // --- The example ----------------------------------------------------------------------

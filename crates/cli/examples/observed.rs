@@ -1,7 +1,9 @@
 //! A program to look at with the `yukicomm` command: a steady worker that echoes what
 //! the main process sends it, a flaky one that fails soon after each start (and is
 //! given up on after three restarts), and the main process publishing orders and
-//! keeping a counter in the store.
+//! keeping a counter in the store. With `--remote`, it also listens on 127.0.0.1 for
+//! processes on other machines and starts one itself, `far` (this program again, with a
+//! join token), which echoes as `steady` does.
 //!
 //! ```text
 //! cargo run -p yukicomm-cli --example observed
@@ -34,10 +36,29 @@ async fn flaky(_ctx: Context) -> yukicomm::Result<()> {
     std::process::exit(3);
 }
 
+/// The remote process: joins with `YUKICOMM_HUB` and `YUKICOMM_JOIN`, and echoes.
+fn far() -> yukicomm::Result<()> {
+    let ctx = yukicomm::connect()?;
+    let input = ctx.active_channel::<u64>();
+    let output = ctx.passive_channel::<u64>();
+    for n in input.iter() {
+        output.send(n?)?;
+    }
+    Ok(())
+}
+
 fn main() -> yukicomm::Result<()> {
+    if std::env::var_os("YUKICOMM_JOIN").is_some() {
+        return far();
+    }
     let mut args = std::env::args().skip(1);
     let mut metrics = None;
+    let mut remote = false;
     while let Some(a) = args.next() {
+        if a == "--remote" {
+            remote = true;
+            continue;
+        }
         match (a.as_str(), args.next()) {
             ("--metrics", Some(addr)) => {
                 metrics = Some(
@@ -53,12 +74,32 @@ fn main() -> yukicomm::Result<()> {
     if let Some(addr) = metrics {
         app.metrics(addr);
     }
+    if remote {
+        app.listen_remote("127.0.0.1:0");
+    }
     app.add_target("steady", steady);
     app.add_target("flaky", flaky)
         .restart(RestartPolicy::Always)
         .backoff(Duration::from_millis(200), Duration::from_millis(400))
         .intensity(3, Duration::from_secs(600));
-    app.on_after_start(|ctx| async move {
+    app.on_after_start(move |ctx| async move {
+        let _far = if remote {
+            let token = ctx.join_token("far", Duration::from_secs(60))?;
+            let addr = ctx.remote_addr().expect("listening");
+            let far = tokio::process::Command::new(
+                std::env::current_exe().map_err(|e| yukicomm::Error::Other(e.to_string()))?,
+            )
+            .env("YUKICOMM_HUB", format!("yk://{addr}"))
+            .env("YUKICOMM_JOIN", token)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| yukicomm::Error::Other(format!("cannot start far: {e}")))?;
+            let to_far = ctx.get_channel::<u64>("far-active")?;
+            to_far.send_async(1).await?;
+            Some(far)
+        } else {
+            None
+        };
         let to = ctx.get_channel::<u64>("steady-active")?;
         let back = ctx.get_channel::<u64>("steady-passive")?;
         let store = ctx.store();

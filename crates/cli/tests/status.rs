@@ -294,6 +294,29 @@ fn status_json_shows_a_crashing_childs_restarts_and_last_exit() {
 }
 
 #[test]
+fn a_process_joined_from_another_machine_is_listed_as_remote() {
+    let _w = watchdog("remote_status", Duration::from_secs(180));
+    let rt = TempDir::new("remote");
+    let state = rt.0.join("state");
+    let p = Program::start(
+        &rt.0,
+        &[("XDG_STATE_HOME", state.to_str().expect("a UTF-8 path"))],
+        &["--remote"],
+    );
+    let (v, _) = status_until(&p, &rt.0, "far joined", |v| {
+        v["processes"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|p| p["name"] == "far" && p["state"] == "remote")
+        })
+    });
+    let far = process(&v, "far");
+    assert_eq!(far["connected"], true, "{v:#}");
+    let table = text(&yukicomm(&rt.0, &["status"]).stdout);
+    let line = table.lines().find(|l| l.starts_with("far")).expect(&table);
+    assert!(line.contains("remote"), "{table}");
+}
+
+#[test]
 fn restart_and_stop_act_through_the_supervisor() {
     let _w = watchdog("restart_and_stop", Duration::from_secs(180));
     let rt = TempDir::new("control");
