@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example remote                         # both halves, on 127.0.0.1
 //! cargo run --example remote -- main 0.0.0.0:7700    # host A: listens, prints a token
-//! YUKICOMM_HUB=yk://host-a:7700 YUKICOMM_JOIN=<token> \
+//! YUKICOMM_HUB=yk://HOST-A:7700 YUKICOMM_JOIN=<token> \
 //!     cargo run --example remote -- worker           # host B: joins with it
 //! ```
 //!
@@ -97,8 +97,17 @@ fn main_process(addr: Option<String>, start_worker: bool, jobs: u32) -> yukicomm
             );
             println!("main: listening on {addr}; started the worker with a join token");
         } else {
+            // Listening on every address: the other machine knows this one's name.
+            let host = if addr.ip().is_unspecified() {
+                "HOST-A".to_string()
+            } else {
+                addr.ip().to_string()
+            };
             println!("main: listening on {addr}; on the other machine run:");
-            println!("  YUKICOMM_HUB=yk://<this host>:{} YUKICOMM_JOIN={token} cargo run --example remote -- worker", addr.port());
+            println!(
+                "  YUKICOMM_HUB=yk://{host}:{} YUKICOMM_JOIN={token} cargo run --example remote -- worker",
+                addr.port()
+            );
         }
         let result = tokio::task::spawn_blocking({
             let ctx = ctx.clone();
@@ -133,13 +142,23 @@ fn main_process(addr: Option<String>, start_worker: bool, jobs: u32) -> yukicomm
         }
         match &result {
             Ok(()) => println!("main: all {jobs} jobs done"),
-            Err(e) => eprintln!("main: {e}"),
+            Err(e) => {
+                eprintln!("main: {e}");
+                FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         ctx.shutdown();
         result
     });
-    app.run()
+    app.run()?;
+    if FAILED.load(std::sync::atomic::Ordering::Relaxed) {
+        std::process::exit(1);
+    }
+    Ok(())
 }
+
+/// Whether the main half failed (its hook's error is logged; the exit status says it).
+static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Host B: joins with `YUKICOMM_HUB` and `YUKICOMM_JOIN`, serves, and answers jobs.
 fn worker() -> yukicomm::Result<()> {

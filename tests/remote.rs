@@ -788,3 +788,85 @@ fn the_remote_example_runs_both_halves() {
     assert!(state.path().join("yukicomm/hub/ca.pem").exists());
     assert!(state.path().join("yukicomm/remote").is_dir());
 }
+
+#[test]
+fn tokens_stay_out_of_logs_and_of_what_ps_shows() {
+    use std::io::BufRead;
+    let _w = test_watchdog!(LIMIT);
+    let state = TempDir::new("remote-secrets");
+    let logs = state.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = |name: &str| std::fs::File::create(logs.join(name)).unwrap();
+    // The two halves as on two machines, with every log line on.
+    let mut main = std::process::Command::new(support::example("remote"))
+        .args(["main", "127.0.0.1:0", "--jobs", "3"])
+        .env("XDG_STATE_HOME", state.path())
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log("main.err"))
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(main.stdout.take().unwrap()).lines();
+    let mut command = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("YUKICOMM_JOIN=") {
+            command = Some(line);
+            break;
+        }
+    }
+    let command = command.expect("the main half prints how to join");
+    let field = |prefix: &str| {
+        command
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix))
+            .unwrap()
+            .to_string()
+    };
+    let token = field("YUKICOMM_JOIN=");
+    let hub = field("YUKICOMM_HUB=");
+    let secret = token.split('.').nth(2).unwrap().to_string();
+    let worker = std::process::Command::new(support::example("remote"))
+        .arg("worker")
+        .env("XDG_STATE_HOME", state.path())
+        .env("RUST_LOG", "trace")
+        .env("YUKICOMM_HUB", &hub)
+        .env("YUKICOMM_JOIN", &token)
+        .stdout(log("worker.out"))
+        .stderr(log("worker.err"))
+        .spawn()
+        .unwrap();
+    let mut rest = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        rest.push_str(&line);
+        rest.push('\n');
+        if line.contains("computed remotely") {
+            // Joined: what `ps` and /proc show of the worker no longer has the token.
+            let pid = worker.id();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            for (what, bytes) in [("command line", cmdline), ("environment", environ)] {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(&secret),
+                    "the worker's {what} shows the token"
+                );
+            }
+        }
+    }
+    assert!(main.wait().unwrap().success(), "{rest}");
+    let mut worker = worker;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(rest.contains("all 3 jobs done"), "{rest}");
+    let ca_key = std::fs::read_to_string(state.path().join("yukicomm/hub/ca.key")).unwrap();
+    let ca_key_body: String = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for name in ["main.err", "worker.err", "worker.out"] {
+        let text = std::fs::read_to_string(logs.join(name)).unwrap();
+        assert!(!text.contains(&secret), "{name} shows the token's secret");
+        assert!(
+            !text.contains(&ca_key_body[..40]),
+            "{name} shows the authority's key"
+        );
+    }
+}
