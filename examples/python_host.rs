@@ -213,16 +213,30 @@ async fn values(ctx: MainContext) -> Outcome {
         vec!["héllo from python ✓".to_string()],
     )
     .await?;
-    exchange(&ctx, "values.i64", vec![-42i64, i64::MIN], vec![-7, i64::MAX]).await?;
+    exchange(
+        &ctx,
+        "values.i64",
+        vec![-42i64, i64::MIN],
+        vec![-7, i64::MAX],
+    )
+    .await?;
     exchange(&ctx, "values.u64", vec![u64::MAX], vec![u64::MAX - 1]).await?;
     exchange(
         &ctx,
         "values.bytes",
         vec![Payload::from(bytes.clone())],
-        vec![Payload::from(bytes.iter().rev().copied().collect::<Vec<u8>>())],
+        vec![Payload::from(
+            bytes.iter().rev().copied().collect::<Vec<u8>>(),
+        )],
     )
     .await?;
-    exchange(&ctx, "values.list", vec![vec![1u32, 2, 3]], vec![vec![4, 5]]).await?;
+    exchange(
+        &ctx,
+        "values.list",
+        vec![vec![1u32, 2, 3]],
+        vec![vec![4, 5]],
+    )
+    .await?;
     let map: BTreeMap<String, i64> = [("a".to_string(), 1), ("b".to_string(), -2)].into();
     let pymap: BTreeMap<String, i64> = [("x".to_string(), 10)].into();
     exchange(&ctx, "values.map", vec![map], vec![pymap]).await?;
@@ -282,7 +296,11 @@ async fn values(ctx: MainContext) -> Outcome {
             reply: theirs,
         })
         .map_err(|e| e.to_string())?;
-    check("reply on a Rust channel", recv(&mine).await?, "pong from python".to_string())?;
+    check(
+        "reply on a Rust channel",
+        recv(&mine).await?,
+        "pong from python".to_string(),
+    )?;
     let got = recv(&carrier).await?;
     check("carrier note", got.note.as_str(), "from python")?;
     got.reply
@@ -314,7 +332,11 @@ async fn registry(ctx: MainContext) -> Outcome {
     jobs.send("sel".into()).map_err(|e| e.to_string())?;
     check("result", recv(&results).await?, 7)?;
     active.send("go-close".into()).map_err(|e| e.to_string())?;
-    check("last before close", recv(&closing).await?, "last".to_string())?;
+    check(
+        "last before close",
+        recv(&closing).await?,
+        "last".to_string(),
+    )?;
     match tokio::time::timeout(WAIT, closing.recv_async()).await {
         Ok(Err(RecvError::Closed { .. })) => {}
         other => return Err(format!("after Python closed py.closing: {other:?}")),
@@ -390,7 +412,11 @@ async fn store(ctx: MainContext) -> Outcome {
         store.get::<Shape>("py.shape").map_err(|e| e.to_string())?,
         Some(Shape::Rect { w: 1, h: 2 }),
     )?;
-    check("publications heard by main", HEARD.load(Ordering::Relaxed), 2)?;
+    check(
+        "publications heard by main",
+        HEARD.load(Ordering::Relaxed),
+        2,
+    )?;
     let active = ctx
         .get_channel::<String>("py-active")
         .map_err(|e| e.to_string())?;
@@ -411,11 +437,14 @@ async fn services(ctx: MainContext) -> Outcome {
         .map_err(|e| e.to_string())?;
     check("py.calc add", sum, 42)?;
     let p: Point = calc
-        .call::<_, Point, String>("flip", &(Point {
-            x: 1,
-            y: 2,
-            label: "p".into(),
-        },))
+        .call::<_, Point, String>(
+            "flip",
+            &(Point {
+                x: 1,
+                y: 2,
+                label: "p".into(),
+            },),
+        )
         .await
         .map_err(|e| e.to_string())?;
     check(
@@ -581,7 +610,9 @@ fn main() {
             scenario(&mut app, outcome.clone(), restart);
         }
         other => {
-            eprintln!("unknown scenario '{other}': values, registry, store, services, kill, restart");
+            eprintln!(
+                "unknown scenario '{other}': values, registry, store, services, kill, restart"
+            );
             std::process::exit(2);
         }
     }

@@ -124,6 +124,8 @@ async def _serve_call(
             call_args: Tuple[Any, ...] = (decoded,)
         elif isinstance(decoded, list):
             call_args = tuple(decoded)
+        elif decoded is None:
+            call_args = ()  # a Rust `()` argument
         else:
             status, body = 6, msgpack.packb(
                 f"the arguments of {service}.{method} are not an array"

@@ -202,6 +202,8 @@ class Node:
         self.active = 0
         self.passive = 0
         self._hello(name)
+        if self._rbuf:  # frames that came with the welcome
+            self._drain_buffer()
         self._reader = threading.Thread(target=self._background, name="yukicomm-reader", daemon=True)
         self._reader.start()
 
@@ -543,8 +545,13 @@ class Node:
             else:
                 self._connection_lost(HubGone("lost the hub connection (end of stream)"))
             return
+        self._rbuf += data
+        self._drain_buffer()
+
+    def _drain_buffer(self) -> None:
+        """With the role held (or before the reader starts): dispatches every whole
+        frame in the read buffer."""
         buf = self._rbuf
-        buf += data
         frames = []
         pos = 0
         n = len(buf)
