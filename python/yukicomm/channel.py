@@ -69,9 +69,18 @@ def _default(carried: List[Tuple[int, int]], obj: Any) -> Any:
 
 def encode(value: Any) -> Tuple[bytes, List[Tuple[int, int]]]:
     """A value as MessagePack, and the channel ends it carries."""
+    try:
+        # Plain values (the common case) need no hook.
+        return _packb(value, use_bin_type=True), _NO_CARRIED
+    except TypeError:
+        pass
     carried: List[Tuple[int, int]] = []
     body = msgpack.packb(value, default=functools.partial(_default, carried), use_bin_type=True)
     return body, carried
+
+
+_packb = msgpack.packb
+_NO_CARRIED: List[Tuple[int, int]] = []
 
 
 class Channel(Generic[T]):
@@ -176,7 +185,10 @@ class Channel(Generic[T]):
         if len(carried) > 0xFFFF:
             raise EncodeError(f"a message on {self._st.label()} carries too many channels")
         st = self._st
-        f = w.msg_frame(st.chan, 1 - st.end, body, carried)
+        if carried:
+            f = w.msg_frame(st.chan, 1 - st.end, body, carried)
+        else:
+            f = _MSG_HEAD(8 + len(body), w.MSG, st.chan, 1 - st.end, 0) + body
         if len(f) - 4 > self._node.max_frame:
             raise TooLarge(
                 f"a message of {len(body)} bytes is larger than channel {st.label()} takes "
@@ -189,10 +201,10 @@ class Channel(Generic[T]):
         ``"closed"``, ``"disconnected"``)."""
         node = self._node
         st = self._st
-        with node.wlock:
-            with node.lock:
-                if node.lost() is not None:
-                    raise node.lost()  # type: ignore[misc]
+        with node._wlock:
+            with node._lock:
+                if node._lost is not None:
+                    raise node._lost
                 if st.closed:
                     return "closed"
                 if not st.held:
@@ -403,6 +415,7 @@ class Channel(Generic[T]):
 
 
 _EMPTY = object()
+_MSG_HEAD = w._MSG_HEAD.pack
 
 
 def _created(reply: Dict[str, Any]) -> int:
