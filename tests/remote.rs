@@ -195,6 +195,64 @@ fn a_token_is_used_once_expires_and_names_one_process() {
         ));
         assert!(e.contains("authority"), "{e}");
 
+        // A client that cannot read the hub's chain asks for the authority, checks it
+        // against the token, and may have the hub make its key.
+        let t6 = ctx.join_token("w6", Duration::from_secs(60)).unwrap();
+        let parsed = yukicomm_remote::token::JoinToken::parse(&t6).unwrap();
+        let addr = addr_of(&url).to_string();
+        runtime().block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let ask = |opening: Opening| {
+                let addr = addr.clone();
+                let config =
+                    yukicomm_remote::tls::client_config(&parsed.fingerprint, None).unwrap();
+                async move {
+                    let mut link = yukicomm_remote::client::connect_tls(&addr, config)
+                        .await
+                        .unwrap();
+                    link.write_all(&opening.encode()).await.unwrap();
+                    link.flush().await.unwrap();
+                    Answer::read(&mut link).await.unwrap()
+                }
+            };
+            let Answer::Authority(ca) = ask(Opening::Authority).await else {
+                panic!("no authority");
+            };
+            assert_eq!(
+                yukicomm_remote::authority::fingerprint(&ca),
+                parsed.fingerprint
+            );
+            let enrol = Opening::Enrol {
+                name: "w6".into(),
+                secret: parsed.secret().into(),
+                request: Vec::new(),
+            };
+            let Answer::Enrolled {
+                cert,
+                ca: ca2,
+                key: Some(key),
+            } = ask(enrol).await
+            else {
+                panic!("no certificate and key");
+            };
+            assert_eq!(ca2, ca);
+            let identity = yukicomm_remote::authority::Identity {
+                chain: vec![cert.into()],
+                key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            };
+            let config =
+                yukicomm_remote::tls::client_config(&parsed.fingerprint, Some(&identity)).unwrap();
+            let mut link = yukicomm_remote::client::connect_tls(&addr, config)
+                .await
+                .unwrap();
+            link.write_all(&Opening::Session { id: 0, received: 0 }.encode())
+                .await
+                .unwrap();
+            link.flush().await.unwrap();
+            let answer = Answer::read(&mut link).await.unwrap();
+            assert!(matches!(answer, Answer::Opened { .. }), "{answer:?}");
+        });
+
         // Names a remote process cannot have.
         assert!(matches!(
             ctx.join_token("local", Duration::from_secs(60)),

@@ -249,6 +249,18 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// Issues a certificate for the process `name` with a key made here, for a client
+    /// that cannot make one: the certificate and the key (PKCS#8 DER).
+    pub fn issue_with_key(
+        &self,
+        name: &str,
+    ) -> Result<(CertificateDer<'static>, Vec<u8>), RemoteError> {
+        let (key, request) = new_request()?;
+        Ok((self.issue(name, &request)?, key.serialize_der()))
+    }
+}
+
 /// The process name a client certificate was issued for (its subject's common name).
 pub fn name_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

@@ -117,9 +117,13 @@ async fn enrol(addr: &str, token: &JoinToken, dir: &Path) -> Result<Identity, Re
         .map_err(io(ctx.clone()))?;
     link.flush().await.map_err(io(ctx.clone()))?;
     let (cert, ca) = match Answer::read(&mut link).await.map_err(io(ctx))? {
-        Answer::Enrolled { cert, ca } => (cert, ca),
+        Answer::Enrolled {
+            cert,
+            ca,
+            key: None,
+        } => (cert, ca),
         Answer::Refused(why) => return Err(RemoteError::Enrolment(why)),
-        Answer::Opened { .. } => return Err(RemoteError::Enrolment("an unexpected answer".into())),
+        _ => return Err(RemoteError::Enrolment("an unexpected answer".into())),
     };
     if authority::fingerprint(&ca) != token.fingerprint {
         return Err(RemoteError::Enrolment(
@@ -170,7 +174,7 @@ async fn open_link(
     match Answer::read(&mut link).await.map_err(io(ctx))? {
         Answer::Opened { id, received } => Ok((link, id, received)),
         Answer::Refused(why) => Err(RemoteError::Refused(why)),
-        Answer::Enrolled { .. } => Err(RemoteError::Refused("an unexpected answer".into())),
+        _ => Err(RemoteError::Refused("an unexpected answer".into())),
     }
 }
 

@@ -5,7 +5,11 @@
 //! ```text
 //! ENROL    0x01  u8 name len, name, u16 secret len, secret, u32 request len, request (DER)
 //!   ok     0x81  u32 certificate len, certificate (DER), u32 authority len, authority (DER)
+//!   ok     0x84  the same, then u32 key len, the key (PKCS#8 DER): for an empty request,
+//!                the hub made the key (for clients that cannot make one)
 //!   error  0x8F  u16 len, message (UTF-8)
+//! AUTHORITY 0x03 (nothing more)
+//!   ok     0x83  u32 authority len, the authority's certificate (DER)
 //! SESSION  0x02  u64 session id (0: a new session), u64 bytes received in that session
 //!   ok     0x82  u64 session id, u64 bytes the hub received in that session
 //!   error  0x8E  u16 len, message (UTF-8)
@@ -17,6 +21,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const ENROL: u8 = 0x01;
 /// A session opens or resumes.
 pub const SESSION: u8 = 0x02;
+/// The authority's certificate, asked for.
+pub const AUTHORITY: u8 = 0x03;
+/// The authority's certificate.
+pub const AUTHORITY_IS: u8 = 0x83;
+/// Enrolment succeeded, with a key the hub made.
+pub const ENROLLED_WITH_KEY: u8 = 0x84;
 /// Enrolment succeeded.
 pub const ENROLLED: u8 = 0x81;
 /// The session is open.
@@ -45,6 +55,9 @@ pub enum Opening {
         /// A certificate request (DER).
         request: Vec<u8>,
     },
+    /// The authority's certificate, so that a client that cannot read the hub's chain
+    /// checks it against the token's fingerprint, then trusts it alone.
+    Authority,
     /// A session opens (`id` 0) or resumes.
     Session {
         /// The session, or 0 for a new one.
@@ -62,6 +75,7 @@ impl std::fmt::Debug for Opening {
                 .debug_struct("Enrol")
                 .field("name", name)
                 .finish_non_exhaustive(),
+            Opening::Authority => f.write_str("Authority"),
             Opening::Session { id, received } => f
                 .debug_struct("Session")
                 .field("id", id)
@@ -117,6 +131,7 @@ impl Opening {
                 id: rd.read_u64_le().await?,
                 received: rd.read_u64_le().await?,
             }),
+            AUTHORITY => Ok(Opening::Authority),
             other => Err(invalid(format!("an unknown opening record {other:#04x}"))),
         }
     }
@@ -138,6 +153,7 @@ impl Opening {
                 out.extend_from_slice(&(request.len() as u32).to_le_bytes());
                 out.extend_from_slice(request);
             }
+            Opening::Authority => out.push(AUTHORITY),
             Opening::Session { id, received } => {
                 out.push(SESSION);
                 out.extend_from_slice(&id.to_le_bytes());
@@ -162,17 +178,31 @@ pub async fn refuse<W: AsyncWrite + Unpin>(
     wr.flush().await
 }
 
-/// Writes the answer to an enrolment and flushes.
+/// Writes the answer to an enrolment (with the key, if the hub made it) and flushes.
 pub async fn enrolled<W: AsyncWrite + Unpin>(
     wr: &mut W,
     cert: &[u8],
     ca: &[u8],
+    key: Option<&[u8]>,
 ) -> std::io::Result<()> {
-    let mut out = vec![ENROLLED];
-    for der in [cert, ca] {
+    let mut out = vec![if key.is_some() {
+        ENROLLED_WITH_KEY
+    } else {
+        ENROLLED
+    }];
+    for der in [cert, ca].into_iter().chain(key) {
         out.extend_from_slice(&(der.len() as u32).to_le_bytes());
         out.extend_from_slice(der);
     }
+    wr.write_all(&out).await?;
+    wr.flush().await
+}
+
+/// Writes the authority's certificate and flushes.
+pub async fn authority<W: AsyncWrite + Unpin>(wr: &mut W, ca: &[u8]) -> std::io::Result<()> {
+    let mut out = vec![AUTHORITY_IS];
+    out.extend_from_slice(&(ca.len() as u32).to_le_bytes());
+    out.extend_from_slice(ca);
     wr.write_all(&out).await?;
     wr.flush().await
 }
@@ -193,13 +223,18 @@ pub async fn opened<W: AsyncWrite + Unpin>(
 /// The hub's answer to an opening, as the remote process reads it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// A certificate and the authority's certificate (DER).
+    /// A certificate and the authority's certificate (DER), and the key if the hub made
+    /// it.
     Enrolled {
         /// This process's certificate.
         cert: Vec<u8>,
         /// The authority's.
         ca: Vec<u8>,
+        /// The certificate's key (PKCS#8), when the request was empty.
+        key: Option<Vec<u8>>,
     },
+    /// The authority's certificate (DER).
+    Authority(Vec<u8>),
     /// The session is open.
     Opened {
         /// Its id.
@@ -215,12 +250,24 @@ impl Answer {
     /// Reads the hub's answer.
     pub async fn read<R: AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Answer> {
         match rd.read_u8().await? {
-            ENROLLED => {
+            kind @ (ENROLLED | ENROLLED_WITH_KEY) => {
                 let len = rd.read_u32_le().await? as usize;
                 let cert = read_len(rd, len, MAX_DER, "a certificate").await?;
                 let len = rd.read_u32_le().await? as usize;
                 let ca = read_len(rd, len, MAX_DER, "a certificate").await?;
-                Ok(Answer::Enrolled { cert, ca })
+                let key = if kind == ENROLLED_WITH_KEY {
+                    let len = rd.read_u32_le().await? as usize;
+                    Some(read_len(rd, len, MAX_DER, "a key").await?)
+                } else {
+                    None
+                };
+                Ok(Answer::Enrolled { cert, ca, key })
+            }
+            AUTHORITY_IS => {
+                let len = rd.read_u32_le().await? as usize;
+                Ok(Answer::Authority(
+                    read_len(rd, len, MAX_DER, "a certificate").await?,
+                ))
             }
             OPENED => Ok(Answer::Opened {
                 id: rd.read_u64_le().await?,
@@ -252,6 +299,7 @@ mod tests {
                 id: 7,
                 received: 1 << 40,
             },
+            Opening::Authority,
         ] {
             let bytes = o.encode();
             let back = Opening::read(&mut bytes.as_slice()).await.unwrap();

@@ -219,39 +219,54 @@ async fn handshake(
         .and_then(|c| c.first())
         .and_then(name_of);
     let opening = Opening::read(&mut link).await?;
-    if let Opening::Enrol {
-        name: wanted,
-        secret,
-        request,
-    } = &opening
-    {
-        if name.is_some() {
+    match &opening {
+        Opening::Authority => {
+            opening::authority(&mut link, s.authority.ca().as_ref()).await?;
+        }
+        Opening::Enrol { .. } if name.is_some() => {
             opening::refuse(
                 &mut link,
                 opening::ENROL_REFUSED,
                 "already enrolled: connect without a certificate to enrol",
             )
             .await?;
-            return Ok(None);
         }
-        let issued = s
-            .tokens
-            .redeem(wanted, secret)
-            .and_then(|()| s.authority.issue(wanted, request));
-        match issued {
-            Ok(cert) => {
-                tracing::info!(process = %wanted, "enrolled a remote process");
-                opening::enrolled(&mut link, cert.as_ref(), s.authority.ca().as_ref()).await?;
-            }
-            Err(e) => {
-                tracing::info!(process = %wanted, "enrolment refused: {e}");
-                opening::refuse(&mut link, opening::ENROL_REFUSED, &e.to_string()).await?;
+        Opening::Enrol {
+            name: wanted,
+            secret,
+            request,
+        } => {
+            // An empty request: the hub makes the key (for clients that cannot).
+            let issued = s.tokens.redeem(wanted, secret).and_then(|()| {
+                if request.is_empty() {
+                    s.authority
+                        .issue_with_key(wanted)
+                        .map(|(cert, key)| (cert, Some(key)))
+                } else {
+                    s.authority.issue(wanted, request).map(|cert| (cert, None))
+                }
+            });
+            match issued {
+                Ok((cert, key)) => {
+                    tracing::info!(process = %wanted, "enrolled a remote process");
+                    opening::enrolled(
+                        &mut link,
+                        cert.as_ref(),
+                        s.authority.ca().as_ref(),
+                        key.as_deref(),
+                    )
+                    .await?;
+                }
+                Err(e) => {
+                    tracing::info!(process = %wanted, "enrolment refused: {e}");
+                    opening::refuse(&mut link, opening::ENROL_REFUSED, &e.to_string()).await?;
+                }
             }
         }
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut link).await;
-        return Ok(None);
+        Opening::Session { .. } => return Ok(Some((link, name, opening))),
     }
-    Ok(Some((link, name, opening)))
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut link).await;
+    Ok(None)
 }
 
 async fn serve(
