@@ -529,6 +529,12 @@ impl Far for FarImpl {
 fn a_killed_remote_process_is_reported_to_waiters_after_the_grace_period() {
     if remote_side(|ctx| {
         ctx.serve("far", FarServer::new(FarImpl)).unwrap();
+        // A remote process calls too: a service the main process serves.
+        let doubled: u32 = ctx
+            .caller::<u32, u32>("near")
+            .call(std::process::id())
+            .unwrap();
+        assert_eq!(doubled, std::process::id() * 2);
         ctx.passive_channel::<u32>()
             .send(std::process::id())
             .unwrap();
@@ -540,6 +546,7 @@ fn a_killed_remote_process_is_reported_to_waiters_after_the_grace_period() {
     let (app, _w) = remote_app!(state);
     let dir = state.path().to_path_buf();
     run_main(app, move |ctx| {
+        ctx.serve_fn("near", |n: u32| async move { n * 2 }).unwrap();
         let token = ctx.join_token("far", Duration::from_secs(60)).unwrap();
         let mut remote = start_remote(test_name!(), &url(&ctx), &token, &dir.join("r"));
         let far = FarClient::new(&ctx, "far")
