@@ -626,10 +626,13 @@ impl Proxy {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
-                            // A silent link swallows everything: neither side hears.
-                            if !pair.silent.load(Ordering::SeqCst)
-                                && (&*pair.sockets[to]).write_all(&buf[..n]).is_err()
-                            {
+                            // A silent link carries nothing more and reads nothing
+                            // more: neither side hears, and their writes stall once
+                            // the socket buffers are full.
+                            while pair.silent.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            if (&*pair.sockets[to]).write_all(&buf[..n]).is_err() {
                                 break;
                             }
                         }

@@ -54,7 +54,7 @@ impl Default for SessionConfig {
         SessionConfig {
             heartbeat: Duration::from_secs(3),
             grace: Duration::from_secs(30),
-            max_unacked: 64 << 20,
+            max_unacked: 16 << 20,
         }
     }
 }
@@ -183,7 +183,7 @@ impl Session {
         if self.local_closed {
             record(&mut out, CLOSE, &[]);
         }
-        if let Err(e) = write_out(&mut wr, &mut out).await {
+        if let Err(e) = write_out(&mut wr, &mut out, self.config.heartbeat).await {
             return LinkEnd::Lost(format!("cannot write: {e}"));
         }
         if self.local_closed {
@@ -206,7 +206,7 @@ impl Session {
                         Ok(0) | Err(_) => {
                             self.local_closed = true;
                             record(&mut out, CLOSE, &[]);
-                            let _ = write_out(&mut wr, &mut out).await;
+                            let _ = write_out(&mut wr, &mut out, self.config.heartbeat).await;
                             return LinkEnd::Closed;
                         }
                         Ok(n) => {
@@ -227,7 +227,7 @@ impl Session {
                     match self.take_records(&mut inbuf, &mut out).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            let _ = write_out(&mut wr, &mut out).await;
+                            let _ = write_out(&mut wr, &mut out, self.config.heartbeat).await;
                             return LinkEnd::Closed;
                         }
                         Err(e) => return LinkEnd::Lost(e),
@@ -251,7 +251,7 @@ impl Session {
                     }
                 }
             }
-            if let Err(e) = write_out(&mut wr, &mut out).await {
+            if let Err(e) = write_out(&mut wr, &mut out, self.config.heartbeat).await {
                 return LinkEnd::Lost(format!("cannot write: {e}"));
             }
         }
@@ -306,15 +306,28 @@ impl Session {
     }
 }
 
-async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>) -> std::io::Result<()> {
+/// Writes `out` and flushes; a write the link does not take within `limit` (a network
+/// that dropped everything: the send buffer is full and nothing drains it) is an error,
+/// so that a silent link is found broken while writing as well as while reading.
+async fn write_out<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    let r = async {
+    let r = tokio::time::timeout(limit, async {
         wr.write_all(out).await?;
         wr.flush().await
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the link took nothing for {} ms", limit.as_millis()),
+        ))
+    });
     out.clear();
     r
 }
@@ -322,6 +335,28 @@ async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_link_that_takes_nothing_is_lost_within_the_heartbeat() {
+        let (local, mut feeder) = UnixStream::pair().unwrap();
+        let config = SessionConfig {
+            heartbeat: Duration::from_millis(200),
+            grace: Duration::from_secs(1),
+            max_unacked: 1 << 20,
+        };
+        let mut session = Session::new(local, config);
+        // The other end of the link never reads and never writes: a network that
+        // dropped everything, with a send buffer that fills.
+        let (link, _peer) = tokio::io::duplex(1024);
+        tokio::spawn(async move { while feeder.write_all(&[7u8; 4096]).await.is_ok() {} });
+        let end = tokio::time::timeout(
+            Duration::from_secs(3),
+            session.run_link(link, 0, std::future::pending::<()>()),
+        )
+        .await
+        .expect("a stalled write must not hold the session");
+        assert!(matches!(end, LinkEnd::Lost(_)), "{end:?}");
+    }
 
     #[test]
     fn acknowledgements_trim_what_is_kept() {
