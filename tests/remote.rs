@@ -554,6 +554,11 @@ fn a_killed_remote_process_is_reported_to_waiters_after_the_grace_period() {
             .with_timeout(T);
         let pid = far.blocking().pid().unwrap();
         assert_eq!(pid, remote.id());
+        // Not this supervisor's to restart or stop.
+        for refused in [ctx.restart_process("far"), ctx.stop_process("far")] {
+            let e = refused.unwrap_err().to_string();
+            assert!(e.contains("another machine"), "{e}");
+        }
         let passive = ctx.get_channel::<u32>("far-passive").unwrap();
         assert_eq!(passive.recv_timeout(T).unwrap(), pid);
         let receiving = std::thread::spawn(move || passive.recv_timeout(T));

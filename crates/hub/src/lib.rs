@@ -235,6 +235,18 @@ impl Hub {
         token
     }
 
+    /// Announces a process that joins from another machine, as
+    /// [`admit_child`](Hub::admit_child) does for a child, except that nobody here starts
+    /// or stops it: control requests (restart, stop) for it are refused.
+    pub fn admit_remote(&self, name: &ProcessName) {
+        self.admit_child(name);
+        self.inner.with_router(|r, _| {
+            if let Some(c) = r.children.get_mut(name.as_str()) {
+                c.remote = true;
+            }
+        });
+    }
+
     /// Makes a connection for the next start of a child and returns the child's end:
     /// a connected Unix stream socket (close-on-exec, blocking) for the supervisor to
     /// hand to the child as an inherited descriptor. The hub serves the other end as it

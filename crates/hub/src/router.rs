@@ -173,6 +173,8 @@ pub(crate) struct ChildEntry {
     pub(crate) conn: Option<ConnId>,
     /// A restart was requested and its process has not said hello yet.
     pub(crate) restart_requested: bool,
+    /// It joins from another machine: nobody here starts or stops its process.
+    pub(crate) remote: bool,
     /// The supervisor gave up on the child: when its connection closes, its own ends
     /// are not kept held.
     gone: bool,
@@ -334,6 +336,7 @@ impl Router {
                 passive: ids[1],
                 conn: None,
                 restart_requested: false,
+                remote: false,
                 gone: false,
             },
         );
@@ -1143,11 +1146,24 @@ impl Router {
                         )
                     }
                 };
-                if !self.children.contains_key(&name) {
-                    return error(
-                        ErrorCode::UnknownProcess,
-                        format!("no child process named '{}'", abbreviate(&name)),
-                    );
+                match self.children.get(&name) {
+                    None => {
+                        return error(
+                            ErrorCode::UnknownProcess,
+                            format!("no child process named '{}'", abbreviate(&name)),
+                        )
+                    }
+                    Some(c) if c.remote => {
+                        return error(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "'{}' joined from another machine: it cannot be restarted or \
+                                 stopped from here",
+                                abbreviate(&name)
+                            ),
+                        )
+                    }
+                    Some(_) => {}
                 }
                 if action == ControlAction::Restart {
                     // Restarting a child that is not running: its channels count as

@@ -164,7 +164,7 @@ impl Endpoint {
             });
         }
         if self.hub.child_channels(name).is_none() {
-            self.hub.admit_child(&process);
+            self.hub.admit_remote(&process);
         }
         Ok(self
             .tokens
@@ -186,6 +186,7 @@ impl Host for RemoteHost {
             return Err(format!("'{name}' is a child of this main process"));
         }
         let process = ProcessName::new(name).map_err(|e| format!("'{name}': {e}"))?;
+        self.hub.admit_remote(&process);
         let stream = self
             .hub
             .adopt_child(&process)
