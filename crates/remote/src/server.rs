@@ -258,7 +258,7 @@ async fn handshake(
                     .await?;
                 }
                 Err(e) => {
-                    tracing::info!(process = %wanted, "enrolment refused: {e}");
+                    tracing::info!(process = ?wanted, "enrolment refused: {e}");
                     opening::refuse(&mut link, opening::ENROL_REFUSED, &e.to_string()).await?;
                 }
             }
