@@ -51,7 +51,8 @@ fn cli(args: &[&str]) -> String {
 fn raw(path: &Path, input: &[u8]) -> Vec<u8> {
     let mut s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(input).unwrap();
+    // The endpoint may close first (a refused connection): then read what it said.
+    let _ = s.write_all(input);
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out
@@ -431,4 +432,217 @@ fn redis_cli_scripted_and_bad_input() {
         assert_eq!(out, b"+OK\r\n+OK\r\n");
         assert_eq!(cli(&["-s", s, "PING"]).trim(), "PONG");
     });
+}
+
+#[test]
+fn auth_and_protected_mode() {
+    // Without a password, TCP only on loopback: the app does not start otherwise.
+    let mut open = RedisConfig::tcp("0.0.0.0:0".parse().unwrap());
+    let mut app = support::app("auth_and_protected_mode");
+    app.redis(open.clone());
+    let e = app.run().unwrap_err();
+    assert!(
+        e.to_string().contains("protected mode") || format!("{e:?}").contains("protected mode"),
+        "{e:?}"
+    );
+
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
+    open.password = Some("s3cret".into());
+    app.redis(open);
+    run_main(app, |ctx| {
+        let addr = ctx.redis_addr().unwrap();
+        let url = format!("redis://127.0.0.1:{}", addr.port());
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_with_timeout(T)
+            .unwrap();
+        let e = redis::cmd("GET")
+            .arg("k")
+            .query::<Option<String>>(&mut c)
+            .unwrap_err();
+        assert!(e.to_string().contains("NOAUTH"), "{e}");
+        let e = redis::cmd("AUTH")
+            .arg("wrong")
+            .query::<()>(&mut c)
+            .unwrap_err();
+        assert!(e.to_string().contains("WRONGPASS"), "{e}");
+        let e = redis::cmd("AUTH")
+            .arg("alice")
+            .arg("s3cret")
+            .query::<()>(&mut c)
+            .unwrap_err();
+        assert!(e.to_string().contains("WRONGPASS"), "{e}");
+        let _: () = redis::cmd("AUTH")
+            .arg("default")
+            .arg("s3cret")
+            .query(&mut c)
+            .unwrap();
+        let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
+        // The password in the URL: the crate authenticates itself; with RESP3, by
+        // HELLO 3 AUTH.
+        for q in ["", "?protocol=resp3"] {
+            let url = format!("redis://default:s3cret@127.0.0.1:{}{q}", addr.port());
+            let mut c = redis::Client::open(url)
+                .unwrap()
+                .get_connection_with_timeout(T)
+                .unwrap();
+            let v: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+            assert_eq!(v, "v");
+        }
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &addr.port().to_string(),
+                "--user",
+                "default",
+                "--pass",
+                "s3cret",
+                "--no-auth-warning",
+                "GET",
+                "k",
+            ])
+            .output()
+            .expect("redis-cli is needed (apt-get install redis-tools)");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v");
+        // HELLO without AUTH is refused before authentication.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"HELLO 3\r\n").unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"-NOAUTH HELLO must be called"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    });
+}
+
+#[test]
+fn resp3_pushes_and_resp2_subscribe_mode() {
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
+    app.redis(RedisConfig::unix());
+    run_main(app, |ctx| {
+        let path = socket(&ctx);
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let read_until = |s: &mut UnixStream, want: &[u8]| {
+            let mut got = Vec::new();
+            let mut b = [0u8; 4096];
+            while !got.ends_with(want) {
+                let n = s.read(&mut b).unwrap();
+                assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&b[..n]);
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        // RESP2: subscribe mode allows only the pub/sub commands and PING.
+        s.write_all(b"SUBSCRIBE ch\r\nGET x\r\nPING\r\n").unwrap();
+        let got = read_until(&mut s, b"$4\r\npong\r\n$0\r\n\r\n");
+        assert!(
+            got.starts_with("*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n-ERR Can't execute 'get'"),
+            "{got}"
+        );
+        ctx.store().publish("ch", "hello").unwrap();
+        read_until(
+            &mut s,
+            b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n",
+        );
+        s.write_all(b"UNSUBSCRIBE\r\nGET x\r\n").unwrap();
+        read_until(
+            &mut s,
+            b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n$-1\r\n",
+        );
+        // RESP3: pushes, and commands go on while subscribed.
+        s.write_all(b"HELLO 3\r\n").unwrap();
+        read_until(&mut s, b"*0\r\n");
+        s.write_all(b"SUBSCRIBE ch\r\nGET x\r\n").unwrap();
+        read_until(&mut s, b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n_\r\n");
+        ctx.store().publish("ch", &5i64).unwrap();
+        read_until(&mut s, b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\n5\r\n");
+    });
+}
+
+#[test]
+fn a_subscriber_that_does_not_read_is_disconnected_and_others_go_on() {
+    let (mut app, _w) = test_app!(Duration::from_secs(60));
+    let mut c = RedisConfig::unix();
+    c.output_limit = 1 << 20;
+    c.max_clients = 4;
+    app.redis(c);
+    run_main(app, |ctx| {
+        let path = socket(&ctx);
+        let mut slow = UnixStream::connect(&path).unwrap();
+        slow.write_all(b"SUBSCRIBE flood\r\n").unwrap();
+        let mut b = [0u8; 64];
+        let _ = slow.read(&mut b).unwrap();
+        let big = "x".repeat(60_000);
+        let store = ctx.store();
+        // Publishing never waits for it; past the limit (and the socket's buffers) it
+        // is closed, and it no longer counts.
+        let mut reached_zero = false;
+        for _ in 0..2000 {
+            if store.publish("flood", big.as_str()).unwrap() == 0 {
+                reached_zero = true;
+                break;
+            }
+        }
+        assert!(reached_zero, "the slow subscriber was never disconnected");
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = Vec::new();
+        let _ = slow.read_to_end(&mut sink);
+        // Others are not affected.
+        let mut c = unix_client(&path, false);
+        let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+        assert_eq!(pong, "PONG");
+        // The connection limit.
+        let _keep: Vec<_> = (0..3).map(|_| unix_client(&path, false)).collect();
+        let out = raw(&path, b"PING\r\n");
+        assert_eq!(out, b"-ERR max number of clients reached\r\n");
+    });
+}
+
+#[test]
+fn the_journal_covers_writes_over_resp() {
+    let dir = std::env::temp_dir().join(format!("yk-redis-journal-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let journal = dir.join("store.journal");
+    let _ = std::fs::remove_file(&journal);
+    for round in 0..2 {
+        let (mut app, _w) = test_app!(Duration::from_secs(60));
+        let mut hub = yukicomm::HubConfig::default();
+        hub.store.journal = Some(journal.clone());
+        hub.store.fsync = yukicomm::Fsync::Always;
+        app.hub_config(hub);
+        app.redis(RedisConfig::unix());
+        run_main(app, move |ctx| {
+            let mut c = unix_client(&socket(&ctx), false);
+            if round == 0 {
+                let _: () = redis::cmd("MSET")
+                    .arg("a")
+                    .arg("1")
+                    .arg("b")
+                    .arg("bee")
+                    .query(&mut c)
+                    .unwrap();
+                let _: i64 = redis::cmd("INCRBY").arg("a").arg(9).query(&mut c).unwrap();
+                let _: () = redis::cmd("SET")
+                    .arg("t")
+                    .arg("x")
+                    .arg("EX")
+                    .arg(1000)
+                    .query(&mut c)
+                    .unwrap();
+                let _: i64 = redis::cmd("DEL").arg("b").query(&mut c).unwrap();
+            } else {
+                let a: i64 = redis::cmd("GET").arg("a").query(&mut c).unwrap();
+                assert_eq!(a, 10);
+                let b: Option<String> = redis::cmd("GET").arg("b").query(&mut c).unwrap();
+                assert_eq!(b, None);
+                let ttl: i64 = redis::cmd("TTL").arg("t").query(&mut c).unwrap();
+                assert!(ttl > 900, "{ttl}");
+            }
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
