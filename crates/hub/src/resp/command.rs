@@ -609,7 +609,8 @@ fn run(
                     e.bulk(&c);
                 }
             } else if eq(sub, "numsub") {
-                e.map(a.len() - 2);
+                // A flat array in RESP3 too, as Redis answers.
+                e.array(2 * (a.len() - 2));
                 for c in &a[2..] {
                     e.bulk(c);
                     e.int(store.numsub(c) as i64);
