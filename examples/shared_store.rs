@@ -9,7 +9,13 @@
 //! ```text
 //! cargo run --example shared_store
 //! cargo run --example shared_store -- --rounds 10 --interval-ms 50
+//! cargo run --example shared_store -- --redis --rounds 100   # then, while it runs:
+//! redis-cli -s <the socket it prints> GET counter
 //! ```
+//!
+//! With `--redis` the store is also served over the Redis protocol, on a socket in the
+//! hub's private directory (as `YUKICOMM_REDIS=unix` would do): `redis-cli` reads the
+//! same counter the workers count up.
 
 use std::time::Duration;
 
@@ -27,6 +33,9 @@ struct Args {
     /// Milliseconds between rounds.
     #[arg(long, default_value_t = 500)]
     interval_ms: u64,
+    /// Also serve the store over the Redis protocol (a Unix socket; its path is logged).
+    #[arg(long)]
+    redis: bool,
 }
 
 /// What a worker publishes each round.
@@ -92,14 +101,23 @@ fn main() -> yukicomm::Result<()> {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
-    Args::parse();
+    let args = Args::parse();
 
     let mut app = App::new();
+    if args.redis {
+        app.redis(yukicomm::RedisConfig::unix());
+    }
     for name in WORKERS {
         app.add_target(name, worker);
     }
     // Subscribe and watch before the workers start, so that nothing is missed.
     app.on_before_start(|ctx| async move {
+        if let Some(socket) = ctx.redis_socket_path() {
+            info!(
+                "the store over RESP: redis-cli -s {} GET counter",
+                socket.display()
+            );
+        }
         let store = ctx.store();
         store.subscribe("events.*", |e: yukicomm::store::Publication<Event>| {
             info!(

@@ -4,9 +4,11 @@
     python3 python/dev.py test       # the Python client's tests (pytest, real Rust main processes)
     python3 python/dev.py example    # the documented example with a Python child (Ctrl-C stops it)
     python3 python/dev.py bench      # the benchmark (BENCHMARKS.md, "Python client")
+    python3 python/dev.py redis      # the Redis endpoint's tests with redis-py (python/tests_redis)
 
 Each first makes (or refreshes) a virtual environment in target/py-venv with this
-package and pytest installed (`pip install ./python pytest`). Arguments after the task
+package and pytest installed (`pip install ./python pytest`; the `redis` task also
+installs redis-py). Arguments after the task
 go to pytest, the example or the benchmark."""
 
 import os
@@ -24,7 +26,7 @@ def run(cmd, **kw):
     return subprocess.run([str(c) for c in cmd], **kw).returncode
 
 
-def ensure_venv():
+def ensure_venv(extra=()):
     if not PY.exists():
         if run([sys.executable, "-m", "venv", VENV]) != 0:
             sys.exit(
@@ -32,18 +34,20 @@ def ensure_venv():
                 "(on Debian and Ubuntu: apt-get install python3-venv)"
             )
     code = run([PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                ROOT / "python", "pytest"])
+                ROOT / "python", "pytest", *extra])
     if code != 0:
-        sys.exit("pip could not install the package and pytest")
+        sys.exit("pip could not install the package, pytest " + " ".join(extra))
 
 
 def main():
     task = sys.argv[1] if len(sys.argv) > 1 else "test"
     rest = sys.argv[2:]
-    ensure_venv()
+    ensure_venv(("redis",) if task == "redis" else ())
     env = dict(os.environ, YUKICOMM_PYTHON=str(PY))
     if task == "test":
         code = run([PY, "-m", "pytest", "-q", "tests", *rest], cwd=ROOT / "python", env=env)
+    elif task == "redis":
+        code = run([PY, "-m", "pytest", "-q", "tests_redis", *rest], cwd=ROOT / "python", env=env)
     elif task == "example":
         code = run(["cargo", "run", "--example", "python_plugin", "--", *rest], cwd=ROOT, env=env)
     elif task == "bench":
@@ -52,7 +56,7 @@ def main():
             code = run([ROOT / "target" / "release" / "examples" / "python_bench", *rest],
                        cwd=ROOT, env=env)
     else:
-        sys.exit(f"unknown task '{task}': test, example or bench")
+        sys.exit(f"unknown task '{task}': test, redis, example or bench")
     sys.exit(code)
 
 

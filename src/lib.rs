@@ -154,7 +154,7 @@ pub use yukicomm_client::{
     shared_memory, store, Change, ChangeKind, Publication, Store, StoreError, StoredValue,
     Subscriber, SubscriberError, Subscription, Ttl, Watch,
 };
-pub use yukicomm_hub::{Clock, Fsync, HubConfig, ManualClock, StoreConfig};
+pub use yukicomm_hub::{Clock, Fsync, HubConfig, ManualClock, RedisConfig, StoreConfig};
 /// Makes a trait a service that any process can serve and call, or lets the type of an
 /// `impl` of one be served as it is. See [the module `service`](mod@service) for the
 /// calls' behaviour, and the crate documentation's "Services" section for an example.

@@ -58,6 +58,10 @@ pub struct HubConfig {
     /// user's `yukicomm` runtime directory, removed at shutdown; see
     /// [`discovery`](crate::discovery)). Default true.
     pub advertise: bool,
+    /// The Redis protocol endpoint on the store, if any (see
+    /// [`resp`](crate::resp)). Default `None`; the environment variable
+    /// `YUKICOMM_REDIS` turns it on when this is `None`.
+    pub redis: Option<crate::resp::RedisConfig>,
 }
 
 /// The environment variable that allows the message tap when set to `1` (see
@@ -82,6 +86,7 @@ impl Default for HubConfig {
             store: StoreConfig::default(),
             monitor: false,
             advertise: true,
+            redis: None,
         }
     }
 }

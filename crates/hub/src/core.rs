@@ -85,6 +85,9 @@ pub(crate) struct Inner {
     /// Signalled whenever frames were handed over.
     pub(crate) local_handed: parking_lot::Condvar,
     pub(crate) conns: RwLock<FxHashMap<ConnId, Arc<Conn>>>,
+    /// Connections that take their publications themselves (the RESP endpoint's); the
+    /// store reaches them through [`store::Deliver::publication`].
+    pub(crate) subscribers: RwLock<FxHashMap<ConnId, Arc<dyn store::Subscriber>>>,
     pub(crate) local: OnceLock<LocalSink>,
     pub(crate) events: mpsc::UnboundedSender<HubEvent>,
     pub(crate) next_conn: AtomicU64,
@@ -403,6 +406,7 @@ impl Inner {
         let conns = self.conns.read();
         let mut out = Outputs {
             conns: &conns,
+            subscribers: &self.subscribers,
             kicks: Vec::new(),
             local: Vec::new(),
         };
@@ -435,6 +439,7 @@ impl Inner {
 /// Where the store's output goes while its lock is held.
 struct Outputs<'a> {
     conns: &'a FxHashMap<ConnId, Arc<Conn>>,
+    subscribers: &'a RwLock<FxHashMap<ConnId, Arc<dyn store::Subscriber>>>,
     kicks: Vec<Arc<Conn>>,
     local: Vec<Frame>,
 }
@@ -457,5 +462,15 @@ impl store::Deliver for Outputs<'_> {
 
     fn local(&mut self, frame: Frame) {
         self.local.push(frame);
+    }
+
+    fn publication(&mut self, conn: ConnId, sub: u32, topic: &[u8], body: &[u8]) {
+        if self.conns.contains_key(&conn) {
+            self.encoded(conn, &mut |buf| {
+                yukicomm_wire::store::encode_publication(buf, sub, topic, body)
+            });
+        } else if let Some(s) = self.subscribers.read().get(&conn) {
+            s.publication(sub, topic, body);
+        }
     }
 }

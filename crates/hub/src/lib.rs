@@ -28,6 +28,7 @@
 mod conn;
 pub mod discovery;
 mod observe;
+pub mod resp;
 pub mod router;
 mod stats;
 pub mod store;
@@ -58,6 +59,8 @@ pub use router::{ConnId, HubEvent, LOCAL};
 use crate::core::{First, Inner, LocalQueue};
 use dir::private_dir;
 
+pub use resp::RedisConfig;
+
 pub use config::{HubConfig, DEFAULT_WINDOW_BYTES, ENV_MONITOR};
 pub use observe::{BUFFER as TAP_BUFFER, HEAD as TAP_HEAD, SAMPLES_PER_TICK};
 pub use stats::ProcessInfo;
@@ -76,6 +79,10 @@ pub struct Hub {
     events: Mutex<Option<mpsc::UnboundedReceiver<HubEvent>>>,
     /// This hub's advertisement for the `yukicomm` command, removed at shutdown.
     advert: Option<PathBuf>,
+    /// The Redis protocol endpoint, if configured.
+    redis: Mutex<Option<resp::Running>>,
+    redis_unix: Option<PathBuf>,
+    redis_tcp: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -108,6 +115,7 @@ impl Hub {
             local_handed: parking_lot::Condvar::new(),
             store: Mutex::new(store),
             conns: RwLock::new(FxHashMap::default()),
+            subscribers: RwLock::new(FxHashMap::default()),
             local: OnceLock::new(),
             events: tx,
             next_conn: AtomicU64::new(1),
@@ -118,6 +126,20 @@ impl Hub {
             process_info: OnceLock::new(),
             started: std::time::Instant::now(),
         });
+        let redis_config = match config.redis.clone() {
+            Some(c) => Some(c),
+            None => resp::RedisConfig::from_env()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        };
+        let redis = match redis_config {
+            Some(c) => Some(resp::start(c, inner.clone(), &dir).inspect_err(|_| {
+                let _ = std::fs::remove_file(&socket);
+                let _ = std::fs::remove_dir(&dir);
+            })?),
+            None => None,
+        };
+        let redis_unix = redis.as_ref().and_then(|r| r.unix.clone());
+        let redis_tcp = redis.as_ref().and_then(|r| r.tcp);
         let accept_inner = inner.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -171,12 +193,27 @@ impl Hub {
             tapper,
             events: Mutex::new(Some(rx)),
             advert,
+            redis: Mutex::new(redis),
+            redis_unix,
+            redis_tcp,
         })
     }
 
     /// The socket children connect to.
     pub fn socket_path(&self) -> &Path {
         &self.socket
+    }
+
+    /// The Unix socket of the Redis protocol endpoint, if it has one
+    /// (`redis-cli -s PATH`).
+    pub fn redis_socket_path(&self) -> Option<&Path> {
+        self.redis_unix.as_deref()
+    }
+
+    /// The TCP address of the Redis protocol endpoint, if it has one (with the port
+    /// chosen, when port 0 was asked for).
+    pub fn redis_addr(&self) -> Option<std::net::SocketAddr> {
+        self.redis_tcp
     }
 
     /// The largest frame the hub accepts.
@@ -421,6 +458,9 @@ impl Hub {
         self.accept.abort();
         self.sweeper.abort();
         self.tapper.abort();
+        if let Some(mut r) = self.redis.lock().take() {
+            r.shutdown();
+        }
         if let Some(f) = &self.advert {
             let _ = std::fs::remove_file(f);
         }

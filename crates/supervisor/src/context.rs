@@ -25,6 +25,8 @@ pub struct MainContext {
     pub(crate) shutdown: mpsc::UnboundedSender<()>,
     pub(crate) socket: Arc<std::path::Path>,
     pub(crate) remote: Option<Arc<crate::remote::Endpoint>>,
+    pub(crate) redis_socket: Option<Arc<std::path::Path>>,
+    pub(crate) redis_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for MainContext {
@@ -52,6 +54,17 @@ impl MainContext {
     /// The hub's socket, for processes that join on their own (see `docs/PROTOCOL.md`).
     pub fn socket_path(&self) -> &std::path::Path {
         &self.socket
+    }
+
+    /// The Unix socket of the Redis protocol endpoint ([`App::redis`](crate::App::redis)),
+    /// if it has one: `redis-cli -s PATH`.
+    pub fn redis_socket_path(&self) -> Option<&std::path::Path> {
+        self.redis_socket.as_deref()
+    }
+
+    /// The TCP address of the Redis protocol endpoint, if it has one.
+    pub fn redis_addr(&self) -> Option<std::net::SocketAddr> {
+        self.redis_addr
     }
 
     /// The names of every child, in the order they were added.

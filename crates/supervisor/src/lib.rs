@@ -99,6 +99,8 @@ pub struct App {
     metrics: Option<std::net::SocketAddr>,
     /// How processes on other machines join, if they may.
     remote: Option<RemoteOptions>,
+    /// The Redis protocol endpoint, if set with [`App::redis`].
+    redis: Option<yukicomm_hub::RedisConfig>,
 }
 
 impl std::fmt::Debug for App {
@@ -126,6 +128,7 @@ impl App {
             exec_args: None,
             metrics: None,
             remote: None,
+            redis: None,
         }
     }
 
@@ -203,6 +206,20 @@ impl App {
     #[cfg(feature = "prometheus")]
     pub fn metrics(&mut self, addr: std::net::SocketAddr) -> &mut App {
         self.metrics = Some(addr);
+        self
+    }
+
+    /// Serves the shared store and its publish/subscribe over the Redis protocol
+    /// (RESP2 and RESP3), so that `redis-cli`, `redis-benchmark` and Redis clients use
+    /// it: on a Unix socket in the hub's private directory
+    /// ([`RedisConfig::unix`](yukicomm_hub::RedisConfig::unix); its path is
+    /// [`MainContext::redis_socket_path`]) and/or over TCP (loopback unless a password
+    /// is set). Off unless called, or unless the environment variable `YUKICOMM_REDIS`
+    /// asks for it (`unix`, `unix:PATH`, `tcp:ADDR`, comma-separated; the password in
+    /// `YUKICOMM_REDIS_PASSWORD`). If the endpoint cannot be started,
+    /// [`run`](App::run) fails. See `docs/PROTOCOL.md`, "Redis protocol endpoint".
+    pub fn redis(&mut self, config: yukicomm_hub::RedisConfig) -> &mut App {
+        self.redis = Some(config);
         self
     }
 
@@ -357,7 +374,11 @@ impl App {
             }
             names.push(name);
         }
-        let hub = Arc::new(Hub::bind(self.hub.clone()).map_err(|source| Error::Io {
+        let mut hub_config = self.hub.clone();
+        if let Some(r) = &self.redis {
+            hub_config.redis = Some(r.clone());
+        }
+        let hub = Arc::new(Hub::bind(hub_config).map_err(|source| Error::Io {
             context: "cannot start the hub".into(),
             source,
         })?);
@@ -392,6 +413,8 @@ impl App {
             shutdown: shutdown_tx,
             socket: Arc::from(hub.socket_path()),
             remote: endpoint.clone(),
+            redis_socket: hub.redis_socket_path().map(Arc::from),
+            redis_addr: hub.redis_addr(),
         };
         let hooks = Arc::new(self.hooks);
         Hooks::run(&hooks.before_start, "on_before_start", &ctx).await;

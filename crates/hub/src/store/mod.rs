@@ -24,6 +24,7 @@
 //! - **Durability**, optional: with a journal file every write is appended to it before
 //!   it is acknowledged (the `journal` module describes its format).
 
+mod direct;
 pub(crate) mod journal;
 mod stats;
 mod table;
@@ -150,6 +151,20 @@ pub(crate) trait Deliver {
     fn encoded(&mut self, conn: ConnId, encode: &mut dyn FnMut(&mut Vec<u8>));
     /// A frame for the main process.
     fn local(&mut self, frame: Frame);
+    /// A published message for subscription `sub` of connection `conn` (not the main
+    /// process). By default encoded as a Delivery frame; an endpoint that speaks
+    /// another protocol (RESP) receives it as it is.
+    fn publication(&mut self, conn: ConnId, sub: u32, topic: &[u8], body: &[u8]) {
+        self.encoded(conn, &mut |buf| encode_publication(buf, sub, topic, body));
+    }
+}
+
+/// A connection that takes its publications itself, in a protocol of its own (the RESP
+/// endpoint's): registered with the hub's core, called under the store's lock, so it
+/// must only append to a bounded buffer (no user code, no waiting).
+pub(crate) trait Subscriber: Send + Sync {
+    /// A message published to `topic`, for this connection's subscription `sub`.
+    fn publication(&self, sub: u32, topic: &[u8], body: &[u8]);
 }
 
 /// The answer to one operation, borrowing the stored value.
@@ -219,6 +234,12 @@ struct Sub {
     missed: u64,
     /// Deliveries dropped in all (for reports).
     missed_total: u64,
+    /// Whether credit applies. A RESP subscription has none: its connection bounds
+    /// its output buffer itself and is closed when that is full.
+    metered: bool,
+    /// A RESP pattern subscription (`PSUBSCRIBE`), even without glob characters: not
+    /// counted as a subscriber of the channel it names.
+    declared_pattern: bool,
 }
 
 /// Whether a topic pattern has glob characters.
@@ -770,6 +791,8 @@ impl Store {
                 bytes: 0,
                 missed: 0,
                 missed_total: 0,
+                metered: true,
+                declared_pattern: false,
             },
         );
         Ok(credit)
@@ -821,6 +844,9 @@ impl Store {
         max_bytes: u64,
     ) -> Option<u64> {
         let s = subs.get_mut(&key)?;
+        if !s.metered {
+            return Some(0);
+        }
         if s.credit == 0 || s.bytes >= max_bytes {
             s.missed += 1;
             s.missed_total += 1;
@@ -865,7 +891,7 @@ impl Store {
                     body: body.clone(),
                 }));
             } else {
-                out.encoded(conn, &mut |buf| encode_publication(buf, sub, topic, body));
+                out.publication(conn, sub, topic, body);
             }
         }
         reached

@@ -1,0 +1,687 @@
+//! The Redis protocol endpoint: `redis-cli`, `redis-benchmark` and Redis clients in any
+//! language use the hub's shared store and its publish/subscribe, over RESP2 or RESP3.
+//!
+//! Off unless configured ([`RedisConfig`], in [`HubConfig::redis`](crate::HubConfig),
+//! or the environment variable `YUKICOMM_REDIS`). It listens on a Unix socket in the
+//! hub's private directory (`redis.sock`, reachable only by the user the main process
+//! runs as, whose uid is also checked), and/or on TCP: on a loopback address, or on any
+//! address if a password is set (as Redis's protected mode), checked by `AUTH` or
+//! `HELLO ... AUTH` with the user `default`.
+//!
+//! - [`proto`]: the parser (multibulk and inline commands, pipelined, every length
+//!   checked before anything is allocated) and the RESP2/RESP3 encoder.
+//! - [`value`]: how values cross between RESP's byte strings and the store's
+//!   MessagePack (one store, two faces).
+//! - `command`: the commands, applied to the store under its lock.
+//!
+//! # Buffers
+//!
+//! Input: at most one command is buffered (its limits are [`proto::Limits`]); the
+//! connection reads no more while its replies waiting to be written pass 1 MiB.
+//! Output: replies are bounded by that; published messages are not (a subscriber does
+//! not send commands), so a connection whose unwritten output passes
+//! [`RedisConfig::output_limit`] (default 32 MiB, Redis's `pubsub` class) is closed,
+//! with a warning naming it, and publishers never wait for it.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use yukicomm_hub::{Hub, HubConfig, RedisConfig};
+//! let hub = Hub::bind(HubConfig {
+//!     redis: Some(RedisConfig::unix()),
+//!     ..HubConfig::default()
+//! })?;
+//! println!("redis-cli -s {}", hub.redis_socket_path().unwrap().display());
+//! # Ok(())
+//! # }
+//! ```
+
+mod command;
+pub mod proto;
+pub mod value;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::core::Inner;
+use crate::router::ConnId;
+use proto::{Encoder, Limits, Version};
+
+/// The Redis version the endpoint reports (`HELLO`, `INFO`): the one whose commands it
+/// follows. Clients use it to choose features; `INFO` also says `yukicomm_version`.
+pub const REDIS_VERSION: &str = "7.0.0";
+
+/// The environment variable that turns the endpoint on without code: `unix` (a socket
+/// in the hub's private directory), `unix:PATH`, `tcp:ADDR`, or several of them
+/// separated by commas (`unix,tcp:127.0.0.1:6379`).
+pub const ENV_REDIS: &str = "YUKICOMM_REDIS";
+/// The environment variable holding the endpoint's password, if any.
+pub const ENV_REDIS_PASSWORD: &str = "YUKICOMM_REDIS_PASSWORD";
+
+/// Where the endpoint's Unix socket is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixPlace {
+    /// `redis.sock` in the hub's private directory (mode `0700`).
+    Private,
+    /// This path (the socket is made mode `0600`; an existing file there is replaced
+    /// only if it is a socket nobody listens on).
+    Path(PathBuf),
+}
+
+/// Settings of the Redis protocol endpoint.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// The Unix socket, if any.
+    pub unix: Option<UnixPlace>,
+    /// The TCP address, if any. Without a password it must be a loopback address.
+    pub tcp: Option<SocketAddr>,
+    /// The password of the user `default`; `None`: no `AUTH` needed (and TCP only on
+    /// loopback).
+    pub password: Option<String>,
+    /// Most connections at once; the next one gets `-ERR max number of clients
+    /// reached` and is closed. Default 10,000 (Redis's default).
+    pub max_clients: usize,
+    /// Limits on one command.
+    pub limits: Limits,
+    /// Most bytes of output that may wait for a connection before it is closed (see
+    /// "Buffers" above). Default 32 MiB.
+    pub output_limit: usize,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password itself.
+        f.debug_struct("RedisConfig")
+            .field("unix", &self.unix)
+            .field("tcp", &self.tcp)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("max_clients", &self.max_clients)
+            .field("limits", &self.limits)
+            .field("output_limit", &self.output_limit)
+            .finish()
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            unix: None,
+            tcp: None,
+            password: None,
+            max_clients: 10_000,
+            limits: Limits::default(),
+            output_limit: 32 << 20,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// A socket in the hub's private directory.
+    pub fn unix() -> RedisConfig {
+        RedisConfig {
+            unix: Some(UnixPlace::Private),
+            ..RedisConfig::default()
+        }
+    }
+
+    /// A TCP address (a loopback one unless a password is set).
+    pub fn tcp(addr: SocketAddr) -> RedisConfig {
+        RedisConfig {
+            tcp: Some(addr),
+            ..RedisConfig::default()
+        }
+    }
+
+    /// Parses the value of `YUKICOMM_REDIS` (see [`ENV_REDIS`]).
+    ///
+    /// # Errors
+    ///
+    /// A part that is not `unix`, `unix:PATH` or `tcp:ADDR`.
+    pub fn parse(spec: &str) -> Result<RedisConfig, String> {
+        let mut c = RedisConfig::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if part == "unix" {
+                c.unix = Some(UnixPlace::Private);
+            } else if let Some(p) = part.strip_prefix("unix:") {
+                c.unix = Some(UnixPlace::Path(PathBuf::from(p)));
+            } else if let Some(a) = part.strip_prefix("tcp:") {
+                c.tcp = Some(
+                    a.parse()
+                        .map_err(|e| format!("{ENV_REDIS}: bad address '{a}': {e}"))?,
+                );
+            } else {
+                return Err(format!(
+                    "{ENV_REDIS}: '{part}' is not 'unix', 'unix:PATH' or 'tcp:ADDR'"
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The endpoint the environment asks for, if any (`YUKICOMM_REDIS`, with
+    /// `YUKICOMM_REDIS_PASSWORD`).
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](RedisConfig::parse).
+    pub fn from_env() -> Result<Option<RedisConfig>, String> {
+        let Some(spec) = std::env::var_os(ENV_REDIS) else {
+            return Ok(None);
+        };
+        let mut c = RedisConfig::parse(&spec.to_string_lossy())?;
+        c.password = std::env::var(ENV_REDIS_PASSWORD)
+            .ok()
+            .filter(|p| !p.is_empty());
+        Ok(Some(c))
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if let Some(a) = self.tcp {
+            if self.password.is_none() && !a.ip().is_loopback() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "the Redis endpoint may listen on {a}, not a loopback address, only with a password (protected mode)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The running endpoint; dropping it stops accepting and closes its connections.
+pub(crate) struct Endpoint {
+    pub(crate) config: RedisConfig,
+    inner: Arc<Inner>,
+    pub(crate) clients: Mutex<FxHashMap<u64, Arc<Client>>>,
+    next_id: AtomicU64,
+    pub(crate) started: std::time::Instant,
+}
+
+/// The handle the hub keeps: listeners, and where they are.
+pub(crate) struct Running {
+    pub(crate) endpoint: Arc<Endpoint>,
+    pub(crate) unix: Option<PathBuf>,
+    pub(crate) tcp: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting and closes every connection; removes the socket.
+    pub(crate) fn shutdown(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(p) = &self.unix {
+            let _ = std::fs::remove_file(p);
+        }
+        let clients: Vec<_> = self.endpoint.clients.lock().values().cloned().collect();
+        for c in clients {
+            c.kill();
+        }
+    }
+}
+
+/// Starts the endpoint; `dir` is the hub's private directory.
+pub(crate) fn start(
+    config: RedisConfig,
+    inner: Arc<Inner>,
+    dir: &std::path::Path,
+) -> std::io::Result<Running> {
+    config.check()?;
+    let endpoint = Arc::new(Endpoint {
+        config: config.clone(),
+        inner,
+        clients: Mutex::new(FxHashMap::default()),
+        next_id: AtomicU64::new(1),
+        started: std::time::Instant::now(),
+    });
+    let mut tasks = Vec::new();
+    let mut unix = None;
+    if let Some(place) = &config.unix {
+        let path = match place {
+            UnixPlace::Private => dir.join("redis.sock"),
+            UnixPlace::Path(p) => {
+                if std::os::unix::net::UnixStream::connect(p).is_err()
+                    && std::fs::symlink_metadata(p).is_ok_and(|m| {
+                        use std::os::unix::fs::FileTypeExt;
+                        m.file_type().is_socket()
+                    })
+                {
+                    let _ = std::fs::remove_file(p);
+                }
+                p.clone()
+            }
+        };
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        if let UnixPlace::Path(_) = place {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        tracing::info!(socket = %path.display(), "Redis protocol endpoint listening");
+        let ep = endpoint.clone();
+        let uid = rustix::process::geteuid().as_raw();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        let peer = stream.peer_cred().map(|c| c.uid());
+                        if peer.as_ref().ok() != Some(&uid) {
+                            tracing::warn!(
+                                "refused a Redis protocol connection from another user ({peer:?})"
+                            );
+                            continue;
+                        }
+                        ep.clone().admit(stream, "unix".to_string());
+                    }
+                    Err(e) => {
+                        tracing::warn!("Redis endpoint: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+        unix = Some(path);
+    }
+    let mut tcp = None;
+    if let Some(addr) = config.tcp {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "Redis protocol endpoint listening");
+        let ep = endpoint.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        ep.clone().admit(stream, peer.to_string());
+                    }
+                    Err(e) => {
+                        tracing::warn!("Redis endpoint: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+        tcp = Some(local);
+    }
+    Ok(Running {
+        endpoint,
+        unix,
+        tcp,
+        tasks,
+    })
+}
+
+/// What a connection's reader, its writer and the store (through
+/// [`Subscriber`](crate::store::Subscriber)) share.
+pub(crate) struct Client {
+    pub(crate) id: u64,
+    conn: ConnId,
+    addr: String,
+    created: std::time::Instant,
+    pub(crate) state: Mutex<ClientState>,
+    output_limit: usize,
+    /// Something was appended to the output.
+    wake_writer: Notify,
+    /// The writer took the output.
+    drained: Notify,
+    /// The connection is to close at once.
+    killed: AtomicBool,
+    /// The reader has finished: the writer writes what is left, then closes.
+    done: AtomicBool,
+    kill_notify: Notify,
+}
+
+/// A connection's state under its lock (taken under the store's lock, never the other
+/// way round).
+pub(crate) struct ClientState {
+    /// Output waiting to be written.
+    out: Vec<u8>,
+    pub(crate) version: Version,
+    /// Its subscriptions: the channel or pattern, and whether it is a pattern.
+    subs: FxHashMap<u32, (Bytes, bool)>,
+    pub(crate) name: Option<Bytes>,
+    pub(crate) lib_name: Option<Bytes>,
+    pub(crate) lib_ver: Option<Bytes>,
+    /// The last command, for `CLIENT LIST`.
+    last: String,
+}
+
+/// While more than this many reply bytes wait to be written, the reader waits.
+const REPLY_HIGH_WATER: usize = 1 << 20;
+
+impl Client {
+    fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.kill_notify.notify_waiters();
+        self.wake_writer.notify_one();
+    }
+
+    async fn killed(&self) {
+        loop {
+            let n = self.kill_notify.notified();
+            if self.killed.load(Ordering::SeqCst) {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    pub(crate) fn add_sub(&self, sub: u32, name: Bytes, pattern: bool) {
+        self.state.lock().subs.insert(sub, (name, pattern));
+    }
+
+    pub(crate) fn remove_sub(&self, sub: u32) {
+        self.state.lock().subs.remove(&sub);
+    }
+
+    /// One line of `CLIENT LIST`.
+    pub(crate) fn describe(&self) -> String {
+        let st = self.state.lock();
+        let s = |b: &Option<Bytes>| {
+            b.as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let (chans, pats) =
+            st.subs.values().fold(
+                (0, 0),
+                |(c, p), (_, pat)| if *pat { (c, p + 1) } else { (c + 1, p) },
+            );
+        format!(
+            "id={} addr={} laddr=? fd=-1 name={} age={} idle=0 flags=N db=0 sub={} psub={} ssub=0 multi=-1 qbuf=0 obl=0 oll=0 omem={} resp={} lib-name={} lib-ver={} cmd={}",
+            self.id,
+            self.addr,
+            s(&st.name),
+            self.created.elapsed().as_secs(),
+            chans,
+            pats,
+            st.out.len(),
+            if st.version == Version::Resp3 { 3 } else { 2 },
+            s(&st.lib_name),
+            s(&st.lib_ver),
+            st.last,
+        )
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.state.lock().out.extend_from_slice(bytes);
+        self.wake_writer.notify_one();
+    }
+}
+
+impl crate::store::Subscriber for Client {
+    fn publication(&self, sub: u32, topic: &[u8], body: &[u8]) {
+        let mut st = self.state.lock();
+        if self.killed.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some((name, pattern)) = st.subs.get(&sub).cloned() else {
+            return;
+        };
+        let body = value::to_resp(body);
+        if st.out.len() + topic.len() + body.len() + name.len() + 64 > self.output_limit {
+            tracing::warn!(
+                client = self.id,
+                addr = %self.addr,
+                limit = self.output_limit,
+                "closing a Redis protocol connection: its output passed the limit (it does not read what it subscribed to)"
+            );
+            drop(st);
+            self.kill();
+            return;
+        }
+        let version = st.version;
+        let mut e = Encoder {
+            out: &mut st.out,
+            version,
+        };
+        if pattern {
+            e.push(4);
+            e.bulk(b"pmessage");
+            e.bulk(&name);
+            e.bulk(topic);
+        } else {
+            e.push(3);
+            e.bulk(b"message");
+            e.bulk(topic);
+        }
+        e.bulk(&body);
+        drop(st);
+        self.wake_writer.notify_one();
+    }
+}
+
+impl Endpoint {
+    /// `CLIENT LIST`: one line per connection, by id.
+    pub(crate) fn client_list(&self) -> String {
+        let mut clients: Vec<Arc<Client>> = self.clients.lock().values().cloned().collect();
+        clients.sort_by_key(|c| c.id);
+        let mut s = String::new();
+        for c in clients {
+            s.push_str(&c.describe());
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Takes a new connection, or refuses it when there are too many.
+    fn admit<S>(self: Arc<Self>, stream: S, addr: String)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let conn = self.inner.next_conn_id();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let client = Arc::new(Client {
+            id,
+            conn,
+            addr,
+            created: std::time::Instant::now(),
+            state: Mutex::new(ClientState {
+                out: Vec::new(),
+                version: Version::Resp2,
+                subs: FxHashMap::default(),
+                name: None,
+                lib_name: None,
+                lib_ver: None,
+                last: String::new(),
+            }),
+            output_limit: self.config.output_limit,
+            wake_writer: Notify::new(),
+            drained: Notify::new(),
+            killed: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            kill_notify: Notify::new(),
+        });
+        {
+            let mut clients = self.clients.lock();
+            if clients.len() >= self.config.max_clients {
+                drop(clients);
+                tracing::warn!(
+                    max = self.config.max_clients,
+                    "refused a Redis protocol connection: too many connections"
+                );
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let _ = stream
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
+                });
+                return;
+            }
+            clients.insert(id, client.clone());
+        }
+        self.inner
+            .subscribers
+            .write()
+            .insert(conn, client.clone() as Arc<dyn crate::store::Subscriber>);
+        tokio::spawn(async move {
+            let (rd, wr) = tokio::io::split(stream);
+            let writer = tokio::spawn(write_loop(client.clone(), wr));
+            self.read_loop(&client, rd).await;
+            // Whatever is written last (a protocol error, QUIT's OK) goes out first,
+            // unless the connection is being killed.
+            client.closing();
+            let _ = writer.await;
+            self.inner.subscribers.write().remove(&conn);
+            self.inner.store.lock().drop_conn(conn);
+            self.clients.lock().remove(&id);
+        });
+    }
+
+    /// Reads and runs commands until the peer closes, quits, breaks the protocol, or
+    /// the connection is killed.
+    async fn read_loop<R: AsyncRead + Unpin>(&self, client: &Client, mut rd: R) {
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        let mut session = command::Session {
+            conn: client.conn,
+            authed: self.config.password.is_none(),
+            channels: FxHashMap::default(),
+            patterns: FxHashMap::default(),
+            next_sub: 1,
+            quit: false,
+        };
+        let mut version = Version::Resp2;
+        let mut batch: Vec<Vec<Bytes>> = Vec::new();
+        let mut reply = Vec::new();
+        loop {
+            let mut broken = None;
+            while batch.len() < 256 {
+                match proto::parse(&mut buf, &self.config.limits) {
+                    Ok(Some(cmd)) => batch.push(cmd),
+                    Ok(None) => break,
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let mut cx = command::Ctx {
+                    endpoint: self,
+                    client,
+                    version,
+                };
+                let last = batch
+                    .last()
+                    .map(|c| String::from_utf8_lossy(&c[0]).to_ascii_lowercase())
+                    .unwrap_or_default();
+                self.inner.with_store(|store, out| {
+                    for cmd in batch.drain(..) {
+                        command::exec(&mut session, &mut cx, &cmd, store, out, &mut reply);
+                        // Appended under the store's lock: a subscription's first
+                        // message never overtakes its confirmation.
+                        client.append(&reply);
+                        reply.clear();
+                        if session.quit {
+                            break;
+                        }
+                    }
+                });
+                client.state.lock().last = last;
+                batch.clear();
+                version = cx.version;
+                if session.quit {
+                    return;
+                }
+            }
+            if let Some(e) = broken {
+                tracing::debug!(client = client.id, "Redis protocol error: {e}");
+                let mut out = Vec::new();
+                Encoder {
+                    out: &mut out,
+                    version,
+                }
+                .error(&format!("ERR {e}"));
+                client.append(&out);
+                return;
+            }
+            // Wait while the peer does not read its replies.
+            loop {
+                let drained = client.drained.notified();
+                if client.state.lock().out.len() <= REPLY_HIGH_WATER
+                    || client.killed.load(Ordering::SeqCst)
+                {
+                    break;
+                }
+                tokio::select! {
+                    _ = drained => {}
+                    _ = client.killed() => return,
+                }
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16 << 10);
+            }
+            tokio::select! {
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                _ = client.killed() => return,
+            }
+        }
+    }
+}
+
+impl Client {
+    /// The reader is done: the writer writes what is left, then closes.
+    fn closing(&self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.wake_writer.notify_one();
+    }
+}
+
+/// Writes the connection's output as it comes; ends when the connection is killed, or
+/// when the reader has finished and everything is written.
+async fn write_loop<W: AsyncWrite + Unpin>(client: Arc<Client>, mut wr: W) {
+    let mut spare = Vec::new();
+    loop {
+        let woken = client.wake_writer.notified();
+        let (batch, closing) = {
+            let mut st = client.state.lock();
+            std::mem::swap(&mut st.out, &mut spare);
+            (
+                std::mem::take(&mut spare),
+                client.done.load(Ordering::SeqCst),
+            )
+        };
+        if client.killed.load(Ordering::SeqCst) {
+            return;
+        }
+        if batch.is_empty() {
+            if closing {
+                let _ = wr.shutdown().await;
+                return;
+            }
+            woken.await;
+            continue;
+        }
+        client.drained.notify_waiters();
+        tokio::select! {
+            r = wr.write_all(&batch) => if r.is_err() {
+                client.kill();
+                return;
+            },
+            _ = client.killed() => return,
+        }
+        spare = batch;
+        spare.clear();
+        if spare.capacity() > 1 << 20 {
+            spare = Vec::new();
+        }
+    }
+}
