@@ -202,15 +202,7 @@ fn join_in(
     if CONTEXT.get().is_none() {
         crate::store::set_current(&node);
     }
-    Ok(Context {
-        node,
-        name: Arc::from(welcome.name.as_str()),
-        active: welcome.active,
-        passive: welcome.passive,
-        own_types: Arc::default(),
-        _runtime: runtime,
-        _link: Some(Arc::new(link)),
-    })
+    Ok(Context::new(node, welcome, runtime, Some(Arc::new(link))))
 }
 
 fn var(name: &'static str) -> Result<String, ConnectError> {
@@ -241,15 +233,7 @@ fn connect_with(
         }
     };
     crate::store::set_current(&node);
-    Ok(Context {
-        node,
-        name: Arc::from(welcome.name.as_str()),
-        active: welcome.active,
-        passive: welcome.passive,
-        own_types: Arc::default(),
-        _runtime: runtime,
-        _link: None,
-    })
+    Ok(Context::new(node, welcome, runtime, None))
 }
 
 /// Takes the descriptor named by `YUKICOMM_FD`: checks that it is an open stream socket
@@ -315,6 +299,23 @@ fn forget_connection_variables() {
 }
 
 impl Context {
+    fn new(
+        node: Node,
+        welcome: crate::remote::Welcome,
+        runtime: Option<Arc<tokio::runtime::Runtime>>,
+        link: Option<Arc<tokio::runtime::Runtime>>,
+    ) -> Context {
+        Context {
+            node,
+            name: Arc::from(welcome.name.as_str()),
+            active: welcome.active,
+            passive: welcome.passive,
+            own_types: Arc::default(),
+            _runtime: runtime,
+            _link: link,
+        }
+    }
+
     /// This child's name.
     pub fn name(&self) -> &str {
         &self.name
