@@ -37,6 +37,7 @@ from ._process import (
     connect,
     get_channel,
     get_channels,
+    join,
     list_channels,
     name,
     request_restart,
@@ -46,7 +47,6 @@ from ._process import (
     set_channels,
     stop_process,
 )
-from ._remote import join
 from .channel import Channel, async_select, select
 from .errors import (
     CallError,
