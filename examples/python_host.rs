@@ -581,8 +581,13 @@ async fn remote(ctx: MainContext) -> Outcome {
     println!("JOIN yk://{addr} {token}");
     let _ = std::io::stdout().flush();
     let store = ctx.store();
+    // One handle on each channel for the whole scenario: a process that finds nobody
+    // holding the other end of its channel counts it as disconnected.
     let passive = ctx
         .get_channel::<String>(&format!("{REMOTE}-passive"))
+        .map_err(|e| e.to_string())?;
+    let active = ctx
+        .get_channel::<String>(&format!("{REMOTE}-active"))
         .map_err(|e| e.to_string())?;
     for run in 1..=2u32 {
         check(
@@ -590,9 +595,6 @@ async fn remote(ctx: MainContext) -> Outcome {
             recv_remote(&passive).await?,
             format!("hello {run}"),
         )?;
-        let active = ctx
-            .get_channel::<String>(&format!("{REMOTE}-active"))
-            .map_err(|e| e.to_string())?;
         active
             .send(format!("ping {run}"))
             .map_err(|e| e.to_string())?;
@@ -612,9 +614,6 @@ async fn remote(ctx: MainContext) -> Outcome {
     }
     // The second run streams through a proxy that the test cuts, then silences: every
     // message arrives once, in order, both ways.
-    let active = ctx
-        .get_channel::<String>(&format!("{REMOTE}-active"))
-        .map_err(|e| e.to_string())?;
     for i in 0..STREAMED {
         check("streamed", recv_remote(&passive).await?, format!("n {i}"))?;
         active.send(format!("e {i}")).map_err(|e| e.to_string())?;

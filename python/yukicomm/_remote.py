@@ -456,6 +456,21 @@ def _record(kind: int, payload: bytes = b"") -> bytes:
     return bytes([kind]) + len(payload).to_bytes(4, "little") + payload
 
 
+async def _within(aw: Any, timeout: float) -> Any:
+    """``aw``'s result, or ``asyncio.TimeoutError`` after ``timeout``. Unlike
+    ``asyncio.wait_for`` before Python 3.12, never swallows the cancellation of the task
+    that awaits it (a link's tasks must all stop when one of them ends the link)."""
+    fut = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait({fut}, timeout=timeout)
+    finally:
+        if not fut.done():
+            fut.cancel()
+    if not done:
+        raise asyncio.TimeoutError()
+    return fut.result()
+
+
 class _Lost(Exception):
     """The link broke or fell silent: another may resume the session."""
 
@@ -510,7 +525,7 @@ class Session:
 
     async def _drain(self, link: _Link) -> None:
         try:
-            await asyncio.wait_for(link.writer.drain(), self.heartbeat)
+            await _within(link.writer.drain(), self.heartbeat)
         except asyncio.TimeoutError:
             raise _Lost(f"nothing could be written for {int(self.heartbeat * 1000)} ms") from None
         except (OSError, ssl.SSLError) as e:
@@ -583,7 +598,7 @@ class Session:
                     pass
                 elif kind == CLOSE and n == 0:
                     try:
-                        await asyncio.wait_for(self.lw.drain(), self.heartbeat)
+                        await _within(self.lw.drain(), self.heartbeat)
                         self.lw.write_eof()
                     except (OSError, RuntimeError, asyncio.TimeoutError):
                         pass
@@ -652,7 +667,8 @@ class Session:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        exc = next(iter(done)).exception()
+        ends = [t.exception() for t in done]
+        exc = next((e for e in ends if isinstance(e, _Closed)), ends[0])
         if isinstance(exc, _Closed):
             await self._goodbye(link)
             return False
