@@ -577,7 +577,9 @@ async fn remote(ctx: MainContext) -> Outcome {
     let token = ctx
         .join_token(REMOTE, Duration::from_secs(600))
         .map_err(|e| e.to_string())?;
-    let addr = ctx.remote_addr().ok_or("not listening for remote processes")?;
+    let addr = ctx
+        .remote_addr()
+        .ok_or("not listening for remote processes")?;
     println!("JOIN yk://{addr} {token}");
     let _ = std::io::stdout().flush();
     let store = ctx.store();
@@ -618,7 +620,11 @@ async fn remote(ctx: MainContext) -> Outcome {
         check("streamed", recv_remote(&passive).await?, format!("n {i}"))?;
         active.send(format!("e {i}")).map_err(|e| e.to_string())?;
     }
-    check("after the stream", recv_remote(&passive).await?, "ok stream".into())?;
+    check(
+        "after the stream",
+        recv_remote(&passive).await?,
+        "ok stream".into(),
+    )?;
     println!("REMOTE STREAM OK");
     let _ = std::io::stdout().flush();
     // The test's other checks run now; it closes stdin when they are done.
