@@ -421,6 +421,8 @@ class _Joiner:
             await self.enrol(ca)
         self.ca = ca
         self.tls = _context(ca, self.dir)
+        # From now on the certificate is the credential: the secret is not kept.
+        self.token._secret = ""
 
     async def open_link(self, sid: int, received: int) -> Tuple[_Link, int, int]:
         """A link opening (``sid`` 0) or resuming session ``sid``: the link, the
@@ -610,10 +612,16 @@ class Session:
                 self._write(link, _record(ACK, self.received.to_bytes(8, "little")))
                 state[1] = self.received
             if wrote:
+                # While this process is slow to take what came, the link is not silent:
+                # it is not being read.
+                state[2] = True
                 try:
                     await self.lw.drain()
                 except (OSError, RuntimeError):
                     await self._local_gone(link)
+                finally:
+                    state[2] = False
+                state[0] = time.monotonic()
 
     async def _local_gone(self, link: _Link) -> None:
         self.local_closed = True
@@ -626,7 +634,7 @@ class Session:
         link silent for the heartbeat is broken."""
         while True:
             await asyncio.sleep(self.heartbeat / 4)
-            if time.monotonic() - state[0] > self.heartbeat:
+            if not state[2] and time.monotonic() - state[0] > self.heartbeat:
                 raise _Lost(f"nothing heard for {int(self.heartbeat * 1000)} ms")
             out = _record(PING)
             if self.received != state[1]:
@@ -654,8 +662,8 @@ class Session:
         except _Lost as e:
             self._lost(str(e))
             return True
-        # [last heard, bytes received when the last ACK went]
-        state = [time.monotonic(), self.received]
+        # [last heard, bytes received when the last ACK went, writing to the local side]
+        state = [time.monotonic(), self.received, False]
         tasks = [
             asyncio.ensure_future(self._to_hub(link)),
             asyncio.ensure_future(self._from_hub(link, state)),
@@ -723,6 +731,8 @@ class Session:
                         f"no link to the hub at {self.joiner.url} for "
                         f"{int(self.grace * 1000)} ms: the session ended"
                     )
+        except Exception as e:  # never end silently
+            _log(f"the session with the hub at {self.joiner.url} ended: {e!r}")
         finally:
             if self.lw is not None:
                 try:
