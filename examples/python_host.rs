@@ -6,7 +6,12 @@
 //!
 //! ```text
 //! cargo run --example python_host -- values      # or registry, store, services, kill, restart
+//! cargo run --example python_host -- remote STATE_DIR
 //! ```
+//!
+//! `remote` supervises no child: it listens for remote processes (TLS on 127.0.0.1),
+//! prints `JOIN yk://ADDR TOKEN`, and expects `python/tests/children/remote.py` to join
+//! with them, started by the test (`tests/test_remote.py`), not by the supervisor.
 //!
 //! `YUKICOMM_PYTHON` names the interpreter (default `python3`, which needs `msgpack`);
 //! the package is taken from `python/` in this repository. The last line is `PASS
@@ -537,6 +542,101 @@ async fn restart(ctx: MainContext) -> Outcome {
     verdict(&active).await
 }
 
+/// The remote process's name in the `remote` scenario.
+const REMOTE: &str = "py-remote";
+/// Messages each way while the test breaks the remote process's link.
+const STREAMED: u32 = 150;
+
+/// Receives the next message from the remote process on `NAME-passive`. Between runs
+/// the channel is disconnected (the process of the run before has gone): the handle is
+/// kept, and what the next process of that name sends comes to it.
+async fn recv_remote(passive: &Channel<String>) -> Result<String, String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, passive.recv_async()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(RecvError::Disconnected { .. })) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => return Err(format!("receiving on {}: {e}", passive.name())),
+            Err(_) => return Err(format!("nothing on {} within {WAIT:?}", passive.name())),
+        }
+    }
+}
+
+/// A Python process joins over TLS, from outside the supervisor, twice: the test
+/// starts it with the address and token printed here (the first run enrols, the second
+/// uses the certificate it kept). Each run exchanges messages both ways, uses the store
+/// and calls the main process's services; the second then streams messages both ways
+/// while the test cuts and silences its link. Then the test tries the spent token and a
+/// wrong fingerprint, and closes this process's stdin: it shuts down, and the second
+/// run, still joined, must see the hub go without exiting.
+async fn remote(ctx: MainContext) -> Outcome {
+    use std::io::Write;
+    let token = ctx
+        .join_token(REMOTE, Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    let addr = ctx
+        .remote_addr()
+        .ok_or("not listening for remote processes")?;
+    println!("JOIN yk://{addr} {token}");
+    let _ = std::io::stdout().flush();
+    let store = ctx.store();
+    // One handle on each channel for the whole scenario: a process that finds nobody
+    // holding the other end of its channel counts it as disconnected.
+    let passive = ctx
+        .get_channel::<String>(&format!("{REMOTE}-passive"))
+        .map_err(|e| e.to_string())?;
+    let active = ctx
+        .get_channel::<String>(&format!("{REMOTE}-active"))
+        .map_err(|e| e.to_string())?;
+    for run in 1..=2u32 {
+        check(
+            "first word of the remote process",
+            recv_remote(&passive).await?,
+            format!("hello {run}"),
+        )?;
+        active
+            .send(format!("ping {run}"))
+            .map_err(|e| e.to_string())?;
+        let verdict = recv_remote(&passive).await?;
+        if verdict != format!("ok {run}") {
+            return Err(format!("run {run} of the remote process says: {verdict}"));
+        }
+        check(
+            "py-remote.run in the store",
+            store
+                .get::<u32>("py-remote.run")
+                .map_err(|e| e.to_string())?,
+            Some(run),
+        )?;
+        println!("REMOTE RUN {run} OK");
+        let _ = std::io::stdout().flush();
+    }
+    // The second run streams through a proxy that the test cuts, then silences: every
+    // message arrives once, in order, both ways.
+    for i in 0..STREAMED {
+        check("streamed", recv_remote(&passive).await?, format!("n {i}"))?;
+        active.send(format!("e {i}")).map_err(|e| e.to_string())?;
+    }
+    check(
+        "after the stream",
+        recv_remote(&passive).await?,
+        "ok stream".into(),
+    )?;
+    println!("REMOTE STREAM OK");
+    let _ = std::io::stdout().flush();
+    // The test's other checks run now; it closes stdin when they are done.
+    tokio::task::spawn_blocking(|| {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_default();
     let outcome: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
@@ -609,9 +709,26 @@ fn main() {
                 .backoff(Duration::from_millis(50), Duration::from_millis(200));
             scenario(&mut app, outcome.clone(), restart);
         }
+        "remote" => {
+            let Some(state) = std::env::args().nth(2) else {
+                eprintln!("usage: python_host remote STATE_DIR");
+                std::process::exit(2);
+            };
+            app.listen_remote("127.0.0.1:0")
+                .state_dir(state)
+                .heartbeat(Duration::from_secs(1))
+                .grace(Duration::from_secs(5));
+            app.on_before_start(|ctx| async move {
+                ctx.serve("translator", MainTranslator)?;
+                ctx.serve_fn("double", |n: i64| async move { n * 2 })?;
+                ctx.store().set("main.greeting", "hello from main")?;
+                Ok(())
+            });
+            scenario(&mut app, outcome.clone(), remote);
+        }
         other => {
             eprintln!(
-                "unknown scenario '{other}': values, registry, store, services, kill, restart"
+                "unknown scenario '{other}': values, registry, store, services, kill, restart, remote"
             );
             std::process::exit(2);
         }

@@ -32,7 +32,8 @@ def rust_bin():
 def run_host(path, *args, timeout=120):
     """Runs a Rust main process with this interpreter for its Python children."""
     env = dict(os.environ, YUKICOMM_PYTHON=sys.executable)
-    for var in ("YUKICOMM_NAME", "YUKICOMM_FD", "YUKICOMM_HUB", "YUKICOMM_TOKEN"):
+    for var in ("YUKICOMM_NAME", "YUKICOMM_FD", "YUKICOMM_HUB", "YUKICOMM_TOKEN", "YUKICOMM_JOIN",
+                "YUKICOMM_STATE_DIR"):
         env.pop(var, None)
     return subprocess.run(
         [path, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout

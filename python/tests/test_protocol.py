@@ -268,9 +268,43 @@ def test_not_a_child_is_a_clear_error():
     assert r.returncode != 0 and "not a child of a yukicomm program" in r.stderr, r.stderr
 
 
-def test_join_over_tls_is_not_there_yet():
-    import pytest
-    import yukicomm
+def test_remote_join_checks_address_and_token_without_showing_the_secret(tmp_path):
+    import socket
 
-    with pytest.raises(NotImplementedError):
-        yukicomm.join("yukicomm://127.0.0.1:7000", "token")
+    import pytest
+
+    from yukicomm import _remote
+
+    secret, fp = "ab" * 32, "cd" * 32
+    token = f"yk1.w.{secret}.{fp}"
+    t = _remote.JoinToken.parse(" " + token.upper().replace("YK1.W.", "yk1.w.") + "\n")
+    assert (t.name, t.secret(), t.fingerprint) == ("w", secret, fp)
+    assert secret not in repr(t) and secret not in str(t)
+    assert _remote.parse_url("yk://host:7700") == ("host", 7700)
+    assert _remote.parse_url("yk://[::1]:7700/") == ("::1", 7700)
+    assert _remote.identity_dir(tmp_path, t) == tmp_path / fp[:16] / "w"
+    for bad in ("yukicomm://h:1", "yk://h", "yk://:1", "yk://h:x", "yk://h:1/p", "yk://h:70000"):
+        with pytest.raises(_remote.RemoteError, match="not a hub address"):
+            _remote.parse_url(bad)
+    for bad in ("token", f"yk1..{secret}.{fp}", f"yk2.w.{secret}.{fp}", f"yk1.w.{secret[:-1]}.{fp}",
+                f"yk1.w.{secret}.{fp}.x", f"yk1.w.{secret}.{fp[:-1]}z"):
+        with pytest.raises(_remote.RemoteError, match="not a join token") as e:
+            _remote.JoinToken.parse(bad)
+        assert secret[:16] not in str(e.value)
+
+    # Nobody listening: a ConnectError naming the address, never the token.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = (
+        "import sys, yukicomm\n"
+        "try:\n"
+        f"    yukicomm.join('yk://127.0.0.1:{port}', sys.stdin.readline().strip(), "
+        f"state_dir={str(tmp_path)!r}, connect_timeout=2)\n"
+        "except yukicomm.ConnectError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], input=token + "\n", capture_output=True,
+                       text=True, timeout=30, env=dict(os.environ, PYTHONPATH=PYTHON_DIR))
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"127.0.0.1:{port}" in r.stdout and secret not in r.stdout + r.stderr, r.stdout

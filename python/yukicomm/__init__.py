@@ -23,7 +23,10 @@ know::
     run(main())
 
 The process joins on first use (:func:`connect`), from the variables the supervisor
-sets; it exits with status 70 when the hub goes away, as a Rust child does.
+sets; it exits with status 70 when the hub goes away, as a Rust child does. A process
+on another machine joins over TLS with a join token (:func:`join`, or
+``YUKICOMM_HUB=yk://host:port`` and ``YUKICOMM_JOIN``), and does not exit when the hub
+goes: its waiters get :class:`HubGone`, a :class:`Disconnected`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ._process import (
     connect,
     get_channel,
     get_channels,
+    join,
     list_channels,
     name,
     request_restart,
@@ -46,7 +50,6 @@ from ._process import (
     set_channels,
     stop_process,
 )
-from ._remote import join
 from .channel import Channel, async_select, select
 from .errors import (
     CallError,

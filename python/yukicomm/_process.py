@@ -7,8 +7,9 @@ import os
 import socket
 import stat
 import threading
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
+from . import _remote
 from . import _wire as w
 from ._node import Node
 from .channel import Channel
@@ -18,6 +19,8 @@ ENV_NAME = "YUKICOMM_NAME"
 ENV_FD = "YUKICOMM_FD"
 ENV_HUB = "YUKICOMM_HUB"
 ENV_TOKEN = "YUKICOMM_TOKEN"
+ENV_JOIN = "YUKICOMM_JOIN"
+ENV_STATE_DIR = "YUKICOMM_STATE_DIR"
 
 #: How long registry and control requests wait for the hub by default, in seconds.
 DEFAULT_TIMEOUT = 10.0
@@ -34,10 +37,23 @@ def connect() -> Node:
     this one starts inherit neither. When the hub goes away, the process exits with
     status 70, as a Rust child does.
 
+    A process on another machine joins with ``YUKICOMM_HUB=yk://host:port`` and
+    ``YUKICOMM_JOIN=<token>`` (and ``YUKICOMM_STATE_DIR``, if set): see :func:`join`.
+    The token is overwritten and removed from the environment once read.
+
     Raises :class:`ConnectError` if the variables are missing or the hub refuses."""
     global _node
     with _node_lock:
         if _node is not None:
+            return _node
+        hub = os.environ.get(ENV_HUB, "")
+        if hub.startswith(_remote.SCHEME) or ENV_JOIN in os.environ:
+            token = os.environ.get(ENV_JOIN)
+            state_dir = os.environ.get(ENV_STATE_DIR) or None
+            _forget_variables()
+            if token is None:
+                raise ConnectError(f"{ENV_HUB} is a remote hub's address but {ENV_JOIN} is not set")
+            _node = _join(hub, token, state_dir=state_dir)
             return _node
         name = os.environ.get(ENV_NAME)
         fd_text = os.environ.get(ENV_FD)
@@ -68,6 +84,68 @@ def connect() -> Node:
             _node = Node(sock, name, exit_on_loss=True)
         except OSError as e:
             raise ConnectError(f"could not join as '{name}': {e}") from None
+        return _node
+
+
+def _forget_variables() -> None:
+    _remote.scrub_env(ENV_JOIN)
+    _remote.scrub_env(ENV_TOKEN)
+    for var in (ENV_FD, ENV_NAME, ENV_HUB, ENV_STATE_DIR):
+        os.environ.pop(var, None)
+
+
+def _join(url: str, token: str, **options: Any) -> Node:
+    try:
+        sock, name, link = _remote.open_session(url, token, **options)
+    except _remote.RemoteError as e:
+        raise ConnectError(f"cannot join the hub at {url}: {e}") from None
+    try:
+        return Node(sock, name, exit_on_loss=False)
+    except (OSError, ConnectError) as e:
+        link.close(0.5)
+        raise ConnectError(f"cannot join the hub at {url} as '{name}': {e}") from None
+
+
+def join(
+    url: str,
+    token: str,
+    *,
+    state_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+    heartbeat: float = _remote.DEFAULT_HEARTBEAT,
+    grace: float = _remote.DEFAULT_GRACE,
+    connect_timeout: float = _remote.DEFAULT_CONNECT_TIMEOUT,
+) -> Node:
+    """Joins, as a remote process, the program whose main process listens at ``url``
+    (``yk://host:port``, ``App::listen_remote``) with a join token from
+    ``MainContext::join_token``. Every connection is TLS 1.3, the hub checked against
+    the authority the token pins. The first time, the token is spent to obtain this
+    process's own certificate, kept in ``state_dir`` (by default
+    ``$XDG_STATE_HOME/yukicomm/remote``, or ``~/.local/state/yukicomm/remote``; the
+    Rust client's place, so both share it); later runs connect with it, and the token,
+    already used, is only read for the name and the authority it pins.
+
+    The process is then a participant like a supervised child: ``active_channel``,
+    ``passive_channel``, the registry, the store and services. A broken link is resumed
+    within ``grace`` seconds with nothing lost or repeated (a link silent for
+    ``heartbeat`` seconds counts as broken; use the hub's values). When the hub goes
+    or the session ends, waiters get :class:`HubGone` (a :class:`Disconnected`); the
+    process does not exit. At exit, what it sent is flushed and the session is ended.
+
+    Raises :class:`ConnectError`: a malformed address or token, enrolment refused (the
+    token used, expired, or for another process), the hub unreachable or not the one
+    the token pins, the session refused. The token's secret is never in its text."""
+    global _node
+    with _node_lock:
+        if _node is not None:
+            raise ConnectError(f"this process has already joined, as '{_node.name}'")
+        _node = _join(
+            url,
+            token,
+            state_dir=state_dir,
+            heartbeat=heartbeat,
+            grace=grace,
+            connect_timeout=connect_timeout,
+        )
         return _node
 
 

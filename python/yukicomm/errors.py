@@ -37,15 +37,6 @@ class ConnectError(YukicommError):
     variables are missing), or the hub refused its ``hello``."""
 
 
-class HubGone(YukicommError):
-    """The connection to the hub is lost (the main process ended, or the connection
-    was closed after a malformed frame). Every waiter wakes with it."""
-
-
-class ProtocolError(HubGone):
-    """The hub sent a frame this client cannot read; the connection is closed."""
-
-
 class Timeout(YukicommError, TimeoutError):
     """A wait ran out of time. Also a built-in :class:`TimeoutError`."""
 
@@ -54,6 +45,17 @@ class Disconnected(YukicommError):
     """Every process at the other end of a channel has gone and nothing it sent is
     left to receive (receiving), or the window is used up and nobody will take more
     (sending)."""
+
+
+class HubGone(Disconnected):
+    """The connection to the hub is lost (the main process ended, a remote process's
+    session ended, or the connection was closed after a malformed frame). Every waiter
+    wakes with it. A :class:`Disconnected`: everything at the other end is gone, as a
+    Rust client's receivers see it."""
+
+
+class ProtocolError(HubGone):
+    """The hub sent a frame this client cannot read; the connection is closed."""
 
 
 class ChannelClosed(YukicommError):
