@@ -34,6 +34,8 @@ pub const CLOSE: u8 = 0x14;
 pub const MAX_RECORD: usize = 64 * 1024;
 /// Acknowledge at least this often, in bytes received.
 const ACK_EVERY: u64 = 256 * 1024;
+/// Bytes waiting for the link beyond which the local socket is not read.
+const OUT_BACKLOG: usize = 1 << 20;
 
 /// How a session watches and keeps its links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +175,13 @@ impl Session {
             return LinkEnd::Closed;
         }
         let (mut rd, mut wr) = tokio::io::split(link);
+        let heartbeat = self.config.heartbeat;
+        // What goes to the link, from `written` on. The link is written as one step of
+        // the loop among the others, so that reading never waits for writing: two
+        // sides that both send more than the network holds still read each other.
         let mut out = Vec::with_capacity(MAX_RECORD + 64);
+        let mut written = 0;
+        let mut unflushed = false;
         // What the other side lacks, first.
         for chunk in &self.retained.chunks {
             for piece in chunk.chunks(MAX_RECORD) {
@@ -183,31 +191,57 @@ impl Session {
         if self.local_closed {
             record(&mut out, CLOSE, &[]);
         }
-        if let Err(e) = write_out(&mut wr, &mut out, self.config.heartbeat).await {
-            return LinkEnd::Lost(format!("cannot write: {e}"));
-        }
-        if self.local_closed {
-            return LinkEnd::Closed;
-        }
         let mut inbuf = BytesMut::with_capacity(2 * MAX_RECORD);
         let mut local_buf = vec![0u8; MAX_RECORD];
         let mut last_heard = Instant::now();
+        let mut writing_since = Instant::now();
         let mut acked_sent = self.received;
-        let mut tick = tokio::time::interval(self.config.heartbeat / 4);
+        let mut tick = tokio::time::interval(heartbeat / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let room = self.retained.unacked() < self.config.max_unacked;
+            let writing = written < out.len() || unflushed;
+            if !writing {
+                if self.local_closed {
+                    // Everything, the CLOSE included, is out.
+                    return LinkEnd::Closed;
+                }
+                writing_since = Instant::now();
+            }
+            let room = !self.local_closed
+                && self.retained.unacked() < self.config.max_unacked
+                && out.len() - written < OUT_BACKLOG;
             tokio::select! {
                 // Only between steps: a step that writes to the local socket is never
                 // cut in the middle, so `received` always counts what was written.
                 value = &mut stop => return LinkEnd::Stopped(value),
+                step = async {
+                    if written < out.len() {
+                        wr.write(&out[written..]).await.map(Some)
+                    } else {
+                        wr.flush().await.map(|()| None)
+                    }
+                }, if writing => {
+                    match step {
+                        Ok(Some(0)) => return LinkEnd::Lost("the link closed".into()),
+                        Ok(Some(n)) => {
+                            written += n;
+                            unflushed = true;
+                            writing_since = Instant::now();
+                            if written == out.len() {
+                                out.clear();
+                                written = 0;
+                            }
+                        }
+                        Ok(None) => unflushed = false,
+                        Err(e) => return LinkEnd::Lost(format!("cannot write: {e}")),
+                    }
+                }
                 n = self.local.read(&mut local_buf), if room => {
                     match n {
                         Ok(0) | Err(_) => {
+                            // Said once everything before it is out.
                             self.local_closed = true;
                             record(&mut out, CLOSE, &[]);
-                            let _ = write_out(&mut wr, &mut out, self.config.heartbeat).await;
-                            return LinkEnd::Closed;
                         }
                         Ok(n) => {
                             let chunk = Bytes::copy_from_slice(&local_buf[..n]);
@@ -227,7 +261,9 @@ impl Session {
                     match self.take_records(&mut inbuf, &mut out).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            let _ = write_out(&mut wr, &mut out, self.config.heartbeat).await;
+                            // The other side ended the stream: what is left (our CLOSE,
+                            // if the local side is gone too) goes out if it can.
+                            let _ = write_out(&mut wr, &out[written..], heartbeat).await;
                             return LinkEnd::Closed;
                         }
                         Err(e) => return LinkEnd::Lost(e),
@@ -238,10 +274,18 @@ impl Session {
                     }
                 }
                 _ = tick.tick() => {
-                    if last_heard.elapsed() > self.config.heartbeat {
+                    if last_heard.elapsed() > heartbeat {
                         return LinkEnd::Lost(format!(
                             "nothing heard for {} ms",
-                            self.config.heartbeat.as_millis()
+                            heartbeat.as_millis()
+                        ));
+                    }
+                    if writing && writing_since.elapsed() > heartbeat {
+                        // A network that dropped everything: the send buffer is full
+                        // and nothing drains it.
+                        return LinkEnd::Lost(format!(
+                            "the link took nothing for {} ms",
+                            heartbeat.as_millis()
                         ));
                     }
                     record(&mut out, PING, &[]);
@@ -250,9 +294,6 @@ impl Session {
                         acked_sent = self.received;
                     }
                 }
-            }
-            if let Err(e) = write_out(&mut wr, &mut out, self.config.heartbeat).await {
-                return LinkEnd::Lost(format!("cannot write: {e}"));
             }
         }
     }
@@ -306,35 +347,67 @@ impl Session {
     }
 }
 
-/// Writes `out` and flushes; a write the link does not take within `limit` (a network
-/// that dropped everything: the send buffer is full and nothing drains it) is an error,
-/// so that a silent link is found broken while writing as well as while reading.
+/// Writes `out` and flushes, within `limit`: the last words on a link that is ending.
 async fn write_out<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    out: &mut Vec<u8>,
+    out: &[u8],
     limit: Duration,
 ) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    let r = tokio::time::timeout(limit, async {
+    tokio::time::timeout(limit, async {
         wr.write_all(out).await?;
         wr.flush().await
     })
     .await
-    .unwrap_or_else(|_| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the link took nothing for {} ms", limit.as_millis()),
-        ))
-    });
-    out.clear();
-    r
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn two_sides_sending_more_than_the_link_holds_still_read_each_other() {
+        const N: usize = 4 << 20;
+        let config = SessionConfig {
+            heartbeat: Duration::from_secs(2),
+            ..SessionConfig::default()
+        };
+        let (a_local, a_app) = UnixStream::pair().unwrap();
+        let (b_local, b_app) = UnixStream::pair().unwrap();
+        let (mut a, mut b) = (Session::new(a_local, config), Session::new(b_local, config));
+        // A link that holds little: both sides' writes stall unless each reads too.
+        let (la, lb) = tokio::io::duplex(4096);
+        let links = tokio::spawn(async move {
+            tokio::join!(
+                a.run_link(la, 0, std::future::pending::<()>()),
+                b.run_link(lb, 0, std::future::pending::<()>())
+            )
+        });
+        // Each application sends N bytes and takes N bytes, at once (and keeps its end
+        // open: a local end that closes ends the stream both ways).
+        let app = |s: UnixStream| async move {
+            let (mut r, mut w) = s.into_split();
+            let writer = tokio::spawn(async move {
+                w.write_all(&vec![1u8; N]).await.unwrap();
+                w
+            });
+            let (mut got, mut buf) = (0, vec![0u8; 1 << 16]);
+            while got < N {
+                let n = r.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended after {got} bytes");
+                got += n;
+            }
+            writer.await.unwrap()
+        };
+        let both = async { tokio::join!(app(a_app), app(b_app)) };
+        tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("both sides got everything");
+        links.abort();
+    }
 
     #[tokio::test]
     async fn a_link_that_takes_nothing_is_lost_within_the_heartbeat() {
