@@ -751,6 +751,15 @@ impl Endpoint {
             let batch = &mut input.batch;
             let queued = &mut input.queued;
             self.inner.with_store(|store, out| {
+                if batch.len() > 1 {
+                    // Each key's entry on its way into the cache before the first
+                    // command runs: the misses overlap instead of following each other.
+                    for cmd in batch.iter() {
+                        if let Some(k) = cmd.get(1) {
+                            store.prefetch(k);
+                        }
+                    }
+                }
                 let mut last = Bytes::new();
                 for cmd in batch.drain(..) {
                     command::exec(session, &mut cx, &cmd, store, out, reply);
