@@ -23,7 +23,7 @@
 //! Redis's `used_memory` growth is shown too.
 //!
 //! ```text
-//! cargo bench --bench redis_endpoint                    # full run, about 6 minutes
+//! cargo bench --bench redis_endpoint                    # full run, about 8 minutes
 //! cargo bench --bench redis_endpoint -- --markdown      # the tables as markdown
 //! cargo bench --bench redis_endpoint -- --quick         # small counts, one round
 //! cargo bench --bench redis_endpoint -- --rounds 5 --transport unix --shape 50x16 --test set,incr
@@ -139,8 +139,7 @@ impl Transport {
 fn options() -> Res<Options> {
     let mut o = Options {
         quick: std::env::var("YUKICOMM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0"),
-        markdown: std::env::var("YUKICOMM_BENCH_MARKDOWN")
-            .is_ok_and(|v| !v.is_empty() && v != "0"),
+        markdown: std::env::var("YUKICOMM_BENCH_MARKDOWN").is_ok_and(|v| !v.is_empty() && v != "0"),
         rounds: 0,
         scale: 1.0,
         transports: vec![Transport::Unix, Transport::Tcp],
@@ -247,7 +246,9 @@ fn find_in_path(program: &str) -> Res<PathBuf> {
                 .map(|d| d.join(program))
                 .find(|p| p.is_file())
         })
-        .ok_or_else(|| format!("{program} is not on PATH (apt-get install redis-server redis-tools)"))
+        .ok_or_else(|| {
+            format!("{program} is not on PATH (apt-get install redis-server redis-tools)")
+        })
 }
 
 fn temp_dir(prefix: &str) -> Res<PathBuf> {
@@ -329,7 +330,10 @@ fn start_hub(exe: &Path, label: &str) -> Res<Server> {
     Ok(Server {
         label: label.to_string(),
         unix: unix.to_string(),
-        tcp: (host.to_string(), port.parse().map_err(|e| format!("port: {e}"))?),
+        tcp: (
+            host.to_string(),
+            port.parse().map_err(|e| format!("port: {e}"))?,
+        ),
         child,
         dir: None,
         is_redis: false,
@@ -350,14 +354,23 @@ fn start_redis() -> Res<Server> {
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .arg("--unixsocket")
         .arg(&socket)
-        .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "no"])
+        .args([
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .args(["--daemonize", "no", "--loglevel", "warning", "--dir"])
         .arg(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     die_with_parent(&mut cmd);
-    let child = cmd.spawn().map_err(|e| format!("start redis-server: {e}"))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("start redis-server: {e}"))?;
     let mut server = Server {
         label: String::new(),
         unix: socket.to_string_lossy().into_owned(),

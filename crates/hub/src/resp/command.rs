@@ -388,14 +388,11 @@ fn run(
                 ends.push(values.len());
             }
             let pairs = || {
-                a[1..]
-                    .chunks(2)
-                    .zip(&ends)
-                    .scan(0, |start, (p, &end)| {
-                        let v = &values[*start..end];
-                        *start = end;
-                        Some((&p[0], v))
-                    })
+                a[1..].chunks(2).zip(&ends).scan(0, |start, (p, &end)| {
+                    let v = &values[*start..end];
+                    *start = end;
+                    Some((&p[0], v))
+                })
             };
             for (k, v) in pairs() {
                 store.check_write(k, v).map_err(se)?;
