@@ -10,6 +10,9 @@
 //! ```
 //!
 //! `YUKICOMM_REDIS_PASSWORD` sets a password (then `AUTH` is needed).
+//! `YUKICOMM_REDIS_HOST_PY=<script>` also runs that Python script as a child (with
+//! `python/` of this repository on its `PYTHONPATH`; `YUKICOMM_PYTHON` names the
+//! interpreter), as the redis-py tests do with `python/tests_redis/py_child.py`.
 
 use std::io::Read;
 
@@ -27,6 +30,17 @@ fn main() -> yukicomm::Result<()> {
     redis.password = std::env::var("YUKICOMM_REDIS_PASSWORD").ok();
     let mut app = App::new();
     app.redis(redis);
+    if let Some(script) = std::env::var_os("YUKICOMM_REDIS_HOST_PY") {
+        let python = std::env::var("YUKICOMM_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg(script)
+            .env(
+                "PYTHONPATH",
+                format!("{}/python", env!("CARGO_MANIFEST_DIR")),
+            )
+            .env("PYTHONUNBUFFERED", "1");
+        app.add_command("py", cmd);
+    }
     app.on_after_start(|ctx| async move {
         let store = ctx.store();
         store.set("rust-string", "written in Rust")?;

@@ -8,6 +8,7 @@ a missing tool is a failure, never a skip."""
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,16 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "py-s3cret"
 
 
-@pytest.fixture(scope="module")
-def host():
-    """A running `redis_host`: (unix socket path, tcp host, tcp port)."""
+def start_host(**extra_env):
+    """Builds and starts `redis_host`: its process, and (unix socket path, tcp host, tcp
+    port)."""
     if redis is None:
         pytest.fail("redis-py is not installed (pip install redis)")
     cargo = shutil.which("cargo")
     if cargo is None:
         pytest.fail("cargo is not on PATH")
     subprocess.run([cargo, "build", "--example", "redis_host"], cwd=ROOT, check=True)
-    env = dict(os.environ, YUKICOMM_REDIS_PASSWORD=PASSWORD)
+    env = dict(os.environ, YUKICOMM_REDIS_PASSWORD=PASSWORD, **extra_env)
     proc = subprocess.Popen(
         [str(ROOT / "target" / "debug" / "examples" / "redis_host")],
         cwd=ROOT,
@@ -45,7 +46,26 @@ def host():
     assert line and line[0] == "REDIS", line
     fields = dict(f.split("=", 1) for f in line[1:])
     host, port = fields["tcp"].rsplit(":", 1)
-    yield fields["unix"], host, int(port)
+    return proc, (fields["unix"], host, int(port))
+
+
+@pytest.fixture(scope="module")
+def host():
+    """A running `redis_host`: (unix socket path, tcp host, tcp port)."""
+    proc, where = start_host()
+    yield where
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture(scope="module")
+def py_host():
+    """A `redis_host` with a Python child (`py_child.py`) on its store."""
+    proc, where = start_host(
+        YUKICOMM_REDIS_HOST_PY=str(Path(__file__).parent / "py_child.py"),
+        YUKICOMM_PYTHON=sys.executable,
+    )
+    yield where
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
 
@@ -153,6 +173,39 @@ def test_pubsub_both_ways_with_rust(host, protocol):
     ]
     assert r.pubsub_numsub("from-rust") == [(b"from-rust", 1)]
     assert r.pubsub_numpat() >= 1
+    ps.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_pubsub_both_ways_with_python(py_host, protocol):
+    """A RESP `PUBLISH` reaches a Python child's callback
+    (`shared_memory.on_subscriber_receive`) and its subscriber stream
+    (`shared_memory.subscribe`); what the child publishes in answer reaches a RESP
+    subscriber."""
+    r = client(py_host, protocol)
+    ps = client(py_host, protocol).pubsub()
+    ps.subscribe("from-py")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = ps.get_message(timeout=1)
+        if m and m["type"] == "subscribe":
+            break
+    # The child subscribes once it has started: until then nobody takes the message.
+    for channel in ("to-py", "to-py-stream"):
+        while r.publish(channel, f"hello {protocol}") < 1:
+            assert time.time() < deadline, f"the Python child never subscribed to {channel}"
+            time.sleep(0.05)
+    got = set()
+    while len(got) < 2 and time.time() < deadline:
+        m = ps.get_message(timeout=1)
+        if m and m["type"] == "message":
+            assert m["channel"] == b"from-py"
+            got.add(m["data"])
+    assert got == {
+        f"py callback got: hello {protocol}".encode(),
+        f"py stream got: hello {protocol}".encode(),
+    }
+    assert r.pubsub_numsub("to-py", "to-py-stream") == [(b"to-py", 1), (b"to-py-stream", 1)]
     ps.close()
 
 

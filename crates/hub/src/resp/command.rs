@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 use super::proto::{Encoder, Version};
-use super::value::{from_resp, parse_int, to_resp};
+use super::value::{append_from_resp, as_int, from_resp, from_resp_into, to_resp};
 use super::{Client, Endpoint};
 use crate::router::ConnId;
 use crate::store::{Answer, Deliver, Store};
@@ -27,10 +27,12 @@ pub(crate) struct Session {
     pub(crate) next_sub: u32,
     /// Set by `QUIT`: close once the reply is written.
     pub(crate) quit: bool,
+    /// A buffer for values being converted, kept from one command to the next.
+    pub(crate) scratch: Vec<u8>,
 }
 
 impl Session {
-    fn subscriptions(&self) -> usize {
+    pub(crate) fn subscriptions(&self) -> usize {
         self.channels.len() + self.patterns.len()
     }
 }
@@ -182,13 +184,28 @@ pub(crate) fn exec(
     out: &mut dyn Deliver,
     reply: &mut Vec<u8>,
 ) {
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    // The name in lower case, without allocating: no command is longer than 16 bytes.
+    let mut lower = [0u8; 16];
+    let found = (args[0].len() <= lower.len())
+        .then(|| {
+            let l = &mut lower[..args[0].len()];
+            l.copy_from_slice(&args[0]);
+            l.make_ascii_lowercase();
+            std::str::from_utf8(l).ok()
+        })
+        .flatten()
+        .and_then(|n| {
+            COMMANDS
+                .binary_search_by(|c| c.0.cmp(n))
+                .ok()
+                .map(|i| COMMANDS[i])
+        });
     let version = cx.version;
     let mut e = Encoder {
         out: reply,
         version,
     };
-    let Some(&(_, arity, _)) = COMMANDS.iter().find(|c| c.0 == name) else {
+    let Some((name, arity, _)) = found else {
         let mut m = format!(
             "ERR unknown command '{}', with args beginning with: ",
             truncate(&args[0])
@@ -206,14 +223,14 @@ pub(crate) fn exec(
         ));
         return;
     }
-    if !s.authed && !matches!(name.as_str(), "auth" | "hello" | "quit" | "reset") {
+    if !s.authed && !matches!(name, "auth" | "hello" | "quit" | "reset") {
         e.error("NOAUTH Authentication required.");
         return;
     }
     if version == Version::Resp2
         && s.subscriptions() > 0
         && !matches!(
-            name.as_str(),
+            name,
             "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" | "ping" | "quit" | "reset"
         )
     {
@@ -221,8 +238,11 @@ pub(crate) fn exec(
         return;
     }
     store.count_op();
-    if let Err(m) = run(&name, s, cx, args, store, out, &mut e) {
+    if let Err(m) = run(name, s, cx, args, store, out, &mut e) {
         e.error(&m);
+    }
+    if s.scratch.capacity() > 64 << 10 {
+        s.scratch = Vec::new();
     }
 }
 
@@ -293,7 +313,7 @@ fn run(
             Some((v, _)) => e.bulk(&to_resp(v)),
             None => e.null(),
         },
-        "set" => set(a, store, out, e)?,
+        "set" => set(s, a, store, out, e)?,
         "setnx" => {
             let set = store.apply(
                 s.conn,
@@ -359,22 +379,33 @@ fn run(
                     "ERR wrong number of arguments for '{name}' command"
                 ));
             }
-            let pairs: Vec<(&Bytes, Vec<u8>)> = a[1..]
-                .chunks(2)
-                .map(|p| (&p[0], from_resp(&p[1])))
-                .collect();
-            for (k, v) in &pairs {
+            // Every value, converted, one after the other in one buffer.
+            let values = &mut s.scratch;
+            values.clear();
+            let mut ends = Vec::with_capacity(a.len() / 2);
+            for p in a[1..].chunks(2) {
+                append_from_resp(values, &p[1]);
+                ends.push(values.len());
+            }
+            let pairs = || {
+                a[1..].chunks(2).zip(&ends).scan(0, |start, (p, &end)| {
+                    let v = &values[*start..end];
+                    *start = end;
+                    Some((&p[0], v))
+                })
+            };
+            for (k, v) in pairs() {
                 store.check_write(k, v).map_err(se)?;
             }
             if name == "msetnx" {
-                for (k, _) in &pairs {
+                for (k, _) in pairs() {
                     if store.entry(k, out).map_err(se)?.is_some() {
                         e.int(0);
                         return Ok(());
                     }
                 }
             }
-            for (k, v) in &pairs {
+            for (k, v) in pairs() {
                 store.set_at(k, v, None, out).map_err(se)?;
             }
             if name == "msetnx" {
@@ -394,14 +425,15 @@ fn run(
             };
             let (current, at) = match store.entry(&a[1], out).map_err(se)? {
                 None => (0, None),
-                Some((v, at)) => (parse_int(&to_resp(v)).ok_or(NOT_INT)?, at),
+                Some((v, at)) => (as_int(v).ok_or(NOT_INT)?, at),
             };
             let next = current
                 .checked_add(by)
                 .ok_or("ERR increment or decrement would overflow")?;
-            let mut v = Vec::with_capacity(9);
-            super::value::write_int(&mut v, next);
-            store.set_at(&a[1], &v, at, out).map_err(se)?;
+            let v = &mut s.scratch;
+            v.clear();
+            super::value::write_int(v, next);
+            store.set_at(&a[1], v, at, out).map_err(se)?;
             e.int(next);
         }
         "append" => {
@@ -915,7 +947,13 @@ fn config(cx: &Ctx<'_>, a: &[Bytes], e: &mut Encoder<'_>) -> R {
     Ok(())
 }
 
-fn set(a: &[Bytes], store: &mut Store, out: &mut dyn Deliver, e: &mut Encoder<'_>) -> R {
+fn set(
+    s: &mut Session,
+    a: &[Bytes],
+    store: &mut Store,
+    out: &mut dyn Deliver,
+    e: &mut Encoder<'_>,
+) -> R {
     let (mut nx, mut xx, mut get, mut keep) = (false, false, false, false);
     let mut at: Option<u64> = None;
     let mut expiry_given = false;
@@ -958,28 +996,31 @@ fn set(a: &[Bytes], store: &mut Store, out: &mut dyn Deliver, e: &mut Encoder<'_
         }
         i += 1;
     }
-    let value = from_resp(&a[2]);
-    store.check_write(&a[1], &value).map_err(store_error)?;
-    let old = store
-        .entry(&a[1], out)
-        .map_err(store_error)?
-        .map(|(v, t)| (to_resp(v).into_owned(), t));
-    let go = !(nx && old.is_some() || xx && old.is_none());
+    let value = &mut s.scratch;
+    from_resp_into(value, &a[2]);
+    store.check_write(&a[1], value).map_err(store_error)?;
+    // The old value is copied only for `GET`; otherwise only whether it exists and its
+    // expiry matter.
+    let (exists, old_at, old) = match store.entry(&a[1], out).map_err(store_error)? {
+        Some((v, t)) => (true, t, get.then(|| to_resp(v).into_owned())),
+        None => (false, None, None),
+    };
+    let go = !(nx && exists || xx && !exists);
     if go {
         if keep {
-            at = old.as_ref().and_then(|o| o.1);
+            at = old_at;
         }
         if at.is_some_and(|t| t <= now) {
             // A time already past: the key is written and gone at once, as in Redis.
-            if old.is_some() {
+            if exists {
                 store.remove(&a[1], out).map_err(store_error)?;
             }
         } else {
-            store.set_at(&a[1], &value, at, out).map_err(store_error)?;
+            store.set_at(&a[1], value, at, out).map_err(store_error)?;
         }
     }
     match (get, old) {
-        (true, Some((v, _))) => e.bulk(&v),
+        (true, Some(v)) => e.bulk(&v),
         (true, None) => e.null(),
         (false, _) if go => e.simple("OK"),
         (false, _) => e.null(),
@@ -1040,4 +1081,15 @@ fn expire(
     }
     e.int(ok.into());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::COMMANDS;
+
+    #[test]
+    fn commands_are_sorted_for_binary_search() {
+        assert!(COMMANDS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(COMMANDS.iter().all(|c| c.0.len() <= 16));
+    }
 }

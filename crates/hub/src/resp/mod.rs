@@ -14,10 +14,23 @@
 //!   MessagePack (one store, two faces).
 //! - `command`: the commands, applied to the store under its lock.
 //!
+//! # Threads and I/O
+//!
+//! The endpoint serves every connection from one thread of its own (`yukicomm-redis`,
+//! a single-threaded runtime), as Redis does, apart from the hub's runtime. Each
+//! connection is one task: it reads what has arrived, runs up to 256 commands under
+//! one taking of the store's lock (their keys' entries are prefetched into the cache
+//! first), and writes their replies itself in one write, without waiting; only when
+//! the socket is full does the rest wait for it to drain. While it is the endpoint's
+//! only connection and has no subscriptions, a connection watches its socket up to
+//! 50 µs for the next command before sleeping (not on a single processor): that spares
+//! the wake-up that is most of a round trip for a client sending one command at a time.
+//!
 //! # Buffers
 //!
-//! Input: at most one command is buffered (its limits are [`proto::Limits`]); the
-//! connection reads no more while its replies waiting to be written pass 1 MiB.
+//! Input: at most one command is buffered beyond what has been read and not yet run
+//! (its limits are [`proto::Limits`]); the connection reads no more while its replies
+//! waiting to be written pass 1 MiB.
 //! Output: replies are bounded by that; published messages are not (a subscriber does
 //! not send commands), so a connection whose unwritten output passes
 //! [`RedisConfig::output_limit`] (default 32 MiB, Redis's `pubsub` class) is closed,
@@ -47,7 +60,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::os::fd::AsFd;
+use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use crate::core::Inner;
@@ -204,6 +218,9 @@ pub(crate) struct Endpoint {
     pub(crate) clients: Mutex<FxHashMap<u64, Arc<Client>>>,
     next_id: AtomicU64,
     pub(crate) started: std::time::Instant,
+    /// Whether a lone connection watches its socket before sleeping (more than one
+    /// processor).
+    spin: bool,
 }
 
 /// The handle the hub keeps: listeners, and where they are.
@@ -212,6 +229,8 @@ pub(crate) struct Running {
     pub(crate) unix: Option<PathBuf>,
     pub(crate) tcp: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the endpoint's thread once its connections have closed.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Running {
@@ -220,14 +239,51 @@ impl Running {
         for t in self.tasks.drain(..) {
             t.abort();
         }
-        if let Some(p) = &self.unix {
+        if let Some(p) = self.unix.take() {
             let _ = std::fs::remove_file(p);
         }
         let clients: Vec<_> = self.endpoint.clients.lock().values().cloned().collect();
         for c in clients {
             c.kill();
         }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The endpoint's thread: its own single-threaded runtime, as Redis serves every
+/// connection from one thread. Each command takes the store's lock as the hub's
+/// connections do; keeping the endpoint's connections on one thread saves the wake-ups
+/// of a second worker and their contention for that lock. The thread ends when `stop`
+/// is sent (or dropped), once the connections it served have cleaned up (at most a
+/// second).
+fn spawn_thread(
+    endpoint: Arc<Endpoint>,
+) -> std::io::Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("yukicomm-redis".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let _ = stopped.await;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while !endpoint.clients.lock().is_empty() && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            });
+        })?;
+    Ok((handle, stop))
 }
 
 /// Starts the endpoint; `dir` is the hub's private directory.
@@ -243,7 +299,10 @@ pub(crate) fn start(
         clients: Mutex::new(FxHashMap::default()),
         next_id: AtomicU64::new(1),
         started: std::time::Instant::now(),
+        spin: std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
     });
+    let (rt, stop) = spawn_thread(endpoint.clone())?;
+    let _in_rt = rt.enter();
     let mut tasks = Vec::new();
     let mut unix = None;
     if let Some(place) = &config.unix {
@@ -280,7 +339,7 @@ pub(crate) fn start(
                             );
                             continue;
                         }
-                        ep.clone().admit(stream, "unix".to_string());
+                        ep.clone().admit(Sock::Unix(stream), "unix".to_string());
                     }
                     Err(e) => {
                         tracing::warn!("Redis endpoint: accept failed: {e}");
@@ -304,7 +363,7 @@ pub(crate) fn start(
                 match listener.accept().await {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        ep.clone().admit(stream, peer.to_string());
+                        ep.clone().admit(Sock::Tcp(stream), peer.to_string());
                     }
                     Err(e) => {
                         tracing::warn!("Redis endpoint: accept failed: {e}");
@@ -320,10 +379,11 @@ pub(crate) fn start(
         unix,
         tcp,
         tasks,
+        stop: Some(stop),
     })
 }
 
-/// What a connection's reader, its writer and the store (through
+/// What a connection's task and the store (through
 /// [`Subscriber`](crate::store::Subscriber)) share.
 pub(crate) struct Client {
     pub(crate) id: u64,
@@ -332,40 +392,42 @@ pub(crate) struct Client {
     created: std::time::Instant,
     pub(crate) state: Mutex<ClientState>,
     output_limit: usize,
-    /// Something was appended to the output.
-    wake_writer: Notify,
-    /// The writer took the output.
-    drained: Notify,
+    /// A publication was appended to the output.
+    wake: Notify,
     /// The connection is to close at once.
     killed: AtomicBool,
-    /// The reader has finished: the writer writes what is left, then closes.
-    done: AtomicBool,
     kill_notify: Notify,
 }
 
 /// A connection's state under its lock (taken under the store's lock, never the other
 /// way round).
 pub(crate) struct ClientState {
-    /// Output waiting to be written.
+    /// Output waiting to be written, after `unsent`.
     out: Vec<u8>,
+    /// Bytes the connection's task has taken from `out` and not yet written (an upper
+    /// bound: updated when the task takes `out` and when the socket is full).
+    unsent: usize,
     pub(crate) version: Version,
     /// Its subscriptions: the channel or pattern, and whether it is a pattern.
     subs: FxHashMap<u32, (Bytes, bool)>,
     pub(crate) name: Option<Bytes>,
     pub(crate) lib_name: Option<Bytes>,
     pub(crate) lib_ver: Option<Bytes>,
-    /// The last command, for `CLIENT LIST`.
-    last: String,
+    /// The name of the last command, for `CLIENT LIST`.
+    last: Bytes,
 }
 
-/// While more than this many reply bytes wait to be written, the reader waits.
+/// While more than this many reply bytes wait to be written, no more commands are read.
 const REPLY_HIGH_WATER: usize = 1 << 20;
+
+/// Most commands run under one taking of the store's lock.
+const BATCH: usize = 256;
 
 impl Client {
     fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
         self.kill_notify.notify_waiters();
-        self.wake_writer.notify_one();
+        self.wake.notify_one();
     }
 
     async fn killed(&self) {
@@ -407,20 +469,19 @@ impl Client {
             self.created.elapsed().as_secs(),
             chans,
             pats,
-            st.out.len(),
+            st.out.len() + st.unsent,
             if st.version == Version::Resp3 { 3 } else { 2 },
             s(&st.lib_name),
             s(&st.lib_ver),
-            st.last,
+            String::from_utf8_lossy(&st.last).to_ascii_lowercase(),
         )
     }
 
+    /// Appends replies to the output (the connection's own task writes them).
     fn append(&self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            return;
+        if !bytes.is_empty() {
+            self.state.lock().out.extend_from_slice(bytes);
         }
-        self.state.lock().out.extend_from_slice(bytes);
-        self.wake_writer.notify_one();
     }
 }
 
@@ -434,7 +495,8 @@ impl crate::store::Subscriber for Client {
             return;
         };
         let body = value::to_resp(body);
-        if st.out.len() + topic.len() + body.len() + name.len() + 64 > self.output_limit {
+        if st.out.len() + st.unsent + topic.len() + body.len() + name.len() + 64 > self.output_limit
+        {
             tracing::warn!(
                 client = self.id,
                 addr = %self.addr,
@@ -462,7 +524,7 @@ impl crate::store::Subscriber for Client {
         }
         e.bulk(&body);
         drop(st);
-        self.wake_writer.notify_one();
+        self.wake.notify_one();
     }
 }
 
@@ -480,10 +542,7 @@ impl Endpoint {
     }
 
     /// Takes a new connection, or refuses it when there are too many.
-    fn admit<S>(self: Arc<Self>, stream: S, addr: String)
-    where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
+    fn admit(self: Arc<Self>, sock: Sock, addr: String) {
         let conn = self.inner.next_conn_id();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let client = Arc::new(Client {
@@ -493,18 +552,17 @@ impl Endpoint {
             created: std::time::Instant::now(),
             state: Mutex::new(ClientState {
                 out: Vec::new(),
+                unsent: 0,
                 version: Version::Resp2,
                 subs: FxHashMap::default(),
                 name: None,
                 lib_name: None,
                 lib_ver: None,
-                last: String::new(),
+                last: Bytes::new(),
             }),
             output_limit: self.config.output_limit,
-            wake_writer: Notify::new(),
-            drained: Notify::new(),
+            wake: Notify::new(),
             killed: AtomicBool::new(false),
-            done: AtomicBool::new(false),
             kill_notify: Notify::new(),
         });
         {
@@ -516,10 +574,20 @@ impl Endpoint {
                     "refused a Redis protocol connection: too many connections"
                 );
                 tokio::spawn(async move {
-                    let mut stream = stream;
-                    let _ = stream
-                        .write_all(b"-ERR max number of clients reached\r\n")
-                        .await;
+                    let mut w = Output::default();
+                    w.buf
+                        .extend_from_slice(b"-ERR max number of clients reached\r\n");
+                    let deadline = tokio::time::sleep(std::time::Duration::from_secs(5));
+                    tokio::pin!(deadline);
+                    while !w.is_empty() {
+                        tokio::select! {
+                            r = sock.ready(Interest::WRITABLE) => if r.is_err() || w.write_some(&sock).is_err() {
+                                return;
+                            },
+                            _ = &mut deadline => return,
+                        }
+                    }
+                    sock.shutdown_write();
                 });
                 return;
             }
@@ -530,158 +598,395 @@ impl Endpoint {
             .write()
             .insert(conn, client.clone() as Arc<dyn crate::store::Subscriber>);
         tokio::spawn(async move {
-            let (rd, wr) = tokio::io::split(stream);
-            let writer = tokio::spawn(write_loop(client.clone(), wr));
-            self.read_loop(&client, rd).await;
-            // Whatever is written last (a protocol error, QUIT's OK) goes out first,
-            // unless the connection is being killed.
-            client.closing();
-            let _ = writer.await;
+            self.serve(&client, &sock).await;
             self.inner.subscribers.write().remove(&conn);
             self.inner.store.lock().drop_conn(conn);
             self.clients.lock().remove(&id);
         });
     }
 
-    /// Reads and runs commands until the peer closes, quits, breaks the protocol, or
-    /// the connection is killed.
-    async fn read_loop<R: AsyncRead + Unpin>(&self, client: &Client, mut rd: R) {
-        let mut buf = BytesMut::with_capacity(16 << 10);
-        let mut session = command::Session {
-            conn: client.conn,
-            authed: self.config.password.is_none(),
-            channels: FxHashMap::default(),
-            patterns: FxHashMap::default(),
-            next_sub: 1,
-            quit: false,
+    /// Serves a connection until the peer closes, quits, breaks the protocol, or the
+    /// connection is killed. One task reads the commands, runs them and writes their
+    /// replies (and what its subscriptions receive) straight to the socket, as much as
+    /// it takes without blocking; it waits only for the socket.
+    async fn serve(&self, client: &Client, sock: &Sock) {
+        let mut input = Input {
+            buf: BytesMut::with_capacity(16 << 10),
+            session: command::Session {
+                conn: client.conn,
+                authed: self.config.password.is_none(),
+                channels: FxHashMap::default(),
+                patterns: FxHashMap::default(),
+                next_sub: 1,
+                quit: false,
+                scratch: Vec::new(),
+            },
+            version: Version::Resp2,
+            batch: Vec::new(),
+            reply: Vec::new(),
+            queued: 0,
         };
-        let mut version = Version::Resp2;
-        let mut batch: Vec<Vec<Bytes>> = Vec::new();
-        let mut reply = Vec::new();
+        let mut output = Output::default();
+        // No more input: the peer closed, quit, or broke the protocol.
+        let mut eof = false;
+        // A read without the poller stopped before the socket was empty.
+        let mut unreported = false;
         loop {
-            let mut broken = None;
-            while batch.len() < 256 {
-                match proto::parse(&mut buf, &self.config.limits) {
-                    Ok(Some(cmd)) => batch.push(cmd),
-                    Ok(None) => break,
-                    Err(e) => {
-                        broken = Some(e);
+            if client.killed.load(Ordering::SeqCst) {
+                return;
+            }
+            // Run what has arrived, while the output waiting is small.
+            while !eof && output.unsent() + input.queued <= REPLY_HIGH_WATER {
+                let step = self.run_batch(client, &mut input);
+                // Each batch's replies are written at once, as far as the socket takes
+                // them.
+                if output.is_empty() {
+                    output.take(client);
+                    input.queued = 0;
+                }
+                if output.write_some(sock).is_err() {
+                    return;
+                }
+                match step {
+                    Step::More => {}
+                    Step::NeedInput => break,
+                    Step::Close => eof = true,
+                }
+            }
+            // Write what is waiting, as far as the socket takes it.
+            loop {
+                if output.is_empty() {
+                    input.queued = 0;
+                    if !output.take(client) {
                         break;
                     }
                 }
-            }
-            if !batch.is_empty() {
-                let mut cx = command::Ctx {
-                    endpoint: self,
-                    client,
-                    version,
-                };
-                let last = batch
-                    .last()
-                    .map(|c| String::from_utf8_lossy(&c[0]).to_ascii_lowercase())
-                    .unwrap_or_default();
-                self.inner.with_store(|store, out| {
-                    for cmd in batch.drain(..) {
-                        command::exec(&mut session, &mut cx, &cmd, store, out, &mut reply);
-                        // Appended under the store's lock: a subscription's first
-                        // message never overtakes its confirmation.
-                        client.append(&reply);
-                        reply.clear();
-                        if session.quit {
-                            break;
-                        }
+                match output.write_some(sock) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        client.state.lock().unsent = output.unsent();
+                        break;
                     }
-                });
-                client.state.lock().last = last;
-                batch.clear();
-                version = cx.version;
-                if session.quit {
-                    return;
+                    Err(()) => return,
                 }
             }
-            if let Some(e) = broken {
-                tracing::debug!(client = client.id, "Redis protocol error: {e}");
-                let mut out = Vec::new();
-                Encoder {
-                    out: &mut out,
-                    version,
-                }
-                .error(&format!("ERR {e}"));
-                client.append(&out);
+            if eof && output.is_empty() {
+                sock.shutdown_write();
                 return;
             }
-            // Wait while the peer does not read its replies.
-            loop {
-                let drained = client.drained.notified();
-                if client.state.lock().out.len() <= REPLY_HIGH_WATER
-                    || client.killed.load(Ordering::SeqCst)
-                {
-                    break;
-                }
-                tokio::select! {
-                    _ = drained => {}
-                    _ = client.killed() => return,
+            let want_read = !eof && output.unsent() + input.queued <= REPLY_HIGH_WATER;
+            // The endpoint's only connection, one command at a time: the next command
+            // comes within microseconds of the reply. Watching the socket for it a
+            // little while, instead of sleeping at once, spares the wake-up that is
+            // most of a round trip. Never with subscriptions (their messages would
+            // wait) nor on a single processor.
+            let spin = output.is_empty()
+                && input.session.subscriptions() == 0
+                && self.spin
+                && self.clients.lock().len() == 1;
+            // (After a read that stopped early, input may be waiting that the poller
+            // will not report again: it is read now.)
+            if want_read && (spin || unreported) {
+                let (spun, more) = sock.spin_read(
+                    &mut input.buf,
+                    if spin {
+                        SPIN
+                    } else {
+                        std::time::Duration::ZERO
+                    },
+                );
+                unreported = more;
+                match spun {
+                    Spun::Read => continue,
+                    Spun::Closed => {
+                        eof = true;
+                        continue;
+                    }
+                    Spun::Nothing => {}
+                    Spun::Broken => return,
                 }
             }
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(16 << 10);
+            let mut interest = None;
+            if want_read {
+                interest = Some(Interest::READABLE);
             }
+            if !output.is_empty() {
+                interest = Some(interest.map_or(Interest::WRITABLE, |i| i | Interest::WRITABLE));
+            }
+            let woken = client.wake.notified();
             tokio::select! {
-                r = rd.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => return,
+                r = sock.ready(interest.unwrap_or(Interest::READABLE)), if interest.is_some() => match r {
+                    Ok(ready) if want_read && (ready.is_readable() || ready.is_read_closed()) => {
+                        if input.buf.capacity() - input.buf.len() < 4096 {
+                            input.buf.reserve(16 << 10);
+                        }
+                        let room = input.buf.capacity() - input.buf.len();
+                        match sock.try_read_buf(&mut input.buf) {
+                            Ok(0) => eof = true,
+                            // Less than there was room for: the socket is empty, and
+                            // the next wait goes straight to the poller (as tokio's own
+                            // reads do), which lets the other connections run first.
+                            Ok(n) if n < room => sock.clear_read_readiness(),
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => return,
+                        }
+                    }
                     Ok(_) => {}
+                    Err(_) => return,
                 },
+                _ = woken => {}
                 _ = client.killed() => return,
             }
         }
     }
-}
 
-impl Client {
-    /// The reader is done: the writer writes what is left, then closes.
-    fn closing(&self) {
-        self.done.store(true, Ordering::SeqCst);
-        self.wake_writer.notify_one();
+    /// Runs the commands that have arrived, up to [`BATCH`], under one taking of the
+    /// store's lock; their replies are appended to the connection's output.
+    fn run_batch(&self, client: &Client, input: &mut Input) -> Step {
+        let mut broken = None;
+        while input.batch.len() < BATCH {
+            match proto::parse(&mut input.buf, &self.config.limits) {
+                Ok(Some(cmd)) => input.batch.push(cmd),
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        let full = input.batch.len() == BATCH;
+        if !input.batch.is_empty() {
+            let mut cx = command::Ctx {
+                endpoint: self,
+                client,
+                version: input.version,
+            };
+            let session = &mut input.session;
+            let reply = &mut input.reply;
+            let batch = &mut input.batch;
+            let queued = &mut input.queued;
+            self.inner.with_store(|store, out| {
+                if batch.len() > 1 {
+                    // Each key's entry on its way into the cache before the first
+                    // command runs: the misses overlap instead of following each other.
+                    for cmd in batch.iter() {
+                        if let Some(k) = cmd.get(1) {
+                            store.prefetch(k);
+                        }
+                    }
+                }
+                let mut last = Bytes::new();
+                for cmd in batch.drain(..) {
+                    command::exec(session, &mut cx, &cmd, store, out, reply);
+                    last = cmd.into_iter().next().unwrap_or_default();
+                    // A connection with subscriptions may receive a message from its
+                    // own next command: each reply goes before it.
+                    if session.subscriptions() > 0 {
+                        client.append(reply);
+                        reply.clear();
+                    }
+                    if session.quit {
+                        break;
+                    }
+                }
+                // Appended under the store's lock: a subscription's first message never
+                // overtakes its confirmation.
+                let mut st = client.state.lock();
+                st.out.extend_from_slice(reply);
+                st.last = last;
+                *queued = st.out.len();
+            });
+            input.reply.clear();
+            input.batch.clear();
+            input.version = cx.version;
+            if input.session.quit {
+                return Step::Close;
+            }
+        }
+        if let Some(e) = broken {
+            tracing::debug!(client = client.id, "Redis protocol error: {e}");
+            let mut out = Vec::new();
+            Encoder {
+                out: &mut out,
+                version: input.version,
+            }
+            .error(&format!("ERR {e}"));
+            client.append(&out);
+            input.queued += out.len();
+            return Step::Close;
+        }
+        if full {
+            Step::More
+        } else {
+            Step::NeedInput
+        }
     }
 }
 
-/// Writes the connection's output as it comes; ends when the connection is killed, or
-/// when the reader has finished and everything is written.
-async fn write_loop<W: AsyncWrite + Unpin>(client: Arc<Client>, mut wr: W) {
-    let mut spare = Vec::new();
-    loop {
-        let woken = client.wake_writer.notified();
-        let (batch, closing) = {
-            let mut st = client.state.lock();
-            std::mem::swap(&mut st.out, &mut spare);
-            (
-                std::mem::take(&mut spare),
-                client.done.load(Ordering::SeqCst),
-            )
-        };
-        if client.killed.load(Ordering::SeqCst) {
-            return;
+/// What a connection has read and not yet run.
+struct Input {
+    buf: BytesMut,
+    session: command::Session,
+    version: Version,
+    batch: Vec<Vec<Bytes>>,
+    reply: Vec<u8>,
+    /// The connection's output not yet taken for writing, when its replies were last
+    /// appended.
+    queued: usize,
+}
+
+/// What [`Endpoint::run_batch`] leaves to do.
+enum Step {
+    /// Commands may be waiting in the buffer.
+    More,
+    /// Every whole command has run.
+    NeedInput,
+    /// The connection closes once its output is written.
+    Close,
+}
+
+/// Output taken from the connection's state, being written.
+#[derive(Default)]
+struct Output {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Output {
+    fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    fn unsent(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Takes the connection's output once everything taken before is written: whether
+    /// there is something to write.
+    fn take(&mut self, client: &Client) -> bool {
+        if !self.is_empty() {
+            return true;
         }
-        if batch.is_empty() {
-            if closing {
-                let _ = wr.shutdown().await;
-                return;
+        self.buf.clear();
+        self.pos = 0;
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
+        }
+        let mut st = client.state.lock();
+        std::mem::swap(&mut st.out, &mut self.buf);
+        st.unsent = self.buf.len();
+        !self.buf.is_empty()
+    }
+
+    /// Writes as much as the socket takes without blocking: `Ok(true)` if it took
+    /// everything, `Ok(false)` if it is full, `Err` if the connection is broken.
+    fn write_some(&mut self, sock: &Sock) -> Result<bool, ()> {
+        while !self.is_empty() {
+            match sock.try_write(&self.buf[self.pos..]) {
+                Ok(0) => return Err(()),
+                Ok(n) => self.pos += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(()),
             }
-            woken.await;
-            continue;
         }
-        client.drained.notify_waiters();
-        tokio::select! {
-            r = wr.write_all(&batch) => if r.is_err() {
-                client.kill();
-                return;
-            },
-            _ = client.killed() => return,
+        Ok(true)
+    }
+}
+
+/// How long the only connection's task watches its socket for the next command
+/// before sleeping.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// What [`Sock::spin_read`] found.
+enum Spun {
+    Read,
+    Closed,
+    Nothing,
+    Broken,
+}
+
+/// A connection's socket.
+enum Sock {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+impl Sock {
+    async fn ready(&self, interest: Interest) -> std::io::Result<tokio::io::Ready> {
+        match self {
+            Sock::Unix(s) => s.ready(interest).await,
+            Sock::Tcp(s) => s.ready(interest).await,
         }
-        spare = batch;
-        spare.clear();
-        if spare.capacity() > 1 << 20 {
-            spare = Vec::new();
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.try_read_buf(buf),
+            Sock::Tcp(s) => s.try_read_buf(buf),
         }
+    }
+
+    fn try_write(&self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sock::Unix(s) => s.try_write(b),
+            Sock::Tcp(s) => s.try_write(b),
+        }
+    }
+
+    /// Reads what arrives within `spin`, without blocking and without the poller:
+    /// everything there is (until a read is short), so that no input is left that the
+    /// poller would not report again.
+    /// Also whether it stopped before the socket was empty (the poller may not report
+    /// what is left).
+    fn spin_read(&self, buf: &mut BytesMut, spin: std::time::Duration) -> (Spun, bool) {
+        let fd = match self {
+            Sock::Unix(s) => s.as_fd(),
+            Sock::Tcp(s) => s.as_fd(),
+        };
+        let until = std::time::Instant::now() + spin;
+        let mut chunk = [0u8; 4096];
+        let mut got = 0;
+        loop {
+            match rustix::net::recv(fd, &mut chunk[..], rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return (Spun::Closed, false),
+                Ok((n, _)) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    got += n;
+                    if n < chunk.len() {
+                        return (Spun::Read, false);
+                    }
+                    if got >= 64 << 10 {
+                        return (Spun::Read, true);
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) if got > 0 => return (Spun::Read, false),
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {
+                    if std::time::Instant::now() >= until {
+                        return (Spun::Nothing, false);
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(_) => return (Spun::Broken, false),
+            }
+        }
+    }
+
+    /// Forgets that the socket was readable, until the poller says so again.
+    fn clear_read_readiness(&self) {
+        let would_block = || -> std::io::Result<()> { Err(std::io::ErrorKind::WouldBlock.into()) };
+        let _ = match self {
+            Sock::Unix(s) => s.try_io(Interest::READABLE, would_block),
+            Sock::Tcp(s) => s.try_io(Interest::READABLE, would_block),
+        };
+    }
+
+    /// Ends the output (the peer reads what was written, then the end).
+    fn shutdown_write(&self) {
+        let _ = match self {
+            Sock::Unix(s) => rustix::net::shutdown(s, rustix::net::Shutdown::Write),
+            Sock::Tcp(s) => rustix::net::shutdown(s, rustix::net::Shutdown::Write),
+        };
     }
 }

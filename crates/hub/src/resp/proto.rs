@@ -78,6 +78,21 @@ fn memchr_nl(b: &[u8]) -> Option<usize> {
     b.iter().position(|&c| c == b'\n')
 }
 
+/// The integer of a header line.
+fn parse_len(digits: &[u8]) -> Option<i64> {
+    if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+        // The common case, without the general parser.
+        return Some(
+            digits
+                .iter()
+                .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0')),
+        );
+    }
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+}
+
 /// Reads a header line `<prefix><int>\r\n` at `at`: the integer and the index after the
 /// line, `None` if incomplete.
 fn header(
@@ -95,11 +110,7 @@ fn header(
     let Ok(cr) = found else {
         return perr(format!("invalid {long} length"));
     };
-    let digits = &buf[at + 1..cr];
-    let n = std::str::from_utf8(digits)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok());
-    match n {
+    match parse_len(&buf[at + 1..cr]) {
         Some(n) => Ok(Some((n, cr + 2))),
         None => perr(format!("invalid {long} length")),
     }
@@ -127,28 +138,52 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, 
             Parsed::Empty(n) => {
                 let _ = buf.split_to(n);
             }
-            Parsed::Command(n, ranges) => {
+            Parsed::Multibulk(n, count) => {
                 let frozen = buf.split_to(n).freeze();
-                return Ok(Some(match ranges {
-                    Ranges::Slices(r) => r.into_iter().map(|(a, b)| frozen.slice(a..b)).collect(),
-                    Ranges::Owned(args) => args,
-                }));
+                return Ok(Some(slices(&frozen, count)));
+            }
+            Parsed::Inline(n, args) => {
+                let _ = buf.split_to(n);
+                return Ok(Some(args));
             }
         }
     }
 }
 
-enum Ranges {
-    Slices(Vec<(usize, usize)>),
-    Owned(Vec<Bytes>),
+/// The arguments of a multibulk command that [`multibulk`] has checked: `count` bulk
+/// strings after the first line, each a slice of `cmd`.
+fn slices(cmd: &Bytes, count: usize) -> Vec<Bytes> {
+    let mut args = Vec::with_capacity(count);
+    let line_end = |from: usize| {
+        memchr_nl(&cmd[from..])
+            .map(|i| from + i)
+            .unwrap_or(cmd.len())
+    };
+    let mut at = line_end(0) + 1;
+    for _ in 0..count {
+        let nl = line_end(at);
+        // `$<len>\r\n`, checked by `multibulk`.
+        let len = cmd
+            .get(at + 1..nl.saturating_sub(1))
+            .and_then(parse_len)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
+        let start = (nl + 1).min(cmd.len());
+        let end = (start + len).min(cmd.len());
+        args.push(cmd.slice(start..end));
+        at = end + 2;
+    }
+    args
 }
 
 enum Parsed {
     Incomplete,
     /// An empty command of that many bytes, to skip.
     Empty(usize),
-    /// A command of that many bytes.
-    Command(usize, Ranges),
+    /// A multibulk command of that many bytes, with that many arguments.
+    Multibulk(usize, usize),
+    /// An inline command of that many bytes.
+    Inline(usize, Vec<Bytes>),
 }
 
 fn multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
@@ -163,7 +198,6 @@ fn multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
         return perr("invalid multibulk length");
     }
     let n = n as usize;
-    let mut ranges = Vec::with_capacity(n.min(64));
     for _ in 0..n {
         let Some(&b) = buf.get(at) else {
             return Ok(Parsed::Incomplete);
@@ -187,10 +221,9 @@ fn multibulk(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
         if &buf[end..end + 2] != b"\r\n" {
             return perr("expected CRLF after a bulk string");
         }
-        ranges.push((start, end));
         at = end + 2;
     }
-    Ok(Parsed::Command(at, Ranges::Slices(ranges)))
+    Ok(Parsed::Multibulk(at, n))
 }
 
 fn inline(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
@@ -210,7 +243,7 @@ fn inline(buf: &[u8], limits: &Limits) -> Result<Parsed, ProtocolError> {
     if args.len() > limits.max_args {
         return perr("invalid multibulk length");
     }
-    Ok(Parsed::Command(nl + 1, Ranges::Owned(args)))
+    Ok(Parsed::Inline(nl + 1, args))
 }
 
 /// Splits an inline command as Redis's `sdssplitargs` does: spaces separate arguments,

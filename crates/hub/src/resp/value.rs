@@ -42,8 +42,20 @@ pub fn parse_int(b: &[u8]) -> Option<i64> {
 /// The MessagePack form of a value written over RESP.
 pub fn from_resp(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len() + 5);
+    append_from_resp(&mut out, b);
+    out
+}
+
+/// [`from_resp`] into `out`, replacing what it held (its memory is reused).
+pub fn from_resp_into(out: &mut Vec<u8>, b: &[u8]) {
+    out.clear();
+    append_from_resp(out, b);
+}
+
+/// Appends the MessagePack form of a value written over RESP to `out`.
+pub fn append_from_resp(out: &mut Vec<u8>, b: &[u8]) {
     if let Some(n) = parse_int(b) {
-        write_int(&mut out, n);
+        write_int(out, n);
     } else {
         // Lengths beyond u32 cannot reach here: bulk strings are far smaller.
         let len = b.len() as u32;
@@ -71,7 +83,18 @@ pub fn from_resp(b: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(b);
     }
-    out
+}
+
+/// A stored value as an integer, as `INCR` reads it: a MessagePack int within `i64`,
+/// or a str or bin holding Redis's canonical integer form.
+/// Any other value is read as its MessagePack bytes, as `GET` shows it.
+pub fn as_int(v: &[u8]) -> Option<i64> {
+    match plain(v) {
+        Some(Plain::Int(n)) => Some(n),
+        Some(Plain::UInt(n)) => i64::try_from(n).ok(),
+        Some(Plain::Bytes(b)) => parse_int(b),
+        None => parse_int(v),
+    }
 }
 
 /// Appends `n` as the shortest MessagePack int (as `rmp_serde` writes an `i64`).

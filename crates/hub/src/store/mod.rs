@@ -400,8 +400,18 @@ impl Store {
         }
     }
 
+    /// Starts loading the entry at `key` into the cache, for an access soon after:
+    /// a pipeline's keys are looked up in turn with their memory already on its way.
+    pub(crate) fn prefetch(&self, key: &[u8]) {
+        self.table.prefetch(key);
+    }
+
     /// The live entry at `key`, removing it (and telling watchers) if it expired.
     fn live(&mut self, key: &[u8], now: u64, out: &mut dyn Deliver) -> Option<&table::Slot> {
+        if self.expiries.is_empty() {
+            // Nothing expires: one lookup.
+            return self.table.get(key);
+        }
         let expired = self.table.get(key)?.expired(now);
         if expired {
             self.take(key);
