@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -32,6 +32,15 @@ pub const PONG: u8 = 0x13;
 pub const CLOSE: u8 = 0x14;
 /// Largest record payload.
 pub const MAX_RECORD: usize = 64 * 1024;
+/// Bytes of a record's header: its type and its payload's length.
+const HEADER: usize = 5;
+/// The buffer the local socket is read into: each read becomes a DATA record cut from
+/// it (header included), written to the link and kept until acknowledged, without a
+/// copy. Small reads share one; a large read fills one. Below the allocator's mmap
+/// threshold, so that a new one is heap memory again, without page faults.
+const ARENA: usize = HEADER + MAX_RECORD;
+/// A new buffer is taken when less than this is left for a read.
+const MIN_READ: usize = 4 * 1024;
 /// Acknowledge at least this often, in bytes received.
 const ACK_EVERY: u64 = 256 * 1024;
 
@@ -183,37 +192,50 @@ impl Session {
         if self.local_closed {
             record(&mut out, CLOSE, &[]);
         }
-        if let Err(e) = write_out(&mut wr, &mut out).await {
+        if let Err(e) = write_out(&mut wr, &mut out, None).await {
             return LinkEnd::Lost(format!("cannot write: {e}"));
         }
         if self.local_closed {
             return LinkEnd::Closed;
         }
         let mut inbuf = BytesMut::with_capacity(2 * MAX_RECORD);
-        let mut local_buf = vec![0u8; MAX_RECORD];
+        // Local reads land after a DATA header whose length is filled in afterwards.
+        let mut arena = BytesMut::new();
         let mut last_heard = Instant::now();
         let mut acked_sent = self.received;
         let mut tick = tokio::time::interval(self.config.heartbeat / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let room = self.retained.unacked() < self.config.max_unacked;
+            if arena.is_empty() {
+                if arena.capacity() < HEADER + MIN_READ {
+                    // The same buffer again if every record cut from it is gone, else
+                    // a new one.
+                    arena.reserve(ARENA);
+                }
+                arena.put_slice(&[DATA, 0, 0, 0, 0]);
+            }
+            let mut data = None;
+            let room_in_arena = (arena.capacity() - HEADER).min(MAX_RECORD);
+            let mut into = (&mut arena).limit(room_in_arena);
             tokio::select! {
                 // Only between steps: a step that writes to the local socket is never
                 // cut in the middle, so `received` always counts what was written.
                 value = &mut stop => return LinkEnd::Stopped(value),
-                n = self.local.read(&mut local_buf), if room => {
+                n = self.local.read_buf(&mut into), if room => {
                     match n {
                         Ok(0) | Err(_) => {
                             self.local_closed = true;
                             record(&mut out, CLOSE, &[]);
-                            let _ = write_out(&mut wr, &mut out).await;
+                            let _ = write_out(&mut wr, &mut out, None).await;
                             return LinkEnd::Closed;
                         }
                         Ok(n) => {
-                            let chunk = Bytes::copy_from_slice(&local_buf[..n]);
-                            record(&mut out, DATA, &chunk);
+                            arena[1..HEADER].copy_from_slice(&(n as u32).to_le_bytes());
+                            let rec = arena.split().freeze();
                             self.retained.sent += n as u64;
-                            self.retained.chunks.push_back(chunk);
+                            self.retained.chunks.push_back(rec.slice(HEADER..));
+                            data = Some(rec);
                         }
                     }
                 }
@@ -227,7 +249,7 @@ impl Session {
                     match self.take_records(&mut inbuf, &mut out).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            let _ = write_out(&mut wr, &mut out).await;
+                            let _ = write_out(&mut wr, &mut out, None).await;
                             return LinkEnd::Closed;
                         }
                         Err(e) => return LinkEnd::Lost(e),
@@ -251,7 +273,7 @@ impl Session {
                     }
                 }
             }
-            if let Err(e) = write_out(&mut wr, &mut out).await {
+            if let Err(e) = write_out(&mut wr, &mut out, data).await {
                 return LinkEnd::Lost(format!("cannot write: {e}"));
             }
         }
@@ -306,12 +328,23 @@ impl Session {
     }
 }
 
-async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut Vec<u8>) -> std::io::Result<()> {
-    if out.is_empty() {
+/// Writes the records in `out`, then the DATA record `data` (header included), and
+/// flushes.
+async fn write_out<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut Vec<u8>,
+    data: Option<Bytes>,
+) -> std::io::Result<()> {
+    if out.is_empty() && data.is_none() {
         return Ok(());
     }
     let r = async {
-        wr.write_all(out).await?;
+        if !out.is_empty() {
+            wr.write_all(out).await?;
+        }
+        if let Some(data) = &data {
+            wr.write_all(data).await?;
+        }
         wr.flush().await
     }
     .await;
