@@ -538,7 +538,10 @@ fn a_killed_remote_process_is_reported_to_waiters_after_the_grace_period() {
         ctx.passive_channel::<u32>()
             .send(std::process::id())
             .unwrap();
-        std::thread::park();
+        // Until killed (`park` may return at once: a wake-up left from joining).
+        loop {
+            std::thread::park();
+        }
     }) {
         return;
     }
@@ -700,7 +703,9 @@ fn a_cut_or_silent_link_resumes_with_nothing_lost_or_repeated() {
         }
         let verdict = checker.join().unwrap();
         ctx.store().set("remote-verdict", &verdict).unwrap();
-        std::thread::park();
+        loop {
+            std::thread::park();
+        }
     }) {
         return;
     }
