@@ -12,7 +12,9 @@
 //!   reader's loop;
 //! - [`calls::Calls`]: the calls awaiting replies, in one table with one id space;
 //! - [`sys`]: the few system calls under them (`poll`, pipes, socket options), through
-//!   `rustix`.
+//!   `rustix`;
+//! - [`shm`]: two byte rings in memory shared with a process on the same machine, one
+//!   each way, and passing descriptors over a Unix socket.
 //!
 //! ```
 //! use std::time::Duration;
@@ -44,6 +46,7 @@ mod outbox;
 mod pending;
 pub mod reader;
 pub mod role;
+pub mod shm;
 pub mod sys;
 
 pub use outbox::{Outbox, OutboxSink, Push};
