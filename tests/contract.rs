@@ -56,13 +56,19 @@ const GRACE: Duration = Duration::from_secs(2);
 /// Which processes play the roles `A` and `B`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pairing {
-    /// The main process plays `A`, a child plays `B`.
+    /// The main process plays `A`, a child plays `B`; the child's connection in shared
+    /// memory (the default on one machine).
     MainChild,
+    /// As `MainChild`, with the hub offering no shared memory: the connection stays on
+    /// its Unix socket.
+    MainChildSocket,
     /// A child plays `A`, the main process plays `B`.
     ChildMain,
     /// Two children: `a` plays `A`, `b` plays `B`; their channels go through the hub
     /// with neither end in the main process.
     ChildChild,
+    /// As `ChildChild`, both connections on their Unix sockets.
+    ChildChildSocket,
     /// The main process plays `A`, a remote process plays `B`.
     MainRemote,
     /// A remote process plays `A`, a child plays `B`.
@@ -71,10 +77,12 @@ enum Pairing {
 
 impl Pairing {
     /// Every pairing with the name its tests carry.
-    const ALL: [(&'static str, Pairing); 5] = [
+    const ALL: [(&'static str, Pairing); 7] = [
         ("main_child", Pairing::MainChild),
+        ("main_child_socket", Pairing::MainChildSocket),
         ("child_main", Pairing::ChildMain),
         ("child_child", Pairing::ChildChild),
+        ("child_child_socket", Pairing::ChildChildSocket),
         ("main_remote", Pairing::MainRemote),
         ("remote_child", Pairing::RemoteChild),
     ];
@@ -91,9 +99,8 @@ impl Pairing {
     /// [`REMOTE`]), or `None` when the main process does.
     fn child(self, role: Role) -> Option<&'static str> {
         match (self, role) {
-            (Pairing::MainChild | Pairing::MainRemote, Role::A) | (Pairing::ChildMain, Role::B) => {
-                None
-            }
+            (Pairing::MainChild | Pairing::MainChildSocket | Pairing::MainRemote, Role::A)
+            | (Pairing::ChildMain, Role::B) => None,
             (Pairing::MainRemote, Role::B) | (Pairing::RemoteChild, Role::A) => Some(REMOTE),
             (_, Role::A) => Some("a"),
             (_, Role::B) => Some("b"),
@@ -105,6 +112,11 @@ impl Pairing {
         [Role::A, Role::B]
             .into_iter()
             .find(|&r| self.child(r) == Some(REMOTE))
+    }
+
+    /// Whether the children's connections stay on their sockets.
+    fn socket_only(self) -> bool {
+        matches!(self, Pairing::MainChildSocket | Pairing::ChildChildSocket)
     }
 
     /// The role the main process plays, if any.
@@ -145,7 +157,15 @@ macro_rules! contract {
         contract!(
             $behaviour,
             $scenario,
-            [main_child, child_main, child_child, main_remote, remote_child]
+            [
+                main_child,
+                main_child_socket,
+                child_main,
+                child_child,
+                child_child_socket,
+                main_remote,
+                remote_child
+            ]
         );
     };
     ($behaviour:ident, $scenario:ident, [$($pairing:ident),+]) => {
@@ -170,7 +190,11 @@ fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
         return play_remote(pairing, scenario);
     }
     let (mut app, _w) = support::start(test, LIMIT);
-    app.hub_config((scenario.config)());
+    let mut config = (scenario.config)();
+    if pairing.socket_only() {
+        config.shared_memory = 0;
+    }
+    app.hub_config(config);
     let state = support::TempDir::new("contract");
     if pairing.remote_role().is_some() {
         app.listen_remote("127.0.0.1:0")
@@ -187,10 +211,14 @@ fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
             let node = ctx.node().clone();
             let report = ctx.passive_channel::<String>();
             let to_main = report.clone();
-            let outcome =
-                tokio::task::spawn_blocking(move || play(pairing, role, node, Some(to_main), body))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the role's thread failed: {e}")));
+            let outcome = match check_transport(pairing) {
+                Err(e) => Err(e),
+                Ok(()) => tokio::task::spawn_blocking(move || {
+                    play(pairing, role, node, Some(to_main), body)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the role's thread failed: {e}"))),
+            };
             report
                 .send_async(outcome.err().unwrap_or_else(|| OK.into()))
                 .await?;
@@ -239,6 +267,22 @@ fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
         }
         assert!(failures.is_empty(), "{pairing:?}:\n{}", failures.join("\n"));
     });
+}
+
+/// Whether this child's connection is in shared memory (a ring region mapped into
+/// this process) exactly when the pairing says it should be.
+fn check_transport(pairing: Pairing) -> Result<(), String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+    let shm = maps.contains("yukicomm-ring");
+    if shm != pairing.socket_only() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the connection is {} shared memory, the pairing wants it {}",
+            if shm { "in" } else { "not in" },
+            if shm { "on its socket" } else { "there" },
+        ))
+    }
 }
 
 /// Starts this test binary again as the remote process playing `role`, with a join
@@ -653,7 +697,14 @@ fn peer_death_b(side: &Side) {
 contract!(
     peer_death,
     PEER_DEATH,
-    [main_child, child_child, main_remote, remote_child]
+    [
+        main_child,
+        main_child_socket,
+        child_child,
+        child_child_socket,
+        main_remote,
+        remote_child
+    ]
 );
 
 // --- Credit ---------------------------------------------------------------------------

@@ -198,7 +198,7 @@ fn join_in(
             ))
         })?
         .map_err(remote_err)?;
-    let (node, welcome) = crate::remote::join(stream, url, &token.name, "", handle, false)?;
+    let (node, welcome) = crate::remote::join(stream, url, &token.name, "", handle, false, false)?;
     if CONTEXT.get().is_none() {
         crate::store::set_current(&node);
     }
@@ -223,7 +223,7 @@ fn connect_with(
                 source,
             })?;
             forget_connection_variables();
-            crate::remote::join(stream, &label, &name, "", handle, true)?
+            crate::remote::join(stream, &label, &name, "", handle, true, true)?
         }
         None => {
             let path = var(ENV_HUB)?;

@@ -16,7 +16,8 @@
 //! waiter has a deadline. When the socket closes, every channel end is marked
 //! disconnected, every waiter wakes, and (for a supervised child) the process exits.
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,7 +31,7 @@ use yukicomm_link::{Outbox, OutboxSink, Push};
 use yukicomm_wire::store::{encode_op, Op, OpReply};
 use yukicomm_wire::{
     encode_control, encode_credit, encode_msg, ChanId, Decoder, End, EndRef, Frame, Notice, Reply,
-    Request, PROTOCOL_VERSION,
+    Request, ENV_SHM, PROTOCOL_VERSION,
 };
 
 use crate::error::{ConnectError, LinkError};
@@ -41,6 +42,8 @@ use crate::transport::{
 use yukicomm_link::calls::{Calls, Slot, Waiter};
 use yukicomm_link::reader::{self, background, FrameHandler, Pumped, ReadBuffer, READ_SIZE};
 use yukicomm_link::role::ReadRole;
+use yukicomm_link::shm::{self, Region, Side};
+use yukicomm_link::stream::Stream;
 use yukicomm_wire::call::{encode_call, encode_call_reply, encode_cancel, CallStatus};
 
 /// Frames pushed closer together than this are coalesced into one write.
@@ -51,6 +54,8 @@ const SEND_BUFFER: usize = 1 << 20;
 const IDLE_NAP: Duration = Duration::from_millis(500);
 /// The longest a blocking read of the socket waits before its caller looks around.
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// The longest the opening (shared memory, hello, welcome) may take.
+const OPENING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a thread waiting for a store reply polls the socket before it blocks (see
 /// [`Remote::read_reply`]).
 const SPIN: Duration = Duration::from_micros(50);
@@ -66,7 +71,7 @@ pub(crate) struct Welcome {
 }
 
 pub(crate) struct Remote {
-    stream: UnixStream,
+    stream: Stream,
     /// Registry requests and store operations waiting for their replies: one table,
     /// one id space (a blocked thread may read the socket itself while it waits; a
     /// task's call fails at its deadline, see `flusher_loop`).
@@ -90,11 +95,11 @@ pub(crate) struct Remote {
 
 impl OutboxSink for Remote {
     fn write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        (&self.stream).write(buf)
+        self.stream.write(buf)
     }
 
     fn write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        (&self.stream).write_vectored(bufs)
+        self.stream.write_vectored(bufs)
     }
 
     fn wake_flusher(&self) {
@@ -258,7 +263,7 @@ impl Remote {
         self.outbox.break_with(std::io::ErrorKind::BrokenPipe);
         self.wake_flusher();
         self.driver().connection_lost();
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.stream.socket().shutdown(std::net::Shutdown::Both);
         self.read_role.wake_all();
         if self.exit_on_disconnect {
             eprintln!("yukicomm: lost the hub connection ({reason}); exiting");
@@ -529,24 +534,33 @@ pub(crate) fn connect(
         path: path.to_string(),
         source,
     })?;
-    join(stream, path, name, token, runtime, exit_on_disconnect)
+    join(stream, path, name, token, runtime, exit_on_disconnect, true)
 }
 
 /// Says hello as child `name` on `stream`, a connection to the hub (`path` names it in
 /// errors), and starts the reader and flusher.
 pub(crate) fn join(
-    mut stream: UnixStream,
+    stream: UnixStream,
     path: &str,
     name: &str,
     token: &str,
     runtime: tokio::runtime::Handle,
     exit_on_disconnect: bool,
+    shared_memory: bool,
 ) -> Result<(Node, Welcome), ConnectError> {
     let io = |source| ConnectError::Io {
         path: path.to_string(),
         source,
     };
     yukicomm_link::sys::set_send_buffer(&stream, SEND_BUFFER);
+    // Every wait of the opening has a deadline: a hub that does not answer is an
+    // error, not a hang.
+    let deadline = Instant::now() + OPENING_TIMEOUT;
+    stream.set_read_timeout(Some(OPENING_TIMEOUT)).map_err(io)?;
+    let stream = Stream::new(stream, Some(READ_TIMEOUT));
+    if shared_memory && shared_memory_wanted() {
+        move_to_shared_memory(&stream).map_err(io)?;
+    }
 
     let mut hello = Vec::new();
     encode_control(
@@ -560,12 +574,8 @@ pub(crate) fn join(
             },
         },
     );
-    stream.write_all(&hello).map_err(io)?;
+    stream.write_all(&hello, Some(deadline)).map_err(io)?;
 
-    // The welcome, with a deadline: a hub that does not answer is an error, not a hang.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
     let decoder = Decoder::new(yukicomm_wire::DEFAULT_MAX_FRAME);
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let reply = loop {
@@ -575,17 +585,29 @@ pub(crate) fn join(
         {
             break frame;
         }
-        let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk).map_err(io)?;
-        if n == 0 {
-            return Err(ConnectError::Protocol(
-                "the hub closed the connection".into(),
-            ));
+        if Instant::now() >= deadline {
+            return Err(io(std::io::ErrorKind::TimedOut.into()));
         }
-        buf.extend_from_slice(&chunk[..n]);
+        match stream.read_into(&mut buf, 4096, false) {
+            Ok(0) => {
+                return Err(ConnectError::Protocol(
+                    "the hub closed the connection".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(io(e)),
+        }
     };
     // Reads that block (see `Remote::read_reply`) come back at least this often.
-    stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(io)?;
+    stream
+        .socket()
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .map_err(io)?;
     let (window, window_bytes, max_frame, welcome) = match reply {
         Frame::Reply {
             body:
@@ -660,11 +682,107 @@ fn flusher_loop(remote: &Remote) {
         let nap = next.map_or(IDLE_NAP, |d| d.saturating_duration_since(now).min(IDLE_NAP));
         std::thread::park_timeout(nap);
         while let Some(data) = remote.outbox.take_for_flush() {
-            let result = data.write_all(&mut &remote.stream);
+            let result = write_waiting(remote, &data);
             remote.outbox.flushed(data, result.err().map(|e| e.kind()));
         }
         if remote.lost.load(Ordering::Acquire) {
             return;
         }
+    }
+}
+
+/// Writes all of `data` for the flusher, waiting for room in the rings as needed (a
+/// socket blocks by itself), until the connection is lost.
+fn write_waiting(remote: &Remote, data: &yukicomm_link::Pending) -> std::io::Result<()> {
+    let mut written = 0;
+    while written < data.len() {
+        match data.write_from(written, &mut &remote.stream) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if remote.lost.load(Ordering::Acquire) {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                remote.stream.wait_room(IDLE_NAP)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process lets its hub connection move into shared memory: yes unless
+/// [`ENV_SHM`] is `0`.
+fn shared_memory_wanted() -> bool {
+    std::env::var_os(ENV_SHM).is_none_or(|v| v != "0")
+}
+
+/// Asks the hub, before the hello, to move the connection into shared memory, and does
+/// so when it agrees (see `docs/PROTOCOL.md`, section 20). A hub that refuses leaves it
+/// on the socket; an answer that cannot be used is an error.
+fn move_to_shared_memory(stream: &Stream) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let mut ask = Vec::new();
+    encode_control(
+        &mut ask,
+        &Frame::Request {
+            id: 0,
+            body: Request::SharedMemory {
+                capacity: shm::DEFAULT_CAPACITY as u32,
+            },
+        },
+    );
+    let mut socket = stream.socket();
+    socket.write_all(&ask)?;
+    let decoder = Decoder::new(yukicomm_wire::DEFAULT_MAX_FRAME);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut fds = Vec::new();
+    let answer = loop {
+        if let Some(frame) = decoder
+            .decode(&mut buf)
+            .map_err(|e| Error::new(ErrorKind::InvalidData, e.to_string()))?
+        {
+            break frame;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = shm::recv_fds(stream.socket().as_fd(), &mut chunk, &mut fds, 1)?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if !buf.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "the hub sent more than its shared-memory answer",
+        ));
+    }
+    match answer {
+        Frame::Reply {
+            body: Reply::SharedMemory { .. },
+            ..
+        } => {
+            let fd = fds.pop().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidData,
+                    "the hub's shared-memory answer came without its region",
+                )
+            })?;
+            let region = Region::open(fd)?;
+            stream.use_shm(region, Side::B);
+            Ok(())
+        }
+        Frame::Reply {
+            body: Reply::Error { message, .. },
+            ..
+        } => {
+            tracing::debug!("the connection stays on its socket: {message}");
+            Ok(())
+        }
+        other => Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("unexpected answer to the shared-memory request: {other:?}"),
+        )),
     }
 }

@@ -62,6 +62,11 @@ pub struct HubConfig {
     /// [`resp`](crate::resp)). Default `None`; the environment variable
     /// `YUKICOMM_REDIS` turns it on when this is `None`.
     pub redis: Option<crate::resp::RedisConfig>,
+    /// The largest shared-memory ring the hub gives a connection that asks to move into
+    /// shared memory (`0`: refuse, every connection stays on its socket). Default 1 MiB
+    /// per ring (two rings per connection); a request for less gets what it asked, at
+    /// least 4 KiB. See `docs/PROTOCOL.md`, section 20.
+    pub shared_memory: usize,
 }
 
 /// The environment variable that allows the message tap when set to `1` (see
@@ -87,6 +92,7 @@ impl Default for HubConfig {
             monitor: false,
             advertise: true,
             redis: None,
+            shared_memory: yukicomm_link::shm::DEFAULT_CAPACITY,
         }
     }
 }

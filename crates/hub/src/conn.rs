@@ -12,7 +12,6 @@
 //! Writing goes through the [`Outbox`]; the flusher is a task on the runtime, which waits
 //! for room only when a write found the socket full.
 
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,11 +24,13 @@ use tokio::io::Interest;
 use tokio::sync::Notify;
 use yukicomm_link::reader::{self, background, FrameHandler, Pumped, ReadBuffer};
 use yukicomm_link::role::ReadRole;
+use yukicomm_link::shm::{self, Region, Side};
+use yukicomm_link::stream::Stream;
 use yukicomm_link::sys::{pollfd, wait_readable};
 use yukicomm_link::{Outbox, OutboxSink, Pending};
 use yukicomm_wire::{
-    encode_credit, encode_frame, encode_msg_head, encode_msg_raw, encode_msg_tail, Frame, Msg,
-    Request,
+    encode_control, encode_credit, encode_frame, encode_msg_head, encode_msg_raw, encode_msg_tail,
+    ErrorCode, Frame, Msg, Reply, Request,
 };
 
 use crate::core::Inner;
@@ -58,8 +59,8 @@ fn append_msg(out: &mut Pending, m: &Msg) {
 /// A child's connection, shared by every thread that routes to it.
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    /// The socket, non-blocking.
-    stream: UnixStream,
+    /// The socket (non-blocking), or the rings in shared memory beside it.
+    stream: Stream,
     outbox: Outbox,
     /// Bytes this connection may have waiting to be written before the hub gives up on
     /// the peer ([`crate::HubConfig::max_unread`]).
@@ -83,11 +84,11 @@ thread_local! {
 
 impl OutboxSink for Conn {
     fn write(&self, buf: &[u8]) -> std::io::Result<usize> {
-        (&self.stream).write(buf)
+        self.stream.write(buf)
     }
 
     fn write_vectored(&self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        (&self.stream).write_vectored(bufs)
+        self.stream.write_vectored(bufs)
     }
 
     fn wake_flusher(&self) {
@@ -273,7 +274,12 @@ async fn flusher(conn: Arc<Conn>) {
                     Ok(n) => written += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if let Err(e) = wait_writable(&conn.stream).await {
+                        let waited = if conn.stream.is_shm() {
+                            conn.stream.wait_room_async().await
+                        } else {
+                            wait_writable(conn.stream.socket()).await
+                        };
+                        if let Err(e) = waited {
                             failure = Some(e.kind());
                             break;
                         }
@@ -313,12 +319,18 @@ fn read_hello(
     rs: &mut ReadBuffer,
     deadline: Option<Instant>,
 ) -> Result<Option<Frame>, String> {
-    let mut fds = [pollfd(conn.stream.as_fd())];
+    let mut fds = [pollfd(conn.stream.socket().as_fd())];
     loop {
         if let Some(f) = rs.decode_one()? {
             return Ok(Some(f));
         }
-        match wait_readable(&mut fds, deadline) {
+        let waited = if conn.stream.before_wait() {
+            Ok(true)
+        } else {
+            wait_readable(&mut fds, deadline)
+        };
+        conn.stream.after_wait();
+        match waited {
             Ok(true) => {}
             Ok(false) => return Err("no hello in time".into()),
             Err(e) => return Err(e.to_string()),
@@ -361,6 +373,9 @@ pub(crate) fn accept(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
 pub(crate) struct Admission {
     pub(crate) name: String,
     pub(crate) token: String,
+    /// Whether the connection may move into shared memory (not when its other end is
+    /// a remote process's link, in this process).
+    pub(crate) shared_memory: bool,
 }
 
 /// Serves the hub's end of a socket pair whose other end the supervisor hands to the
@@ -410,7 +425,7 @@ impl Conn {
         yukicomm_link::sys::set_send_buffer(&stream, SEND_BUFFER);
         Ok(Conn {
             id,
-            stream,
+            stream: Stream::new(stream, None),
             outbox: Outbox::new(BURST_WINDOW),
             max_buffered,
             flush: Notify::new(),
@@ -446,7 +461,19 @@ fn serve(inner: Arc<Inner>, conn: Arc<Conn>, admission: Option<Admission>) {
         Some(_) => None,
         None => Some(Instant::now() + HELLO_TIMEOUT),
     };
-    let first = read_hello(&conn, &mut conn.read.lock(), deadline);
+    let mut first = read_hello(&conn, &mut conn.read.lock(), deadline);
+    if let Ok(Some(Frame::Request {
+        id,
+        body: Request::SharedMemory { capacity },
+    })) = first
+    {
+        let allowed = admission.as_ref().is_none_or(|a| a.shared_memory);
+        if let Err(e) = move_to_shared_memory(&conn, &inner, id, capacity, allowed) {
+            tracing::warn!(conn = conn.id.0, "closed a connection: {e}");
+            return conn.shut();
+        }
+        first = read_hello(&conn, &mut conn.read.lock(), deadline);
+    }
     let (req_id, version, name, token) = match first {
         Ok(Some(Frame::Request {
             id,
@@ -519,4 +546,73 @@ mod tests {
             .expect("the peer reads end of file, not a timeout");
         assert_eq!(n, 0);
     }
+}
+
+/// Answers a connection's request to move into shared memory (before its hello): a new
+/// region goes with the answer, and from then on the connection's bytes go through it;
+/// refused with an error when the hub's setting is 0 (the connection stays on its
+/// socket). Nothing else is sent or expected meanwhile, so the answer is written here.
+fn move_to_shared_memory(
+    conn: &Conn,
+    inner: &Inner,
+    id: u32,
+    asked: u32,
+    allowed: bool,
+) -> Result<(), String> {
+    let mut answer = Vec::new();
+    let capacity = (asked as usize)
+        .min(inner.shared_memory)
+        .max(shm::MIN_CAPACITY)
+        .next_power_of_two();
+    let region = if inner.shared_memory == 0 || !allowed {
+        None
+    } else {
+        match Region::create(capacity) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(conn = conn.id.0, "no shared memory for a connection: {e}");
+                None
+            }
+        }
+    };
+    let socket = conn.stream.socket().as_fd();
+    let sent = match region {
+        None => {
+            encode_control(
+                &mut answer,
+                &Frame::Reply {
+                    id,
+                    body: Reply::Error {
+                        code: ErrorCode::BadRequest,
+                        message: "this hub does not offer shared memory".into(),
+                    },
+                },
+            );
+            shm::send_fds(socket, &answer, &[])
+        }
+        Some(ref r) => {
+            encode_control(
+                &mut answer,
+                &Frame::Reply {
+                    id,
+                    body: Reply::SharedMemory {
+                        capacity: r.capacity() as u32,
+                    },
+                },
+            );
+            shm::send_fds(socket, &answer, &[r.fd()])
+        }
+    };
+    match sent {
+        Ok(n) if n == answer.len() => {}
+        Ok(_) => return Err("the shared-memory answer did not fit the socket".into()),
+        Err(e) => return Err(format!("cannot answer the shared-memory request: {e}")),
+    }
+    if let Some(region) = region {
+        if !conn.read.lock().is_empty() {
+            return Err("bytes after the shared-memory request, before its answer".into());
+        }
+        conn.stream.use_shm(region, Side::A);
+    }
+    Ok(())
 }

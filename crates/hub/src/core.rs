@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) next_conn: AtomicU64,
     pub(crate) max_frame: u32,
     pub(crate) max_unread: usize,
+    /// [`crate::HubConfig::shared_memory`].
+    pub(crate) shared_memory: usize,
     /// The main process's own channel traffic.
     pub(crate) local_traffic: crate::stats::TrafficCounters,
     /// The message tap for observers.

@@ -121,6 +121,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             max_frame: config.max_frame,
             max_unread: config.max_unread,
+            shared_memory: config.shared_memory,
             local_traffic: Default::default(),
             tap: observe::Tap::new(config.monitor_allowed()),
             process_info: OnceLock::new(),
@@ -301,12 +302,20 @@ impl Hub {
     ) -> std::io::Result<std::os::unix::net::UnixStream> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let token = self.admit_child(name);
+        let remote = self
+            .inner
+            .router
+            .lock()
+            .children
+            .get(name.as_str())
+            .is_some_and(|c| c.remote);
         conn::adopt(
             self.inner.clone(),
             ours,
             conn::Admission {
                 name: name.as_str().to_string(),
                 token,
+                shared_memory: !remote,
             },
         )?;
         Ok(theirs)

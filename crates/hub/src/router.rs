@@ -1134,6 +1134,10 @@ impl Router {
                 ErrorCode::BadRequest,
                 "observer requests are only valid on an observer's connection".into(),
             ),
+            Request::SharedMemory { .. } => error(
+                ErrorCode::BadRequest,
+                "shared memory can only be asked for before hello".into(),
+            ),
             Request::Control { action, target } => {
                 let own = self.conns.get(&conn).and_then(|c| c.child.clone());
                 let name = match (target, own) {

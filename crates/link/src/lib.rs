@@ -47,6 +47,7 @@ mod pending;
 pub mod reader;
 pub mod role;
 pub mod shm;
+pub mod stream;
 pub mod sys;
 
 pub use outbox::{Outbox, OutboxSink, Push};

@@ -6,7 +6,6 @@
 
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use rustix::event::PollFd;
@@ -16,7 +15,8 @@ use parking_lot::Mutex;
 use yukicomm_wire::{Decoder, Frame};
 
 use crate::role::{ReadRole, LINGER};
-use crate::sys::{drain, fired, pollfd, read_into, read_into_nowait, wait_readable};
+use crate::stream::Stream;
+use crate::sys::{drain, fired, pollfd, wait_readable};
 
 /// Bytes read from the socket at a time (at least).
 pub const READ_SIZE: usize = 256 * 1024;
@@ -67,13 +67,8 @@ impl ReadBuffer {
     /// # Errors
     ///
     /// As above.
-    pub fn read_from(&mut self, stream: &UnixStream, nowait: bool) -> Result<(), Option<String>> {
-        let read = if nowait {
-            read_into_nowait(stream, &mut self.buf, READ_SIZE)
-        } else {
-            read_into(stream, &mut self.buf, READ_SIZE)
-        };
-        match read {
+    pub fn read_from(&mut self, stream: &Stream, nowait: bool) -> Result<(), Option<String>> {
+        match stream.read_into(&mut self.buf, READ_SIZE, nowait) {
             Ok(0) if self.buf.is_empty() => Err(None),
             Ok(0) => Err(Some("the peer closed the connection mid-frame".into())),
             Ok(_) => Ok(()),
@@ -82,6 +77,11 @@ impl ReadBuffer {
             Err(e) if e.kind() == ErrorKind::ConnectionReset && self.buf.is_empty() => Err(None),
             Err(e) => Err(Some(e.to_string())),
         }
+    }
+
+    /// Whether nothing was read past the frames decoded so far.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Decodes the next frame, if one was read whole.
@@ -122,13 +122,13 @@ impl ReadBuffer {
 /// and hands frames over until `stop` holds or the connection ends. Returns why it
 /// ended: `None` for `stop` or a clean close by the peer.
 pub fn background(
-    stream: &UnixStream,
+    stream: &Stream,
     role: &ReadRole,
     side: &Mutex<ReadBuffer>,
     handler: &dyn FrameHandler,
     stop: &dyn Fn() -> bool,
 ) -> Option<String> {
-    let mut fds = [pollfd(stream.as_fd()), pollfd(role.wake_fd())];
+    let mut fds = [pollfd(stream.socket().as_fd()), pollfd(role.wake_fd())];
     let mut nap: Duration = LINGER;
     loop {
         if stop() {
@@ -141,7 +141,14 @@ pub fn background(
         if !role.start_polling(0) {
             continue;
         }
-        let waited = wait_readable(&mut fds, None);
+        let ready = stream.before_wait();
+        let waited = if ready {
+            fds.iter_mut().for_each(PollFd::clear_revents);
+            Ok(true)
+        } else {
+            wait_readable(&mut fds, None)
+        };
+        stream.after_wait();
         role.stop_polling();
         if let Err(e) = waited {
             return Some(e.to_string());
@@ -149,7 +156,7 @@ pub fn background(
         if fired(&fds[1]) {
             role.drain_wakes();
         }
-        if fired(&fds[0]) {
+        if ready || fired(&fds[0]) {
             if let Err(reason) = rs.read_from(stream, false) {
                 return reason;
             }
@@ -178,7 +185,7 @@ pub enum Pumped {
 /// How a thread about to block for its own message reads the connection itself.
 pub struct Pump<'a> {
     /// The connection.
-    pub stream: &'a UnixStream,
+    pub stream: &'a Stream,
     /// Its read role.
     pub role: &'a ReadRole,
     /// What the holder of the role owns.
@@ -227,7 +234,7 @@ fn pump_locked(
     routed: &mut usize,
 ) -> Pumped {
     let wake = p.also_wake.map(|fd| pollfd(fd.as_fd()));
-    let mut fds = [pollfd(p.stream.as_fd()), pollfd(p.role.wake_fd())];
+    let mut fds = [pollfd(p.stream.socket().as_fd()), pollfd(p.role.wake_fd())];
     let mut with_wake;
     let fds: &mut [PollFd<'_>] = match wake {
         Some(w) => {
@@ -252,7 +259,14 @@ fn pump_locked(
             // reads hands over.
             return Pumped::Unavailable;
         }
-        let waited = wait_readable(fds, deadline);
+        let ready = p.stream.before_wait();
+        let waited = if ready {
+            fds.iter_mut().for_each(PollFd::clear_revents);
+            Ok(true)
+        } else {
+            wait_readable(fds, deadline)
+        };
+        p.stream.after_wait();
         p.role.stop_polling();
         match waited {
             Ok(true) => {}
@@ -270,7 +284,7 @@ fn pump_locked(
                 return Pumped::Unavailable;
             }
         }
-        if fired(&fds[0]) {
+        if ready || fired(&fds[0]) {
             if let Err(reason) = rs.read_from(p.stream, false) {
                 return Pumped::Ended(reason);
             }

@@ -21,6 +21,16 @@ pub enum Request {
         /// The secret the supervisor gave this process.
         token: String,
     },
+    /// Before `Hello`, optional: move this connection's bytes into shared memory (two
+    /// processes on one machine, over a Unix socket). The hub answers
+    /// [`Reply::SharedMemory`] with the region's descriptor attached (`SCM_RIGHTS`), or
+    /// an error (then the connection goes on over the socket). Nothing else may be sent
+    /// until the answer; after it, every frame both ways goes through the rings and the
+    /// socket carries only wake-ups. See `docs/PROTOCOL.md`.
+    SharedMemory {
+        /// Bytes asked for each ring (a power of two); the hub may give another size.
+        capacity: u32,
+    },
     /// Create a new, unnamed channel; the requester holds its end `A`, and its end `B`
     /// too when `pair` is true.
     Create {
@@ -130,6 +140,11 @@ pub enum Reply {
         active: ChanId,
         /// The child's `NAME-passive` channel; the child holds end `A`.
         passive: ChanId,
+    },
+    /// Answer to `SharedMemory`: the region's descriptor comes with this frame.
+    SharedMemory {
+        /// Bytes of each ring.
+        capacity: u32,
     },
     /// Answer to `Create`.
     Created {

@@ -229,5 +229,9 @@ pub const ENV_TOKEN: &str = "YUKICOMM_TOKEN";
 /// stream socket already connected to the hub, made for the child named by [`ENV_NAME`].
 /// The supervisor sets it for every child it starts.
 pub const ENV_FD: &str = "YUKICOMM_FD";
+/// Environment variable that keeps a process's hub connection on its Unix socket when
+/// set to `0` (by default a connection on one machine moves into shared memory when the
+/// hub offers it; see `docs/PROTOCOL.md`, section 20). Children inherit it.
+pub const ENV_SHM: &str = "YUKICOMM_SHM";
 /// Environment variable naming the target a re-executed binary runs.
 pub const ENV_TARGET: &str = "YUKICOMM_TARGET";

@@ -1,0 +1,342 @@
+//! The byte stream under a connection: a Unix socket, or rings in shared memory beside it.
+//!
+//! Every connection starts on its Unix socket. Two processes on one machine may then
+//! move its bytes into a shared-memory [`Region`] instead ([`Stream::use_shm`], once,
+//! before any frame flows that way): from then on the frames travel through the rings,
+//! and the socket only carries wake-ups (single bytes, with no meaning beyond "look at
+//! the rings") and tells when the other process is gone. The engine reads and writes a
+//! [`Stream`] the same way in both cases:
+//!
+//! - before it waits in `poll` on [`Stream::socket`], it asks [`Stream::before_wait`]
+//!   (which, on rings, tells the other side that this one is going to sleep, or finds
+//!   that there is something to read after all), and calls [`Stream::after_wait`] after;
+//! - [`Stream::read_into`] reads what there is, `WouldBlock` when nothing;
+//! - writes never block; `WouldBlock` when the socket or the ring is full, and then the
+//!   writer waits for room ([`Stream::wait_room`], [`Stream::wait_room_async`]).
+//!
+//! A ring that the other process corrupts is an error of this connection only
+//! ([`ShmError::Corrupt`](crate::shm::ShmError), as `InvalidData`).
+
+use std::io::{self, ErrorKind, IoSlice};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use parking_lot::{Condvar, Mutex};
+use rustix::net::{RecvFlags, SendFlags};
+
+use crate::shm::{Consumer, Producer, Region, Side};
+use crate::sys::{pollfd, wait_readable};
+
+/// The longest a writer that found the ring full sleeps before it looks again by
+/// itself, whatever wake-ups say.
+const ROOM_RECHECK: Duration = Duration::from_millis(1);
+
+/// The two rings of a connection that moved into shared memory, and its waiters.
+struct Rings {
+    tx: Mutex<Producer>,
+    rx: Mutex<Consumer>,
+    /// Set while a writer waits for room.
+    room_waiting: AtomicBool,
+    room_lock: Mutex<()>,
+    room_cv: Condvar,
+    room_notify: tokio::sync::Notify,
+}
+
+/// A connection's byte stream. See the [module documentation](self).
+pub struct Stream {
+    socket: UnixStream,
+    shm: OnceLock<Rings>,
+    /// How long a read that may block waits for a wake-up on the rings (the socket's
+    /// own read timeout plays that part for a blocking socket).
+    blocking_wait: Option<Duration>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("socket", &self.socket)
+            .field("shm", &self.is_shm())
+            .finish()
+    }
+}
+
+impl Stream {
+    /// A stream over `socket`. `blocking_wait` is how long a read that may block waits
+    /// once the stream is on rings (`None`: never blocks, for a non-blocking socket).
+    pub fn new(socket: UnixStream, blocking_wait: Option<Duration>) -> Stream {
+        Stream {
+            socket,
+            shm: OnceLock::new(),
+            blocking_wait,
+        }
+    }
+
+    /// The socket: to poll, and for what only a socket does (shutdown, credentials).
+    pub fn socket(&self) -> &UnixStream {
+        &self.socket
+    }
+
+    /// Whether the bytes go through shared memory.
+    pub fn is_shm(&self) -> bool {
+        self.shm.get().is_some()
+    }
+
+    /// From now on the bytes go through `region`'s rings, this process being `side`.
+    /// Call it once, at a point of the conversation where neither side has bytes in
+    /// flight on the socket. Returns `false` (and changes nothing) if already done.
+    pub fn use_shm(&self, region: Region, side: Side) -> bool {
+        let (tx, rx) = region.split(side);
+        self.shm
+            .set(Rings {
+                tx: Mutex::new(tx),
+                rx: Mutex::new(rx),
+                room_waiting: AtomicBool::new(false),
+                room_lock: Mutex::new(()),
+                room_cv: Condvar::new(),
+                room_notify: tokio::sync::Notify::new(),
+            })
+            .is_ok()
+    }
+
+    /// Before waiting in `poll` for the socket: `true` when there is something to read
+    /// already (do not wait). On rings, tells the writer on the other side that this
+    /// one is going to sleep.
+    pub fn before_wait(&self) -> bool {
+        match self.shm.get() {
+            None => false,
+            // A corrupt ring is "something to read": the read reports it.
+            Some(r) => r.rx.lock().prepare_sleep().unwrap_or(true),
+        }
+    }
+
+    /// After `poll` returned (see [`Stream::before_wait`]).
+    pub fn after_wait(&self) {
+        if let Some(r) = self.shm.get() {
+            r.rx.lock().cancel_sleep();
+        }
+    }
+
+    /// One read into the spare room of `buf` (at least `at_least` bytes of it), never
+    /// blocking if `nowait`: `Ok(0)` at the end of the stream, `WouldBlock` when there
+    /// is nothing yet. A blocking socket blocks up to its read timeout; on rings, a read
+    /// that may block waits up to `blocking_wait` for a wake-up.
+    ///
+    /// # Errors
+    ///
+    /// The socket's error, `InvalidData` for a corrupt ring.
+    pub fn read_into(
+        &self,
+        buf: &mut BytesMut,
+        at_least: usize,
+        nowait: bool,
+    ) -> io::Result<usize> {
+        let Some(r) = self.shm.get() else {
+            return if nowait {
+                crate::sys::read_into_nowait(&self.socket, buf, at_least)
+            } else {
+                crate::sys::read_into(&self.socket, buf, at_least)
+            };
+        };
+        // Wake-ups are drained first: one left in the socket would end the next `poll`
+        // at once, for nothing.
+        let ended = self.drain_wakeups(r)?;
+        let n = self.read_ring(r, buf, at_least)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        if ended {
+            return Ok(0);
+        }
+        if let (false, Some(wait)) = (nowait, self.blocking_wait) {
+            if !self.before_wait() {
+                let mut fds = [pollfd(self.socket.as_fd())];
+                let waited = wait_readable(&mut fds, Some(Instant::now() + wait));
+                self.after_wait();
+                waited?;
+                if self.drain_wakeups(r)? {
+                    // The other side wrote its last bytes before it went.
+                    let n = self.read_ring(r, buf, at_least)?;
+                    return Ok(n);
+                }
+            } else {
+                self.after_wait();
+            }
+            let n = self.read_ring(r, buf, at_least)?;
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        Err(ErrorKind::WouldBlock.into())
+    }
+
+    fn read_ring(&self, r: &Rings, buf: &mut BytesMut, at_least: usize) -> io::Result<usize> {
+        let read = r.rx.lock().read_into(buf, at_least)?;
+        if read.wake_peer {
+            self.wake_peer();
+        }
+        Ok(read.n)
+    }
+
+    /// Empties the socket of wake-ups: `true` when the other side is gone. A wake-up
+    /// may also say that the ring this side writes has room again.
+    fn drain_wakeups(&self, r: &Rings) -> io::Result<bool> {
+        let mut sink = [0u8; 64];
+        let mut ended = false;
+        loop {
+            match rustix::net::recv(&self.socket, &mut sink[..], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    ended = true;
+                    break;
+                }
+                Ok((n, _)) if n < sink.len() => break,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::CONNRESET) => {
+                    ended = true;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if r.room_waiting.load(Ordering::SeqCst) {
+            let _guard = r.room_lock.lock();
+            r.room_cv.notify_all();
+            r.room_notify.notify_waiters();
+        }
+        Ok(ended)
+    }
+
+    /// One byte on the socket: "look at the rings". A full socket already holds one.
+    fn wake_peer(&self) {
+        let _ = rustix::net::send(
+            &self.socket,
+            &[1],
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        );
+    }
+
+    /// Writes what fits of `buf` without blocking: `WouldBlock` when nothing does.
+    ///
+    /// # Errors
+    ///
+    /// The socket's error, `InvalidData` for a corrupt ring.
+    pub fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    /// As [`Stream::write`], gathering `bufs` in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`Stream::write`].
+    pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let Some(r) = self.shm.get() else {
+            return io::Write::write_vectored(&mut &self.socket, bufs);
+        };
+        let written = r.tx.lock().write_vectored(bufs)?;
+        if written.wake_peer {
+            self.wake_peer();
+        }
+        if written.n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(written.n)
+    }
+
+    /// Blocks until the ring this side writes has room, or `timeout` passes (on a
+    /// socket: until it is writable).
+    ///
+    /// # Errors
+    ///
+    /// A corrupt ring; the socket's error.
+    pub fn wait_room(&self, timeout: Duration) -> io::Result<()> {
+        let Some(r) = self.shm.get() else {
+            let mut fds = [rustix::event::PollFd::new(
+                &self.socket,
+                rustix::event::PollFlags::OUT,
+            )];
+            let t = rustix::event::Timespec {
+                tv_sec: timeout.as_secs() as i64,
+                tv_nsec: timeout.subsec_nanos().into(),
+            };
+            return match rustix::event::poll(&mut fds, Some(&t)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        };
+        let mut guard = r.room_lock.lock();
+        r.room_waiting.store(true, Ordering::SeqCst);
+        let result = r.tx.lock().prepare_wait_for_room();
+        if let Ok(false) = result {
+            r.room_cv.wait_for(&mut guard, timeout.min(ROOM_RECHECK));
+        }
+        r.tx.lock().cancel_wait();
+        r.room_waiting.store(false, Ordering::SeqCst);
+        result.map(drop).map_err(Into::into)
+    }
+
+    /// As [`Stream::wait_room`], for a task; on a socket, returns at once (the caller
+    /// waits for writability with its runtime).
+    ///
+    /// # Errors
+    ///
+    /// A corrupt ring.
+    pub async fn wait_room_async(&self) -> io::Result<()> {
+        let Some(r) = self.shm.get() else {
+            return Ok(());
+        };
+        let notified = r.room_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        r.room_waiting.store(true, Ordering::SeqCst);
+        let result = r.tx.lock().prepare_wait_for_room();
+        if let Ok(false) = result {
+            let _ = tokio::time::timeout(ROOM_RECHECK, notified).await;
+        }
+        r.tx.lock().cancel_wait();
+        r.room_waiting.store(false, Ordering::SeqCst);
+        result.map(drop).map_err(Into::into)
+    }
+
+    /// Writes all of `buf`, waiting for room as needed, up to `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` at the deadline; the errors of [`Stream::write`].
+    pub fn write_all(&self, mut buf: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write(buf) {
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    if left == Some(Duration::ZERO) {
+                        return Err(ErrorKind::TimedOut.into());
+                    }
+                    self.wait_room(left.unwrap_or(ROOM_RECHECK).min(ROOM_RECHECK))?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl io::Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Stream::write(self, buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Stream::write_vectored(self, bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
