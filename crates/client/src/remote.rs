@@ -557,7 +557,9 @@ pub(crate) fn join(
     // error, not a hang.
     let deadline = Instant::now() + OPENING_TIMEOUT;
     stream.set_read_timeout(Some(OPENING_TIMEOUT)).map_err(io)?;
-    let stream = Stream::new(stream, Some(READ_TIMEOUT));
+    let mut stream = Stream::new(stream, Some(READ_TIMEOUT));
+    let (spin, busy_poll) = yukicomm_wire::ring_wait_from_env();
+    stream.set_spin(spin, busy_poll);
     if shared_memory && shared_memory_wanted() {
         move_to_shared_memory(&stream).map_err(io)?;
     }

@@ -327,9 +327,10 @@ fn read_hello(
         let waited = if conn.stream.before_wait() {
             Ok(true)
         } else {
-            wait_readable(&mut fds, deadline)
+            let waited = wait_readable(&mut fds, deadline);
+            conn.stream.after_wait();
+            waited
         };
-        conn.stream.after_wait();
         match waited {
             Ok(true) => {}
             Ok(false) => return Err("no hello in time".into()),
@@ -423,9 +424,12 @@ impl Conn {
         max_buffered: usize,
     ) -> std::io::Result<Conn> {
         yukicomm_link::sys::set_send_buffer(&stream, SEND_BUFFER);
+        let mut stream = Stream::new(stream, None);
+        let (spin, busy_poll) = yukicomm_wire::ring_wait_from_env();
+        stream.set_spin(spin, busy_poll);
         Ok(Conn {
             id,
-            stream: Stream::new(stream, None),
+            stream,
             outbox: Outbox::new(BURST_WINDOW),
             max_buffered,
             flush: Notify::new(),

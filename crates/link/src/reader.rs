@@ -146,9 +146,10 @@ pub fn background(
             fds.iter_mut().for_each(PollFd::clear_revents);
             Ok(true)
         } else {
-            wait_readable(&mut fds, None)
+            let waited = wait_readable(&mut fds, None);
+            stream.after_wait();
+            waited
         };
-        stream.after_wait();
         role.stop_polling();
         if let Err(e) = waited {
             return Some(e.to_string());
@@ -264,9 +265,10 @@ fn pump_locked(
             fds.iter_mut().for_each(PollFd::clear_revents);
             Ok(true)
         } else {
-            wait_readable(fds, deadline)
+            let waited = wait_readable(fds, deadline);
+            p.stream.after_wait();
+            waited
         };
-        p.stream.after_wait();
         p.role.stop_polling();
         match waited {
             Ok(true) => {}

@@ -31,6 +31,10 @@ use rustix::net::{RecvFlags, SendFlags};
 use crate::shm::{Consumer, Producer, Region, Side};
 use crate::sys::{pollfd, wait_readable};
 
+/// The shortest window a busy-polling reader watches its ring between two looks at the
+/// socket (see [`Stream::set_spin`]).
+pub const BUSY_POLL_WINDOW: Duration = Duration::from_micros(100);
+
 /// The longest a writer that found the ring full sleeps before it looks again by
 /// itself, whatever wake-ups say.
 const ROOM_RECHECK: Duration = Duration::from_millis(1);
@@ -41,6 +45,10 @@ struct Rings {
     rx: Mutex<Consumer>,
     /// Set while a writer waits for room.
     room_waiting: AtomicBool,
+    /// Set when the socket may hold wake-ups (or the end of the stream): after a sleep,
+    /// and between two windows of busy polling. Reads look at the socket only then, so
+    /// that a stream of messages takes no system call.
+    look: AtomicBool,
     room_lock: Mutex<()>,
     room_cv: Condvar,
     room_notify: tokio::sync::Notify,
@@ -53,6 +61,10 @@ pub struct Stream {
     /// How long a read that may block waits for a wake-up on the rings (the socket's
     /// own read timeout plays that part for a blocking socket).
     blocking_wait: Option<Duration>,
+    /// How long a reader about to sleep first watches the ring (see [`Stream::set_spin`]).
+    spin: Duration,
+    /// Whether readers never sleep on rings (see [`Stream::set_spin`]).
+    busy_poll: bool,
 }
 
 impl std::fmt::Debug for Stream {
@@ -72,7 +84,25 @@ impl Stream {
             socket,
             shm: OnceLock::new(),
             blocking_wait,
+            spin: Duration::ZERO,
+            busy_poll: false,
         }
+    }
+
+    /// How a reader on rings waits: it first watches the ring for up to `spin` before it
+    /// goes to sleep (a message that comes meanwhile costs no wake-up on either side);
+    /// with `busy_poll` it never sleeps: it watches the ring in windows of `spin` (at
+    /// least [`BUSY_POLL_WINDOW`]) and looks at the socket between them, which keeps a
+    /// processor busy for as long as it waits. Neither applies on one processor, where
+    /// watching would only delay the writer. No effect on a socket.
+    pub fn set_spin(&mut self, spin: Duration, busy_poll: bool) {
+        let several = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
+        self.busy_poll = busy_poll && several;
+        self.spin = match (several, busy_poll) {
+            (false, _) => Duration::ZERO,
+            (true, true) => spin.max(BUSY_POLL_WINDOW),
+            (true, false) => spin,
+        };
     }
 
     /// The socket: to poll, and for what only a socket does (shutdown, credentials).
@@ -95,6 +125,7 @@ impl Stream {
                 tx: Mutex::new(tx),
                 rx: Mutex::new(rx),
                 room_waiting: AtomicBool::new(false),
+                look: AtomicBool::new(true),
                 room_lock: Mutex::new(()),
                 room_cv: Condvar::new(),
                 room_notify: tokio::sync::Notify::new(),
@@ -106,17 +137,38 @@ impl Stream {
     /// already (do not wait). On rings, tells the writer on the other side that this
     /// one is going to sleep.
     pub fn before_wait(&self) -> bool {
-        match self.shm.get() {
-            None => false,
-            // A corrupt ring is "something to read": the read reports it.
-            Some(r) => r.rx.lock().prepare_sleep().unwrap_or(true),
+        let Some(r) = self.shm.get() else {
+            return false;
+        };
+        if !self.spin.is_zero() {
+            let until = Instant::now() + self.spin;
+            let mut rx = r.rx.lock();
+            loop {
+                // A corrupt ring is "something to read": the read reports it.
+                if rx.available().map_or(true, |n| n > 0) {
+                    return true;
+                }
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+            }
+            if self.busy_poll {
+                // "Ready": the caller reads (and so looks at the socket), then comes back.
+                r.look.store(true, Ordering::Relaxed);
+                return true;
+            }
         }
+        r.rx.lock().prepare_sleep().unwrap_or(true)
     }
 
-    /// After `poll` returned (see [`Stream::before_wait`]).
+    /// After `poll` returned, when [`Stream::before_wait`] said to wait (and only then).
     pub fn after_wait(&self) {
         if let Some(r) = self.shm.get() {
             r.rx.lock().cancel_sleep();
+            r.look.store(true, Ordering::Relaxed);
         }
     }
 
@@ -142,8 +194,9 @@ impl Stream {
             };
         };
         // Wake-ups are drained first: one left in the socket would end the next `poll`
-        // at once, for nothing.
-        let ended = self.drain_wakeups(r)?;
+        // at once, for nothing. A writer waiting for room waits for one of them.
+        let look = r.look.swap(false, Ordering::Relaxed) || r.room_waiting.load(Ordering::SeqCst);
+        let ended = look && self.drain_wakeups(r)?;
         let n = self.read_ring(r, buf, at_least)?;
         if n > 0 {
             return Ok(n);
@@ -157,13 +210,12 @@ impl Stream {
                 let waited = wait_readable(&mut fds, Some(Instant::now() + wait));
                 self.after_wait();
                 waited?;
+                r.look.store(false, Ordering::Relaxed);
                 if self.drain_wakeups(r)? {
                     // The other side wrote its last bytes before it went.
                     let n = self.read_ring(r, buf, at_least)?;
                     return Ok(n);
                 }
-            } else {
-                self.after_wait();
             }
             let n = self.read_ring(r, buf, at_least)?;
             if n > 0 {

@@ -233,5 +233,26 @@ pub const ENV_FD: &str = "YUKICOMM_FD";
 /// set to `0` (by default a connection on one machine moves into shared memory when the
 /// hub offers it; see `docs/PROTOCOL.md`, section 20). Children inherit it.
 pub const ENV_SHM: &str = "YUKICOMM_SHM";
+/// Environment variable that makes a process's readers busy-poll their shared-memory
+/// rings when set to `1`: no sleep and no wake-up on the way of a message, for a
+/// processor kept busy while they wait (see `docs/PROTOCOL.md`, section 20.4).
+pub const ENV_BUSY_POLL: &str = "YUKICOMM_BUSY_POLL";
+/// Environment variable: microseconds a reader watches its shared-memory ring before it
+/// sleeps (see `docs/PROTOCOL.md`, section 20.4).
+pub const ENV_SPIN_US: &str = "YUKICOMM_SPIN_US";
+
+/// How this process's readers wait on shared-memory rings, from [`ENV_SPIN_US`] and
+/// [`ENV_BUSY_POLL`]: `(spin, busy_poll)`.
+pub fn ring_wait_from_env() -> (std::time::Duration, bool) {
+    let spin = std::env::var(ENV_SPIN_US)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_SPIN, std::time::Duration::from_micros);
+    let busy = std::env::var_os(ENV_BUSY_POLL).is_some_and(|v| v == "1");
+    (spin, busy)
+}
+
+/// How long a reader watches its shared-memory ring before it sleeps, by default.
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::ZERO;
 /// Environment variable naming the target a re-executed binary runs.
 pub const ENV_TARGET: &str = "YUKICOMM_TARGET";
