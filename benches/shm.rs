@@ -104,7 +104,7 @@ const RING_RT: usize = 64;
 /// "not full" eventfd) per shmem-ipc ring: small, big, ping, pong.
 const PEER_FDS: usize = 2 + 4 * 3;
 /// Versions of the peers (as in Cargo.toml).
-const ICEORYX2_VERSION: &str = "0.10.0";
+const ICEORYX2_VERSION: &str = "0.9.3";
 const SHMEM_IPC_VERSION: &str = "0.3.0";
 
 type Result<T> = std::result::Result<T, Error>;
@@ -883,7 +883,7 @@ impl Peer {
     }
 
     /// Round trips of 64 bytes: publish on `ping` and notify; the peer echoes on `pong`
-    /// and notifies; each side blocks in its listener's `timed_wait` until a sample is
+    /// and notifies; each side blocks in its listener's `timed_wait_all` until a sample is
     /// there.
     fn ice_round_trips(&mut self, plan: Plan) -> Result<Vec<Duration>> {
         self.send_line(&format!("ice-rt {}", plan.exchanges()))?;
@@ -1003,8 +1003,8 @@ fn ice_take(
             )));
         }
         listener
-            .timed_wait(|_| {}, left)
-            .map_err(ice("listener timed_wait"))?;
+            .timed_wait_all(|_| {}, left)
+            .map_err(ice("listener timed_wait_all"))?;
     }
 }
 
@@ -1573,7 +1573,7 @@ fn notes(r: &Report) -> Vec<String> {
              Loaned: loan_uninit, the payload written in place (one 64 KiB copy from the \
              producer's buffer), send. Round trip: two publish-subscribe services and two \
              event services; each side sends, notifies, and blocks in its listener's \
-             timed_wait. What it does not do: only fixed-layout plain data travels (no \
+             timed_wait_all. What it does not do: only fixed-layout plain data travels (no \
              serialization: no String, Vec or enum with data, no schema checks beyond the \
              type's name and size); no process supervision (nothing starts, restarts or \
              stops processes); a dead peer is not reported by send or receive: a receiver \
