@@ -105,7 +105,8 @@ impl ByHand {
         socket.set_read_timeout(Some(T)).unwrap();
         let mut fds = Vec::new();
         let mut buf = [0u8; 256];
-        let n = shm::recv_fds(socket.as_fd(), &mut buf, &mut fds, 1).unwrap();
+        let n = shm::recv_fds(socket.as_fd(), &mut buf, &mut fds, 3).unwrap();
+        assert_eq!(fds.len(), 3, "the region and the two room counters");
         let mut bytes = bytes::BytesMut::from(&buf[..n]);
         let answer = yukicomm::wire::Decoder::new(1 << 20)
             .decode(&mut bytes)
@@ -121,7 +122,7 @@ impl ByHand {
             ),
             "{answer:?}"
         );
-        let region = Region::open(fds.pop().expect("the region")).unwrap();
+        let region = Region::open(fds.remove(0)).unwrap();
         ByHand { socket, region }
     }
 

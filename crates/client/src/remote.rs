@@ -43,7 +43,7 @@ use yukicomm_link::calls::{Calls, Slot, Waiter};
 use yukicomm_link::reader::{self, background, FrameHandler, Pumped, ReadBuffer, READ_SIZE};
 use yukicomm_link::role::ReadRole;
 use yukicomm_link::shm::{self, Region, Side};
-use yukicomm_link::stream::Stream;
+use yukicomm_link::stream::{Rooms, Stream};
 use yukicomm_wire::call::{encode_call, encode_call_reply, encode_cancel, CallStatus};
 
 /// Frames pushed closer together than this are coalesced into one write.
@@ -748,7 +748,7 @@ fn move_to_shared_memory(stream: &Stream) -> std::io::Result<()> {
             break frame;
         }
         let mut chunk = [0u8; 4096];
-        let n = shm::recv_fds(stream.socket().as_fd(), &mut chunk, &mut fds, 1)?;
+        let n = shm::recv_fds(stream.socket().as_fd(), &mut chunk, &mut fds, 3)?;
         if n == 0 {
             return Err(ErrorKind::UnexpectedEof.into());
         }
@@ -765,14 +765,18 @@ fn move_to_shared_memory(stream: &Stream) -> std::io::Result<()> {
             body: Reply::SharedMemory { .. },
             ..
         } => {
-            let fd = fds.pop().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidData,
-                    "the hub's shared-memory answer came without its region",
-                )
-            })?;
-            let region = Region::open(fd)?;
-            stream.use_shm(region, Side::B);
+            let [region, room0, room1]: [std::os::fd::OwnedFd; 3] =
+                fds.try_into().map_err(|fds: Vec<_>| {
+                    Error::new(
+                        ErrorKind::InvalidData,
+                        format!(
+                            "the hub's shared-memory answer came with {} descriptors, not 3",
+                            fds.len()
+                        ),
+                    )
+                })?;
+            let region = Region::open(region)?;
+            stream.use_shm(region, Side::B, Rooms::for_side(Side::B, room0, room1));
             Ok(())
         }
         Frame::Reply {

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use yukicomm_link::reader::{self, background, FrameHandler, Pumped, ReadBuffer};
 use yukicomm_link::role::ReadRole;
 use yukicomm_link::shm::{self, Region, Side};
-use yukicomm_link::stream::Stream;
+use yukicomm_link::stream::{Rooms, Stream};
 use yukicomm_link::sys::{pollfd, wait_readable};
 use yukicomm_link::{Outbox, OutboxSink, Pending};
 use yukicomm_wire::{
@@ -324,7 +324,7 @@ fn read_hello(
         if let Some(f) = rs.decode_one()? {
             return Ok(Some(f));
         }
-        let waited = if conn.stream.before_wait() {
+        let waited = if conn.stream.before_wait(&|| false) {
             Ok(true)
         } else {
             let waited = wait_readable(&mut fds, deadline);
@@ -571,7 +571,7 @@ fn move_to_shared_memory(
     let region = if inner.shared_memory == 0 || !allowed {
         None
     } else {
-        match Region::create(capacity) {
+        match Region::create(capacity).and_then(|r| Ok((r, Rooms::create()?))) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!(conn = conn.id.0, "no shared memory for a connection: {e}");
@@ -594,7 +594,7 @@ fn move_to_shared_memory(
             );
             shm::send_fds(socket, &answer, &[])
         }
-        Some(ref r) => {
+        Some((ref r, (ref room0, ref room1))) => {
             encode_control(
                 &mut answer,
                 &Frame::Reply {
@@ -604,7 +604,7 @@ fn move_to_shared_memory(
                     },
                 },
             );
-            shm::send_fds(socket, &answer, &[r.fd()])
+            shm::send_fds(socket, &answer, &[r.fd(), room0.as_fd(), room1.as_fd()])
         }
     };
     match sent {
@@ -612,11 +612,12 @@ fn move_to_shared_memory(
         Ok(_) => return Err("the shared-memory answer did not fit the socket".into()),
         Err(e) => return Err(format!("cannot answer the shared-memory request: {e}")),
     }
-    if let Some(region) = region {
+    if let Some((region, (room0, room1))) = region {
         if !conn.read.lock().is_empty() {
             return Err("bytes after the shared-memory request, before its answer".into());
         }
-        conn.stream.use_shm(region, Side::A);
+        conn.stream
+            .use_shm(region, Side::A, Rooms::for_side(Side::A, room0, room1));
     }
     Ok(())
 }

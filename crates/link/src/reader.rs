@@ -141,7 +141,7 @@ pub fn background(
         if !role.start_polling(0) {
             continue;
         }
-        let ready = stream.before_wait();
+        let ready = stream.before_wait(&|| role.others_want(0));
         let waited = if ready {
             fds.iter_mut().for_each(PollFd::clear_revents);
             Ok(true)
@@ -260,7 +260,7 @@ fn pump_locked(
             // reads hands over.
             return Pumped::Unavailable;
         }
-        let ready = p.stream.before_wait();
+        let ready = p.stream.before_wait(&|| p.role.others_want(1) || ready());
         let waited = if ready {
             fds.iter_mut().for_each(PollFd::clear_revents);
             Ok(true)

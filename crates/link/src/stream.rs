@@ -12,21 +12,27 @@
 //!   that there is something to read after all), and calls [`Stream::after_wait`] after;
 //! - [`Stream::read_into`] reads what there is, `WouldBlock` when nothing;
 //! - writes never block; `WouldBlock` when the socket or the ring is full, and then the
-//!   writer waits for room ([`Stream::wait_room`], [`Stream::wait_room_async`]).
+//!   writer waits for room ([`Stream::wait_room`], [`Stream::wait_room_async`]). On
+//!   rings it waits on an `eventfd` of its own, which the reader on the other side
+//!   signals when it frees room while the writer waits ([`Rooms`]): the wake-ups on the
+//!   socket are for readers only, so a writer never depends on whoever reads.
 //!
 //! A ring that the other process corrupts is an error of this connection only
 //! ([`ShmError::Corrupt`](crate::shm::ShmError), as `InvalidData`).
 
 use std::io::{self, ErrorKind, IoSlice};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+use rustix::event::{eventfd, EventfdFlags};
 use rustix::net::{RecvFlags, SendFlags};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::shm::{Consumer, Producer, Region, Side};
 use crate::sys::{pollfd, wait_readable};
@@ -35,23 +41,67 @@ use crate::sys::{pollfd, wait_readable};
 /// socket (see [`Stream::set_spin`]).
 pub const BUSY_POLL_WINDOW: Duration = Duration::from_micros(100);
 
-/// The longest a writer that found the ring full sleeps before it looks again by
-/// itself, whatever wake-ups say.
-const ROOM_RECHECK: Duration = Duration::from_millis(1);
+/// The longest a writer that found the ring full waits at a time before it looks again
+/// by itself (a wake-up comes first, unless the other process is gone or broken).
+pub const ROOM_RECHECK: Duration = Duration::from_millis(100);
 
 /// The two rings of a connection that moved into shared memory, and its waiters.
 struct Rings {
     tx: Mutex<Producer>,
     rx: Mutex<Consumer>,
-    /// Set while a writer waits for room.
-    room_waiting: AtomicBool,
+
     /// Set when the socket may hold wake-ups (or the end of the stream): after a sleep,
     /// and between two windows of busy polling. Reads look at the socket only then, so
     /// that a stream of messages takes no system call.
     look: AtomicBool,
-    room_lock: Mutex<()>,
-    room_cv: Condvar,
-    room_notify: tokio::sync::Notify,
+    /// This side's writer waits here for room in the ring it writes.
+    room_wait: OwnedFd,
+    /// The same, registered with the runtime of the task that waits (made at its first
+    /// wait).
+    room_wait_async: OnceLock<AsyncFd<OwnedFd>>,
+    /// Signalled when this side frees room in the ring it reads and the writer on the
+    /// other side waits for it.
+    room_signal: OwnedFd,
+}
+
+/// The two `eventfd`s that tell a connection's writers that their ring has room again:
+/// `wait`, on which this side's writer waits, and `signal`, which this side signals for
+/// the writer on the other side.
+#[derive(Debug)]
+pub struct Rooms {
+    /// What this side's writer waits on.
+    pub wait: OwnedFd,
+    /// What this side signals.
+    pub signal: OwnedFd,
+}
+
+impl Rooms {
+    /// Two new `eventfd`s (non-blocking, close-on-exec): one for each ring of a region,
+    /// in ring order. The side that creates the region keeps both, waits on the first
+    /// and signals the second, and passes both to the other side, which waits on the
+    /// second and signals the first ([`Rooms::for_side`]).
+    ///
+    /// # Errors
+    ///
+    /// The error of `eventfd`.
+    pub fn create() -> io::Result<(OwnedFd, OwnedFd)> {
+        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+        Ok((eventfd(0, flags)?, eventfd(0, flags)?))
+    }
+
+    /// The roles of the `eventfd`s of rings 0 and 1 for `side`.
+    pub fn for_side(side: Side, ring0: OwnedFd, ring1: OwnedFd) -> Rooms {
+        match side {
+            Side::A => Rooms {
+                wait: ring0,
+                signal: ring1,
+            },
+            Side::B => Rooms {
+                wait: ring1,
+                signal: ring0,
+            },
+        }
+    }
 }
 
 /// A connection's byte stream. See the [module documentation](self).
@@ -118,17 +168,16 @@ impl Stream {
     /// From now on the bytes go through `region`'s rings, this process being `side`.
     /// Call it once, at a point of the conversation where neither side has bytes in
     /// flight on the socket. Returns `false` (and changes nothing) if already done.
-    pub fn use_shm(&self, region: Region, side: Side) -> bool {
+    pub fn use_shm(&self, region: Region, side: Side, rooms: Rooms) -> bool {
         let (tx, rx) = region.split(side);
         self.shm
             .set(Rings {
                 tx: Mutex::new(tx),
                 rx: Mutex::new(rx),
-                room_waiting: AtomicBool::new(false),
                 look: AtomicBool::new(true),
-                room_lock: Mutex::new(()),
-                room_cv: Condvar::new(),
-                room_notify: tokio::sync::Notify::new(),
+                room_wait: rooms.wait,
+                room_wait_async: OnceLock::new(),
+                room_signal: rooms.signal,
             })
             .is_ok()
     }
@@ -136,7 +185,10 @@ impl Stream {
     /// Before waiting in `poll` for the socket: `true` when there is something to read
     /// already (do not wait). On rings, tells the writer on the other side that this
     /// one is going to sleep.
-    pub fn before_wait(&self) -> bool {
+    /// While it watches the ring (see [`Stream::set_spin`]), it stops as soon as
+    /// `give_up` says so (another thread wants the read role, or what the caller waits
+    /// for came another way), and returns `true` then, for the caller to look again.
+    pub fn before_wait(&self, give_up: &dyn Fn() -> bool) -> bool {
         let Some(r) = self.shm.get() else {
             return false;
         };
@@ -150,6 +202,9 @@ impl Stream {
                 }
                 for _ in 0..64 {
                     std::hint::spin_loop();
+                }
+                if give_up() {
+                    return true;
                 }
                 if Instant::now() >= until {
                     break;
@@ -194,9 +249,8 @@ impl Stream {
             };
         };
         // Wake-ups are drained first: one left in the socket would end the next `poll`
-        // at once, for nothing. A writer waiting for room waits for one of them.
-        let look = r.look.swap(false, Ordering::Relaxed) || r.room_waiting.load(Ordering::SeqCst);
-        let ended = look && self.drain_wakeups(r)?;
+        // at once, for nothing.
+        let ended = r.look.swap(false, Ordering::Relaxed) && self.drain_wakeups()?;
         let n = self.read_ring(r, buf, at_least)?;
         if n > 0 {
             return Ok(n);
@@ -205,13 +259,13 @@ impl Stream {
             return Ok(0);
         }
         if let (false, Some(wait)) = (nowait, self.blocking_wait) {
-            if !self.before_wait() {
+            if !self.before_wait(&|| false) {
                 let mut fds = [pollfd(self.socket.as_fd())];
                 let waited = wait_readable(&mut fds, Some(Instant::now() + wait));
                 self.after_wait();
                 waited?;
                 r.look.store(false, Ordering::Relaxed);
-                if self.drain_wakeups(r)? {
+                if self.drain_wakeups()? {
                     // The other side wrote its last bytes before it went.
                     let n = self.read_ring(r, buf, at_least)?;
                     return Ok(n);
@@ -228,14 +282,15 @@ impl Stream {
     fn read_ring(&self, r: &Rings, buf: &mut BytesMut, at_least: usize) -> io::Result<usize> {
         let read = r.rx.lock().read_into(buf, at_least)?;
         if read.wake_peer {
-            self.wake_peer();
+            // The other side's writer waits for room: one count on its eventfd. A full
+            // counter already wakes it, so a failed write loses nothing.
+            let _ = rustix::io::write(&r.room_signal, &1u64.to_ne_bytes());
         }
         Ok(read.n)
     }
 
-    /// Empties the socket of wake-ups: `true` when the other side is gone. A wake-up
-    /// may also say that the ring this side writes has room again.
-    fn drain_wakeups(&self, r: &Rings) -> io::Result<bool> {
+    /// Empties the socket of wake-ups: `true` when the other side is gone.
+    fn drain_wakeups(&self) -> io::Result<bool> {
         let mut sink = [0u8; 64];
         let mut ended = false;
         loop {
@@ -254,11 +309,6 @@ impl Stream {
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
-        if r.room_waiting.load(Ordering::SeqCst) {
-            let _guard = r.room_lock.lock();
-            r.room_cv.notify_all();
-            r.room_notify.notify_waiters();
         }
         Ok(ended)
     }
@@ -321,37 +371,48 @@ impl Stream {
                 Err(e) => Err(e.into()),
             };
         };
-        let mut guard = r.room_lock.lock();
-        r.room_waiting.store(true, Ordering::SeqCst);
         let result = r.tx.lock().prepare_wait_for_room();
         if let Ok(false) = result {
-            r.room_cv.wait_for(&mut guard, timeout.min(ROOM_RECHECK));
+            let mut fds = [pollfd(r.room_wait.as_fd())];
+            let waited = wait_readable(&mut fds, Some(Instant::now() + timeout));
+            drain_count(&r.room_wait);
+            r.tx.lock().cancel_wait();
+            waited?;
         }
-        r.tx.lock().cancel_wait();
-        r.room_waiting.store(false, Ordering::SeqCst);
         result.map(drop).map_err(Into::into)
     }
 
-    /// As [`Stream::wait_room`], for a task; on a socket, returns at once (the caller
-    /// waits for writability with its runtime).
+    /// As [`Stream::wait_room`], for a task (waiting at most [`ROOM_RECHECK`] at a
+    /// time); on a socket, returns at once (the caller waits for writability with its
+    /// runtime).
     ///
     /// # Errors
     ///
-    /// A corrupt ring.
+    /// A corrupt ring; registering the `eventfd` with the runtime.
     pub async fn wait_room_async(&self) -> io::Result<()> {
         let Some(r) = self.shm.get() else {
             return Ok(());
         };
-        let notified = r.room_notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        r.room_waiting.store(true, Ordering::SeqCst);
+        let watch = match r.room_wait_async.get() {
+            Some(w) => w,
+            None => {
+                // SAFETY: the duplicate is an `OwnedFd` that the `AsyncFd` owns: it stays
+                // open and unchanged until the registration is dropped with it.
+                let w = unsafe {
+                    AsyncFd::register_with_interest(r.room_wait.try_clone()?, Interest::READABLE)
+                }
+                .map_err(io::Error::from)?;
+                r.room_wait_async.get_or_init(|| w)
+            }
+        };
         let result = r.tx.lock().prepare_wait_for_room();
         if let Ok(false) = result {
-            let _ = tokio::time::timeout(ROOM_RECHECK, notified).await;
+            if let Ok(Ok(mut ready)) = tokio::time::timeout(ROOM_RECHECK, watch.readable()).await {
+                ready.clear_ready();
+            }
+            drain_count(&r.room_wait);
+            r.tx.lock().cancel_wait();
         }
-        r.tx.lock().cancel_wait();
-        r.room_waiting.store(false, Ordering::SeqCst);
         result.map(drop).map_err(Into::into)
     }
 
@@ -391,4 +452,10 @@ impl io::Write for &Stream {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Empties an `eventfd`'s counter (non-blocking).
+fn drain_count(fd: &OwnedFd) {
+    let mut count = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut count);
 }
