@@ -23,7 +23,7 @@
 use std::io::{self, ErrorKind, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,14 @@ use tokio::io::Interest;
 
 use crate::shm::{Consumer, Producer, Region, Side};
 use crate::sys::{pollfd, wait_readable};
+
+/// Watches in a row that find nothing before the next waits skip watching (see
+/// [`Stream::set_spin`]).
+pub const MISSES_BEFORE_SKIP: u32 = 4;
+
+/// The most waits in a row that skip watching the ring after watches found nothing
+/// (see [`Stream::set_spin`]).
+pub const MAX_SKIP: u32 = 64;
 
 /// The shortest window a busy-polling reader watches its ring between two looks at the
 /// socket (see [`Stream::set_spin`]).
@@ -54,6 +62,13 @@ struct Rings {
     /// and between two windows of busy polling. Reads look at the socket only then, so
     /// that a stream of messages takes no system call.
     look: AtomicBool,
+    /// Waits left that skip watching the ring, and how many the next miss skips: a
+    /// watch that finds nothing makes the next ones skip it, 1, 2, 4, up to
+    /// [`MAX_SKIP`] waits, so that an idle connection hardly ever spins.
+    skip: AtomicU32,
+    next_skip: AtomicU32,
+    /// Watches in a row that found nothing.
+    misses: AtomicU32,
     /// This side's writer waits here for room in the ring it writes.
     room_wait: OwnedFd,
     /// The same, registered with the runtime of the task that waits (made at its first
@@ -141,6 +156,9 @@ impl Stream {
 
     /// How a reader on rings waits: it first watches the ring for up to `spin` before it
     /// goes to sleep (a message that comes meanwhile costs no wake-up on either side);
+    /// [`MISSES_BEFORE_SKIP`] watches in a row that found nothing make the next waits
+    /// skip it (1, 2, 4, up to [`MAX_SKIP`] of them, back to none once a watch finds a
+    /// message), so that a connection with little traffic hardly spins;
     /// with `busy_poll` it never sleeps: it watches the ring in windows of `spin` (at
     /// least [`BUSY_POLL_WINDOW`]) and looks at the socket between them, which keeps a
     /// processor busy for as long as it waits. Neither applies on one processor, where
@@ -175,6 +193,9 @@ impl Stream {
                 tx: Mutex::new(tx),
                 rx: Mutex::new(rx),
                 look: AtomicBool::new(true),
+                skip: AtomicU32::new(0),
+                next_skip: AtomicU32::new(1),
+                misses: AtomicU32::new(0),
                 room_wait: rooms.wait,
                 room_wait_async: OnceLock::new(),
                 room_signal: rooms.signal,
@@ -192,12 +213,17 @@ impl Stream {
         let Some(r) = self.shm.get() else {
             return false;
         };
-        if !self.spin.is_zero() {
+        let skip = r.skip.load(Ordering::Relaxed);
+        if skip > 0 && !self.busy_poll {
+            r.skip.store(skip - 1, Ordering::Relaxed);
+        } else if !self.spin.is_zero() {
             let until = Instant::now() + self.spin;
             let mut rx = r.rx.lock();
             loop {
                 // A corrupt ring is "something to read": the read reports it.
                 if rx.available().map_or(true, |n| n > 0) {
+                    r.next_skip.store(1, Ordering::Relaxed);
+                    r.misses.store(0, Ordering::Relaxed);
                     return true;
                 }
                 for _ in 0..64 {
@@ -214,6 +240,15 @@ impl Stream {
                 // "Ready": the caller reads (and so looks at the socket), then comes back.
                 r.look.store(true, Ordering::Relaxed);
                 return true;
+            }
+            // Nothing came while watching, several times in a row: skip it for the next
+            // few waits.
+            if r.misses.fetch_add(1, Ordering::Relaxed) + 1 >= MISSES_BEFORE_SKIP {
+                r.misses.store(0, Ordering::Relaxed);
+                let next = r.next_skip.load(Ordering::Relaxed);
+                r.skip.store(next, Ordering::Relaxed);
+                r.next_skip
+                    .store((next * 2).min(MAX_SKIP), Ordering::Relaxed);
             }
         }
         r.rx.lock().prepare_sleep().unwrap_or(true)

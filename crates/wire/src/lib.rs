@@ -252,7 +252,8 @@ pub fn ring_wait_from_env() -> (std::time::Duration, bool) {
     (spin, busy)
 }
 
-/// How long a reader watches its shared-memory ring before it sleeps, by default.
-pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::ZERO;
+/// How long a reader watches its shared-memory ring before it sleeps, by default (on a
+/// machine with more than one processor; see `docs/PROTOCOL.md`, section 20.4).
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 /// Environment variable naming the target a re-executed binary runs.
 pub const ENV_TARGET: &str = "YUKICOMM_TARGET";
