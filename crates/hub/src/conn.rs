@@ -529,29 +529,6 @@ fn serve(inner: Arc<Inner>, conn: Arc<Conn>, admission: Option<Admission>) {
     inner.disconnected(id);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    #[tokio::test]
-    async fn a_connection_whose_reader_cannot_start_is_closed() {
-        let (ours, mut peer) = UnixStream::pair().expect("a socket pair");
-        ours.set_nonblocking(true).expect("non-blocking");
-        let conn = Arc::new(Conn::new(ConnId(1), ours, 1 << 20, 1 << 20).expect("a connection"));
-        start(conn, |_| Err(std::io::Error::other("no threads left")));
-        // The peer sees the connection end instead of waiting on it for good.
-        peer.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("a read timeout");
-        let mut buf = [0u8; 16];
-        let n = tokio::task::spawn_blocking(move || peer.read(&mut buf))
-            .await
-            .expect("the read task")
-            .expect("the peer reads end of file, not a timeout");
-        assert_eq!(n, 0);
-    }
-}
-
 /// Answers a connection's request to move into shared memory (before its hello): a new
 /// region goes with the answer, and from then on the connection's bytes go through it;
 /// refused with an error when the hub's setting is 0 (the connection stays on its
@@ -620,4 +597,27 @@ fn move_to_shared_memory(
             .use_shm(region, Side::A, Rooms::for_side(Side::A, room0, room1));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[tokio::test]
+    async fn a_connection_whose_reader_cannot_start_is_closed() {
+        let (ours, mut peer) = UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let conn = Arc::new(Conn::new(ConnId(1), ours, 1 << 20, 1 << 20).expect("a connection"));
+        start(conn, |_| Err(std::io::Error::other("no threads left")));
+        // The peer sees the connection end instead of waiting on it for good.
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a read timeout");
+        let mut buf = [0u8; 16];
+        let n = tokio::task::spawn_blocking(move || peer.read(&mut buf))
+            .await
+            .expect("the read task")
+            .expect("the peer reads end of file, not a timeout");
+        assert_eq!(n, 0);
+    }
 }
