@@ -9,7 +9,8 @@
 //!
 //! - before it waits in `poll` on [`Stream::socket`], it asks [`Stream::before_wait`]
 //!   (which, on rings, tells the other side that this one is going to sleep, or finds
-//!   that there is something to read after all), and calls [`Stream::after_wait`] after;
+//!   that there is something to read after all), and calls [`Stream::after_wait`] after
+//!   a wait it did;
 //! - [`Stream::read_into`] reads what there is, `WouldBlock` when nothing;
 //! - writes never block; `WouldBlock` when the socket or the ring is full, and then the
 //!   writer waits for room ([`Stream::wait_room`], [`Stream::wait_room_async`]). On
@@ -57,14 +58,14 @@ pub const ROOM_RECHECK: Duration = Duration::from_millis(100);
 struct Rings {
     tx: Mutex<Producer>,
     rx: Mutex<Consumer>,
-
     /// Set when the socket may hold wake-ups (or the end of the stream): after a sleep,
     /// and between two windows of busy polling. Reads look at the socket only then, so
     /// that a stream of messages takes no system call.
     look: AtomicBool,
-    /// Waits left that skip watching the ring, and how many the next miss skips: a
-    /// watch that finds nothing makes the next ones skip it, 1, 2, 4, up to
-    /// [`MAX_SKIP`] waits, so that an idle connection hardly ever spins.
+    /// Waits left that skip watching the ring, and how many the next skip will be:
+    /// [`MISSES_BEFORE_SKIP`] watches in a row that find nothing make the next waits
+    /// skip it, 1, 2, 4, up to [`MAX_SKIP`] of them, so that an idle connection hardly
+    /// ever spins.
     skip: AtomicU32,
     next_skip: AtomicU32,
     /// Watches in a row that found nothing.
