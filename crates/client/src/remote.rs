@@ -561,7 +561,15 @@ pub(crate) fn join(
     let (spin, busy_poll) = yukicomm_wire::ring_wait_from_env();
     stream.set_spin(spin, busy_poll);
     if shared_memory && shared_memory_wanted() {
-        move_to_shared_memory(&stream).map_err(io)?;
+        move_to_shared_memory(&stream).map_err(|e| {
+            io(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot move the connection into the hub's shared memory ({e}); \
+                     {ENV_SHM}=0 keeps it on the socket"
+                ),
+            ))
+        })?;
     }
 
     let mut hello = Vec::new();
