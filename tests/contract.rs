@@ -272,6 +272,10 @@ fn run(test: &'static str, pairing: Pairing, scenario: &'static Scenario) {
 /// Whether this child's connection is in shared memory (a ring region mapped into
 /// this process) exactly when the pairing says it should be.
 fn check_transport(pairing: Pairing) -> Result<(), String> {
+    if !cfg!(target_os = "linux") {
+        // Elsewhere every connection stays on its socket.
+        return Ok(());
+    }
     let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
     let shm = maps.contains("yukicomm-ring");
     if shm != pairing.socket_only() {

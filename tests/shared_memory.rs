@@ -4,6 +4,8 @@
 //! own connection only, while another child's traffic goes on.
 //!
 //! The contract suite (`tests/contract.rs`) runs every behaviour over both transports.
+//! Linux only: elsewhere connections stay on their sockets.
+#![cfg(target_os = "linux")]
 
 mod support;
 

@@ -560,7 +560,7 @@ pub(crate) fn join(
     let mut stream = Stream::new(stream, Some(READ_TIMEOUT));
     let (spin, busy_poll) = yukicomm_wire::ring_wait_from_env();
     stream.set_spin(spin, busy_poll);
-    if shared_memory && shared_memory_wanted() {
+    if shared_memory && shm::SUPPORTED && shared_memory_wanted() {
         move_to_shared_memory(&stream).map_err(|e| {
             io(std::io::Error::new(
                 e.kind(),

@@ -545,7 +545,7 @@ fn move_to_shared_memory(
         .min(inner.shared_memory)
         .max(shm::MIN_CAPACITY)
         .next_power_of_two();
-    let region = if inner.shared_memory == 0 || !allowed {
+    let region = if inner.shared_memory == 0 || !allowed || !shm::SUPPORTED {
         None
     } else {
         match Region::create(capacity).and_then(|r| Ok((r, Rooms::create()?))) {

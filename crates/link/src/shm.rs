@@ -50,6 +50,7 @@
 //! order (both processes run on the same machine).
 //!
 //! ```
+//! # #[cfg(target_os = "linux")] {
 //! use yukicomm_link::shm::{Region, Side};
 //!
 //! let region = Region::create(4096).unwrap();
@@ -63,6 +64,7 @@
 //! let mut buf = bytes::BytesMut::new();
 //! assert_eq!(b_rx.read_into(&mut buf, usize::MAX).unwrap().n, 5);
 //! assert_eq!(&buf[..], b"frame");
+//! # }
 //! ```
 
 use std::io::{self, IoSlice};
@@ -72,6 +74,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+#[cfg(target_os = "linux")]
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
@@ -174,6 +177,65 @@ pub struct Read {
 /// The size of a region whose rings hold `capacity` bytes each.
 fn region_size(capacity: usize) -> usize {
     DATA + 2 * capacity
+}
+
+/// Whether this platform has the shared-memory path (Linux: `memfd` with seals).
+/// Elsewhere [`Region::create`] and [`Region::open`] refuse, and connections stay on
+/// their sockets.
+pub const SUPPORTED: bool = cfg!(target_os = "linux");
+
+/// `MSG_NOSIGNAL` where it exists (a write to a dead peer is an error, not `SIGPIPE`).
+#[cfg(target_os = "linux")]
+pub(crate) const NOSIGNAL: SendFlags = SendFlags::NOSIGNAL;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const NOSIGNAL: SendFlags = SendFlags::empty();
+
+/// Received descriptors close-on-exec, where the system does it on receipt.
+#[cfg(target_os = "linux")]
+const CMSG_CLOEXEC: RecvFlags = RecvFlags::CMSG_CLOEXEC;
+#[cfg(not(target_os = "linux"))]
+const CMSG_CLOEXEC: RecvFlags = RecvFlags::empty();
+
+/// A new anonymous memory file of a region's size, sealed against shrinking, growing
+/// and further sealing.
+#[cfg(target_os = "linux")]
+fn memory_file(capacity: usize) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(
+        "yukicomm-ring",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, region_size(capacity) as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn memory_file(_capacity: usize) -> io::Result<OwnedFd> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "shared memory between processes is only used on Linux",
+    ))
+}
+
+/// Checks that a memory file from another process cannot change size under a mapping.
+#[cfg(target_os = "linux")]
+fn check_seals(fd: &OwnedFd) -> Result<(), ShmError> {
+    let needed = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
+    let seals = rustix::fs::fcntl_get_seals(fd)?;
+    if !seals.contains(needed) {
+        return Err(ShmError::Refused(format!(
+            "the memory file must be sealed against shrinking, growing and sealing; \
+             its seals are {seals:?}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn check_seals(_fd: &OwnedFd) -> Result<(), ShmError> {
+    Err(ShmError::Refused(
+        "shared memory between processes is only used on Linux".into(),
+    ))
 }
 
 fn valid_capacity(capacity: usize) -> bool {
@@ -351,12 +413,7 @@ impl Region {
                 ),
             ));
         }
-        let fd = rustix::fs::memfd_create(
-            "yukicomm-ring",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        rustix::fs::ftruncate(&fd, region_size(capacity) as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let fd = memory_file(capacity)?;
         let map = Mapping::new(fd.as_fd(), capacity)?;
         // The file is all zeroes: both indices and all flags start at zero. The header is
         // written before the descriptor leaves this process; passing it is a system call,
@@ -383,14 +440,7 @@ impl Region {
     /// [`ShmError::Refused`] when a check fails, [`ShmError::Io`] when a system call
     /// does (for instance, `fd` is not a memory file or not writable).
     pub fn open(fd: OwnedFd) -> Result<Region, ShmError> {
-        let needed = SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
-        let seals = rustix::fs::fcntl_get_seals(&fd)?;
-        if !seals.contains(needed) {
-            return Err(ShmError::Refused(format!(
-                "the memory file must be sealed against shrinking, growing and sealing; \
-                 its seals are {seals:?}"
-            )));
-        }
+        check_seals(&fd)?;
         // Sealed: the size cannot change any more.
         let size = rustix::fs::fstat(&fd)?.st_size;
         let mut header = [0u8; HEADER_SIZE];
@@ -805,7 +855,7 @@ pub fn send_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) ->
         socket,
         &[IoSlice::new(bytes)],
         &mut control,
-        SendFlags::NOSIGNAL,
+        NOSIGNAL,
     )?)
 }
 
@@ -832,7 +882,7 @@ pub fn recv_fds(
         socket,
         &mut [io::IoSliceMut::new(buf)],
         &mut control,
-        RecvFlags::CMSG_CLOEXEC,
+        CMSG_CLOEXEC,
     )?;
     let mut taken = 0;
     for message in control.drain() {
@@ -855,7 +905,7 @@ pub fn recv_fds(
     Ok(msg.bytes)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use bytes::{Buf, BytesMut};

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
+#[cfg(target_os = "linux")]
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::net::{RecvFlags, SendFlags};
 use tokio::io::unix::AsyncFd;
@@ -101,8 +102,16 @@ impl Rooms {
     ///
     /// The error of `eventfd`.
     pub fn create() -> io::Result<(OwnedFd, OwnedFd)> {
-        let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
-        Ok((eventfd(0, flags)?, eventfd(0, flags)?))
+        #[cfg(target_os = "linux")]
+        {
+            let flags = EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK;
+            Ok((eventfd(0, flags)?, eventfd(0, flags)?))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "shared memory between processes is only used on Linux",
+        ))
     }
 
     /// The roles of the `eventfd`s of rings 0 and 1 for `side`.
@@ -354,7 +363,7 @@ impl Stream {
         let _ = rustix::net::send(
             &self.socket,
             &[1],
-            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+            SendFlags::DONTWAIT | crate::shm::NOSIGNAL,
         );
     }
 
