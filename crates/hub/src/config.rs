@@ -64,8 +64,9 @@ pub struct HubConfig {
     pub redis: Option<crate::resp::RedisConfig>,
     /// The largest shared-memory ring the hub gives a connection that asks to move into
     /// shared memory (`0`: refuse, every connection stays on its socket). Default 1 MiB
-    /// per ring (two rings per connection); a request for less gets what it asked, at
-    /// least 4 KiB. See `docs/PROTOCOL.md`, section 20.
+    /// per ring (two rings per connection). A connection gets the largest power of two
+    /// within what it asked and this, from 4 KiB to 64 MiB. Linux only. See
+    /// `docs/PROTOCOL.md`, section 20.
     pub shared_memory: usize,
 }
 

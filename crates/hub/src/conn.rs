@@ -529,6 +529,15 @@ fn serve(inner: Arc<Inner>, conn: Arc<Conn>, admission: Option<Admission>) {
     inner.disconnected(id);
 }
 
+/// The ring size a connection gets: the largest power of two within what it `asked`,
+/// the hub's `setting` and the ring's bounds.
+fn ring_capacity(asked: u32, setting: usize) -> usize {
+    let most = (asked as usize)
+        .min(setting)
+        .clamp(shm::MIN_CAPACITY, shm::MAX_CAPACITY);
+    1 << most.ilog2()
+}
+
 /// Answers a connection's request to move into shared memory (before its hello): a new
 /// region goes with the answer, and from then on the connection's bytes go through it;
 /// refused with an error when the hub's setting is 0 (the connection stays on its
@@ -541,10 +550,7 @@ fn move_to_shared_memory(
     allowed: bool,
 ) -> Result<(), String> {
     let mut answer = Vec::new();
-    let capacity = (asked as usize)
-        .min(inner.shared_memory)
-        .max(shm::MIN_CAPACITY)
-        .next_power_of_two();
+    let capacity = ring_capacity(asked, inner.shared_memory);
     let region = if inner.shared_memory == 0 || !allowed || !shm::SUPPORTED {
         None
     } else {
@@ -603,6 +609,17 @@ fn move_to_shared_memory(
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn a_ring_is_the_largest_power_of_two_within_the_request_the_setting_and_the_bounds() {
+        let mib: usize = 1 << 20;
+        assert_eq!(ring_capacity(1 << 20, mib), mib);
+        assert_eq!(ring_capacity(1 << 20, 3 * mib), mib);
+        assert_eq!(ring_capacity(4 << 20, 3 * mib), 2 * mib);
+        assert_eq!(ring_capacity(5000, mib), 4096);
+        assert_eq!(ring_capacity(0, mib), shm::MIN_CAPACITY);
+        assert_eq!(ring_capacity(u32::MAX, usize::MAX), shm::MAX_CAPACITY);
+    }
 
     #[tokio::test]
     async fn a_connection_whose_reader_cannot_start_is_closed() {
