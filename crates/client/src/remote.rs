@@ -1,5 +1,8 @@
 //! A child's connection to the hub: one Unix stream socket, multiplexing every channel,
-//! request and event.
+//! request and event. On Linux it first moves into shared memory when the hub offers it
+//! (see [`Stream`] and `docs/PROTOCOL.md`, section 20): the frames then go through two
+//! rings and the socket carries wake-ups; "reading the socket" below means reading the
+//! connection's [`Stream`], whichever it is.
 //!
 //! **Reading.** Whoever holds the *read role* reads the socket, decodes frames and hands
 //! them to the [`Driver`]. Usually that is the background reader thread. A thread about to

@@ -10,7 +10,11 @@
 //! reaches its receiver with no hand-off and no other thread wakes for it.
 //!
 //! Writing goes through the [`Outbox`]; the flusher is a task on the runtime, which waits
-//! for room only when a write found the socket full.
+//! for room only when a write found the socket (or the ring) full.
+//!
+//! Before its hello, a connection may ask to move into shared memory
+//! (`move_to_shared_memory`, `docs/PROTOCOL.md` section 20); from then on its
+//! [`Stream`] reads and writes two rings, and everything above stays the same.
 
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
